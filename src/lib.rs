@@ -1,0 +1,5 @@
+//! The `orient` library: rendering of reports and (later) the model forward pass.
+//! Reading and describing checkpoints lives in the `orient-inspect` crate, rewriting in
+//! `orient-convert`.
+
+pub mod output;

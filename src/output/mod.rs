@@ -1,0 +1,3 @@
+//! The one place that prints. Computation returns data; these functions render it as
+//! a table (comfy-table) or JSON to a writer, so that a closed pipe surfaces as an
+//! `io::Error` the binary can ignore.
