@@ -230,6 +230,61 @@ impl ForwardOutput {
     }
 }
 
+/// One candidate next token.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct TopToken {
+    /// Token id.
+    pub token: u32,
+    /// Its logit.
+    pub logit: f32,
+    /// Its softmax probability at that position.
+    pub prob: f64,
+}
+
+impl ForwardOutput {
+    /// The `k` highest logits at position `t`, best first (ties: lower id first).
+    pub fn top_k(&self, t: usize, k: usize) -> Vec<TopToken> {
+        let row = self.logits_at(t);
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        let k = k.min(row.len());
+        let by_logit = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+        if k < order.len() {
+            order.select_nth_unstable_by(k, by_logit);
+            order.truncate(k);
+        }
+        order.sort_by(by_logit);
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+        order
+            .into_iter()
+            .map(|i| TopToken {
+                token: i as u32,
+                logit: row[i],
+                prob: f64::from(row[i] - max).exp() / z,
+            })
+            .collect()
+    }
+}
+
+/// A deterministic prompt of `len` token ids below `vocab` (a fixed xorshift sequence), for
+/// comparing two models when no prompt is given. Long enough by default (80) that RoPE and
+/// masking mistakes show.
+pub fn default_prompt(vocab: usize, len: usize) -> Vec<u32> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let vocab = vocab.max(1) as u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab) as u32
+        })
+        .collect()
+}
+
+/// Default length of [`default_prompt`].
+pub const DEFAULT_PROMPT_LEN: usize = 80;
+
 /// A model ready to run: its config and where each weight lives in the checkpoint.
 #[derive(Debug)]
 pub struct Model<'c> {
@@ -259,6 +314,12 @@ impl<'c> Model<'c> {
     /// What loading noticed (transposed reads, tied embeddings, ignored tensors).
     pub fn notes(&self) -> &[LoadNote] {
         &self.weights.notes
+    }
+
+    /// Number of weight parameters the forward uses (a tied lm_head counted once), for
+    /// `2 · parameters · tokens` FLOP counts.
+    pub fn parameters(&self) -> usize {
+        self.weights.parameters()
     }
 
     /// The convention most weights are stored in.

@@ -194,6 +194,11 @@ impl<'c> Weights<'c> {
         })
     }
 
+    /// Total elements of the located weights.
+    pub fn parameters(&self) -> usize {
+        self.found.values().map(|f| f.info.numel()).sum()
+    }
+
     /// Whether the weight is present (optional biases, an untied lm_head).
     pub fn has(&self, name: &str) -> bool {
         self.found.contains_key(name)
