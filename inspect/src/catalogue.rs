@@ -53,6 +53,7 @@ use crate::config::{Arch, ModelConfig};
 
 /// A weight layout convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Convention {
     /// HF / PyTorch: Linear `[out, in]`, Conv1D `[in, out]`; the canonical layout.
     Hf,
@@ -72,6 +73,7 @@ impl Convention {
 
 /// What a tensor is, independent of naming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Token embedding table.
     Embedding,
@@ -95,6 +97,7 @@ pub enum Role {
 
 /// Which part of the model a tensor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Component {
     /// Token and position embeddings.
     Embedding,
@@ -114,6 +117,7 @@ pub enum Component {
 
 /// How a tensor's axes are laid out in one convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Orientation {
     /// HF `nn.Linear` weight `[out, in]`.
     HfLinear,
@@ -897,6 +901,7 @@ impl Entry {
 
 /// Which spelling of a name matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// The canonical name.
     Bare,
