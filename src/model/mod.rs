@@ -19,9 +19,7 @@ pub mod rope;
 pub mod save;
 mod weights;
 
-use std::path::Path;
-
-use orient_inspect::{parse_config, Checkpoint, ConfigOutcome, Convention, ModelConfig};
+use orient_inspect::{Checkpoint, ConfigStatus, Convention, ModelConfig};
 use serde::Serialize;
 
 /// Why the forward could not run.
@@ -343,29 +341,16 @@ impl<'c> Model<'c> {
 
 /// The resolved `config.json` of a checkpoint, or why there is none the forward can use.
 pub fn model_config(ckpt: &Checkpoint) -> Result<ModelConfig, ModelError> {
-    let path = ckpt.root().display().to_string();
-    let text = ckpt.config_text().ok_or_else(|| ModelError::NoConfig {
-        path: path.clone(),
-        status: "no config.json next to the weights".to_string(),
-    })?;
-    match parse_config(text) {
-        Ok(ConfigOutcome::Known(cfg)) => Ok(cfg),
-        Ok(ConfigOutcome::UnknownArch { model_type, .. }) => Err(ModelError::NoConfig {
-            path,
-            status: format!(
-                "unknown architecture {}",
-                model_type.as_deref().unwrap_or("(no model_type)")
-            ),
-        }),
-        Err(e) => Err(ModelError::NoConfig {
-            path,
-            status: format!("config.json: {e}"),
-        }),
-    }
-}
-
-/// Opens a checkpoint (file or folder) for [`Model::new`]. A convenience for commands and
-/// tests.
-pub fn open(path: &Path) -> Result<Checkpoint, orient_inspect::Error> {
-    Checkpoint::open(path)
+    let status = match ckpt.config_status() {
+        ConfigStatus::Known(cfg) => return Ok(cfg.clone()),
+        ConfigStatus::Missing => "no config.json next to the weights".to_string(),
+        ConfigStatus::UnknownArch { model_type, .. } => format!(
+            "unknown architecture {}",
+            model_type.as_deref().unwrap_or("(no model_type)")
+        ),
+    };
+    Err(ModelError::NoConfig {
+        path: ckpt.root().display().to_string(),
+        status,
+    })
 }
