@@ -152,3 +152,18 @@ fn run_json_lists_top_k_at_every_position() {
         assert!(top[0]["logit"].as_f64().unwrap() >= top[1]["logit"].as_f64().unwrap());
     }
 }
+
+#[test]
+fn demo_inspects_and_verifies_the_bundled_flax_qwen2() {
+    orient()
+        .arg("demo")
+        .arg("--fixtures")
+        .arg(fixture(""))
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("== step 1/3: inspect"))
+        .stdout(predicate::str::contains("square: orientation unproven"))
+        .stdout(predicate::str::contains("== step 3/3: verify"))
+        .stdout(predicate::str::contains("80/80"))
+        .stdout(predicate::str::contains("PASS"));
+}

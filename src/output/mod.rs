@@ -2,6 +2,7 @@
 //! a table (comfy-table) or JSON to a writer, so that a closed pipe surfaces as an
 //! `io::Error` the binary can ignore.
 
+pub mod demo;
 pub mod inspect;
 pub mod progress;
 pub mod run;
