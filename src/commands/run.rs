@@ -35,6 +35,10 @@ pub struct Args {
     /// Run the forward N times and print timings to stderr (for benchmarks).
     #[arg(long, hide = true, default_value_t = 1)]
     pub repeat: usize,
+    /// Keep weight pages mapped between forwards instead of releasing them after each layer
+    /// (for benchmarks of a model that fits in RAM).
+    #[arg(long, hide = true)]
+    pub keep_pages: bool,
 }
 
 /// Runs `orient run`.
@@ -44,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening {}", args.model.display()))?;
     let mut model =
         Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
+    model.keep_pages(args.keep_pages);
     let load = start.elapsed();
     let record = args.save.is_some();
     let mut forwards = Vec::new();

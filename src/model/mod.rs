@@ -320,6 +320,13 @@ impl<'c> Model<'c> {
         self.weights.parameters()
     }
 
+    /// By default each layer's mmap pages are released after use, so resident memory stays
+    /// at about one layer even for a model larger than RAM. `keep = true` leaves them mapped:
+    /// repeated forwards skip the page faults, at the cost of RSS growing to the model size.
+    pub fn keep_pages(&mut self, keep: bool) {
+        self.weights.release_pages = !keep;
+    }
+
     /// The convention most weights are stored in.
     pub fn convention(&self) -> Convention {
         self.weights.convention

@@ -72,6 +72,9 @@ pub(crate) struct Weights<'c> {
     pub notes: Vec<LoadNote>,
     /// The convention most weights were stored in.
     pub convention: Convention,
+    /// Release each tensor's mmap pages after use (bounded RSS), or keep them mapped
+    /// (faster repeated forwards on a model that fits in RAM).
+    pub release_pages: bool,
 }
 
 impl<'c> Weights<'c> {
@@ -191,6 +194,7 @@ impl<'c> Weights<'c> {
             scratch: Vec::new(),
             notes,
             convention,
+            release_pages: true,
         })
     }
 
@@ -331,6 +335,9 @@ impl<'c> Weights<'c> {
 
     /// Drops the mmap pages of every tensor of layer `layer` (see `Checkpoint::release`).
     pub fn release_layer(&self, layer: usize) {
+        if !self.release_pages {
+            return;
+        }
         for f in self.found.values().filter(|f| f.layer == Some(layer)) {
             self.ckpt.release(f.info);
         }
@@ -338,6 +345,9 @@ impl<'c> Weights<'c> {
 
     /// Drops the mmap pages of one tensor.
     pub fn release(&self, name: &str) {
+        if !self.release_pages {
+            return;
+        }
         if let Some(f) = self.found.get(name) {
             self.ckpt.release(f.info);
         }
