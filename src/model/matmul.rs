@@ -186,6 +186,10 @@ pub fn matmul(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    if m == 1 {
+        gemv(dst, lhs, rhs, accumulate);
+        return Ok(());
+    }
     let need = min_rows_for_general_path(n);
     if m >= need || k == 0 {
         raw_gemm(dst, lhs, rhs, accumulate, threads);
@@ -217,6 +221,183 @@ pub fn matmul(
             .copy_from_slice(&dst_pad[r * n..(r + 1) * n]);
     }
     Ok(())
+}
+
+/// Lanes of the matrix–vector kernel: the k products of each output are summed in 8 running
+/// sums (`k mod 8`), then added in a fixed tree.
+const LANES: usize = 8;
+
+/// The fixed final reduction of the 8 running sums.
+#[inline(always)]
+fn reduce(a: &[f32; LANES]) -> f32 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// `dst [1, n] (+)= x [1, k] · rhs [k, n]`, memory-bound, in parallel over outputs.
+///
+/// Every output `o` is computed in the same order whatever `rhs`'s strides:
+/// `s_j = Σ_{i ≡ j mod 8, ascending} x[i]·w[i, o]` (multiply then add, never fused; Rust does not
+/// contract), then `((s0+s1)+(s2+s3)) + ((s4+s5)+(s6+s7))`. With rows of `w` contiguous along k
+/// (HF `[out, in]`) the 8 sums are the lanes of a dot product; with rows contiguous along the
+/// outputs (Flax `[in, out]`) they are 8 accumulator rows of an axpy over a block of outputs.
+/// Lanes never mix, so the vector width the CPU offers does not change the result either.
+fn gemv(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, accumulate: bool) {
+    use rayon::prelude::*;
+    let (k, n) = (rhs.rows, rhs.cols);
+    let x: Vec<f32> = (0..k).map(|i| lhs.data[i * lhs.col_stride]).collect(); // [k]
+    let y = &mut dst.data[..n];
+    if rhs.row_stride == 1 {
+        // output o is the contiguous run w[o·cs .. o·cs + k]
+        y.par_chunks_mut(DOT_BLOCK).enumerate().for_each(|(b, ys)| {
+            let first = b * DOT_BLOCK;
+            dispatch_avx2!(dot_block(
+                &x,
+                rhs.data,
+                rhs.col_stride,
+                first,
+                ys,
+                accumulate
+            ));
+        });
+    } else if rhs.col_stride == 1 {
+        // input i is the contiguous run w[i·rs + o0 .. i·rs + o0 + width]
+        y.par_chunks_mut(AXPY_BLOCK)
+            .enumerate()
+            .for_each(|(b, ys)| {
+                let first = b * AXPY_BLOCK;
+                dispatch_avx2!(axpy_block(
+                    &x,
+                    rhs.data,
+                    rhs.row_stride,
+                    first,
+                    ys,
+                    accumulate
+                ));
+            });
+    } else {
+        for (o, yo) in y.iter_mut().enumerate() {
+            let mut acc = [0.0f32; LANES];
+            for (i, &xv) in x.iter().enumerate() {
+                acc[i % LANES] += xv * rhs.data[i * rhs.row_stride + o * rhs.col_stride];
+            }
+            finish(yo, reduce(&acc), accumulate);
+        }
+    }
+}
+
+/// Outputs per rayon task in the dot-product kernel.
+const DOT_BLOCK: usize = 16;
+/// Outputs per rayon task (and accumulator width) in the axpy kernel.
+const AXPY_BLOCK: usize = 256;
+
+#[inline(always)]
+fn finish(y: &mut f32, s: f32, accumulate: bool) {
+    *y = if accumulate { *y + s } else { s };
+}
+
+/// Calls `$f(args)` compiled for AVX2 when the CPU has it (wider vectors, same lanes, same
+/// result), else the baseline build of the same code.
+macro_rules! dispatch_avx2 {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of
+                // calling a `#[target_feature(enable = "avx2")]` function.
+                unsafe { avx2::$f($($arg),*) };
+            } else {
+                $f($($arg),*);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*);
+        }
+    }};
+}
+use dispatch_avx2;
+
+/// AVX2 builds of the kernels: the same Rust code, compiled with wider vectors.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    /// [`super::dot_block`] for AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_block(
+        x: &[f32],
+        w: &[f32],
+        cs: usize,
+        first: usize,
+        ys: &mut [f32],
+        acc: bool,
+    ) {
+        super::dot_block(x, w, cs, first, ys, acc);
+    }
+
+    /// [`super::axpy_block`] for AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn axpy_block(
+        x: &[f32],
+        w: &[f32],
+        rs: usize,
+        first: usize,
+        ys: &mut [f32],
+        acc: bool,
+    ) {
+        super::axpy_block(x, w, rs, first, ys, acc);
+    }
+}
+
+/// Outputs `first..first + ys.len()` of a weight whose output `o` is `w[o·cs .. o·cs + k]`:
+/// four rows at a time, so that four independent accumulators hide the add latency.
+#[inline(always)]
+fn dot_block(x: &[f32], w: &[f32], cs: usize, first: usize, ys: &mut [f32], accumulate: bool) {
+    let k = x.len();
+    let row = |o: usize| &w[o * cs..o * cs + k];
+    let mut chunks = ys.chunks_mut(4);
+    let mut o = first;
+    for yc in &mut chunks {
+        let rows: [&[f32]; 4] = std::array::from_fn(|r| row(o + r.min(yc.len() - 1)));
+        let mut acc = [[0.0f32; LANES]; 4];
+        let full = k / LANES * LANES;
+        let mut i = 0;
+        while i < full {
+            let xc = &x[i..i + LANES];
+            for r in 0..4 {
+                let wc = &rows[r][i..i + LANES];
+                for l in 0..LANES {
+                    acc[r][l] += xc[l] * wc[l];
+                }
+            }
+            i += LANES;
+        }
+        for r in 0..4 {
+            for (l, i) in (full..k).enumerate() {
+                acc[r][l] += x[i] * rows[r][i];
+            }
+        }
+        for (r, yo) in yc.iter_mut().enumerate() {
+            finish(yo, reduce(&acc[r]), accumulate);
+        }
+        o += yc.len();
+    }
+}
+
+/// Outputs `first..first + ys.len()` (at most [`AXPY_BLOCK`]) of a weight whose input `i` is
+/// the row `w[i·rs ..]`: 8 accumulator rows, one per `i mod 8`.
+#[inline(always)]
+fn axpy_block(x: &[f32], w: &[f32], rs: usize, first: usize, ys: &mut [f32], accumulate: bool) {
+    let width = ys.len();
+    let mut acc = [[0.0f32; AXPY_BLOCK]; LANES];
+    for (i, &xv) in x.iter().enumerate() {
+        let row = &w[i * rs + first..i * rs + first + width];
+        for (a, &wv) in acc[i % LANES][..width].iter_mut().zip(row) {
+            *a += xv * wv;
+        }
+    }
+    for (t, yo) in ys.iter_mut().enumerate() {
+        let lanes: [f32; LANES] = std::array::from_fn(|l| acc[l][t]);
+        finish(yo, reduce(&lanes), accumulate);
+    }
 }
 
 /// The single `gemm::gemm` call. Shapes were checked by the caller.
@@ -368,6 +549,50 @@ mod tests {
                 let b1: Vec<u32> = y1.iter().map(|v| v.to_bits()).collect();
                 let b2: Vec<u32> = y2.iter().map(|v| v.to_bits()).collect();
                 assert_eq!(b1, b2, "m={m} k={k} n={n} threads={threads}");
+            }
+        }
+    }
+
+    /// One-row products use the fixed-order kernel: the same bits for [out, in], [in, out]
+    /// and an arbitrary strided view, with and without accumulation.
+    #[test]
+    fn single_row_kernel_is_layout_independent_and_accurate() {
+        let (k, n) = (37, 300);
+        let x = pseudo(k, 5);
+        let w = pseudo(k * n, 6); // [k, n]
+        let mut w_t = vec![0.0; k * n]; // [n, k]
+        let mut w_wide = vec![0.0; k * n * 2]; // [k, n] with row stride 2n
+        for i in 0..k {
+            for j in 0..n {
+                w_t[j * k + i] = w[i * n + j];
+                w_wide[i * 2 * n + j] = w[i * n + j];
+            }
+        }
+        let views = [
+            MatRef::row_major(&w, k, n).unwrap(),
+            MatRef::row_major(&w_t, n, k).unwrap().t(),
+            MatRef::new(&w_wide, k, n, 2 * n, 1).unwrap(),
+            MatRef::new(&w_t, k, n, 1, k).unwrap(),
+        ];
+        let want = naive(&x, &w, 1, k, n);
+        let mut first: Option<Vec<u32>> = None;
+        for v in views {
+            let mut y = vec![0.5; n];
+            matmul(
+                MatMut::row_major(&mut y, 1, n).unwrap(),
+                MatRef::row_major(&x, 1, k).unwrap(),
+                v,
+                true,
+                2,
+            )
+            .unwrap();
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - (b + 0.5)).abs() < 1e-5);
+            }
+            let b: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+            match &first {
+                None => first = Some(b),
+                Some(f) => assert_eq!(f, &b),
             }
         }
     }
