@@ -54,7 +54,7 @@ M05=$BENCH_DIR/qwen2-0.5b-f32
 cat /dev/null > "$BENCH_DIR/orient-05b.txt"
 for T in 1 128 512; do
   echo "-- orient, $T tokens (forward only, model loaded; 1 warm-up + 3 timed)"
-  "$ORIENT" run "$M05" --tokens "$(prompt $T)" --repeat 4 2>&1 >/dev/null | tail -n 4 | tee -a "$BENCH_DIR/orient-05b.txt"
+  "$ORIENT" run "$M05" --tokens "$(prompt $T)" --repeat 4 --keep-pages 2>&1 >/dev/null | tail -n 4 | tee -a "$BENCH_DIR/orient-05b.txt"
 done
 
 echo "-- PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), f32, torch.set_num_threads(2), best of 3 (model loaded)"
@@ -129,11 +129,12 @@ for i in range(L):
         p + "mlp.gate_proj.weight": rnd(I, H), p + "mlp.up_proj.weight": rnd(I, H), p + "mlp.down_proj.weight": rnd(H, I)})
 json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(out, "model.safetensors.index.json"), "w"), indent=1)
 json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=1)
-# the 2-layer truncation, for the accuracy check (same shard files)
+# the 2-layer truncation, for the accuracy check (hard links to the same shard files: orient
+# refuses symlinks that lead out of a model folder)
 t = out + "-2layers"; os.makedirs(t, exist_ok=True)
 keep = {k: v for k, v in weight_map.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < 2}
 for f in set(keep.values()):
-    if not os.path.exists(os.path.join(t, f)): os.symlink(os.path.join(out, f), os.path.join(t, f))
+    if not os.path.exists(os.path.join(t, f)): os.link(os.path.join(out, f), os.path.join(t, f))
 json.dump({"metadata": {}, "weight_map": keep}, open(os.path.join(t, "model.safetensors.index.json"), "w"), indent=1)
 json.dump(dict(cfg, num_hidden_layers=2), open(os.path.join(t, "config.json"), "w"), indent=1)
 PYEOF

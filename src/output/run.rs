@@ -121,17 +121,25 @@ pub fn render_timings(t: &Timings, out: &mut dyn Write) -> io::Result<()> {
             t.flops / d.as_secs_f64() / 1e9
         )?;
     }
-    let mut sorted = t.forwards.clone();
+    // the first forward faults the weights in: a warm-up, left out of the summary
+    let timed = if t.forwards.len() > 1 {
+        &t.forwards[1..]
+    } else {
+        &t.forwards[..]
+    };
+    let mut sorted = timed.to_vec();
     sorted.sort();
     if let (Some(best), Some(median)) = (sorted.first(), sorted.get(sorted.len() / 2)) {
         writeln!(
             out,
-            "tokens {} best {:.4} s ({:.1} GFLOP/s) median {:.4} s ({:.1} GFLOP/s)",
+            "tokens {} best {:.4} s ({:.1} GFLOP/s) median {:.4} s ({:.1} GFLOP/s) over {} forward(s){}",
             t.tokens,
             best.as_secs_f64(),
             t.flops / best.as_secs_f64() / 1e9,
             median.as_secs_f64(),
-            t.flops / median.as_secs_f64() / 1e9
+            t.flops / median.as_secs_f64() / 1e9,
+            timed.len(),
+            if timed.len() < t.forwards.len() { " after a warm-up" } else { "" }
         )?;
     }
     Ok(())
