@@ -85,6 +85,23 @@ pub(crate) fn forward(
     } else {
         dims.n_heads * dims.d
     };
+    // Every buffer is T × (one of these widths) f32s: check the largest product once, so that
+    // no size below can overflow.
+    let widest = [
+        dims.vocab,
+        dims.inter,
+        qkv_width,
+        dims.n_heads * dims.d,
+        dims.h,
+        t,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    t.checked_mul(widest)
+        .and_then(|cells| cells.checked_mul(size_of::<f32>()))
+        .filter(|&bytes| isize::try_from(bytes).is_ok())
+        .ok_or(ModelError::PromptTooLong { tokens: t })?;
     let mut b = Buffers {
         x: Vec::new(),
         h: vec![0.0; t * dims.h],

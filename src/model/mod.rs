@@ -92,6 +92,12 @@ pub enum ModelError {
         /// Rows of `wpe`.
         max: usize,
     },
+    /// A prompt so long that its activations would not fit in memory.
+    #[error("a prompt of {tokens} tokens is too long: its activations would not fit in memory")]
+    PromptTooLong {
+        /// Prompt length.
+        tokens: usize,
+    },
     /// No tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
