@@ -292,12 +292,13 @@ pub struct DiffReport {
     pub ok: bool,
 }
 
-/// Compares `a` with `b`. `progress` is called once per finished pair (from worker threads).
+/// Compares `a` with `b`. `progress(result, total_pairs)` is called once per finished pair,
+/// from worker threads.
 pub fn diff(
     a: &Checkpoint,
     b: &Checkpoint,
     opts: &DiffOptions,
-    progress: &(dyn Fn(&PairResult) + Sync),
+    progress: &(dyn Fn(&PairResult, usize) + Sync),
 ) -> DiffReport {
     let plan = pairing::plan(a, b);
 
@@ -313,7 +314,7 @@ pub fn diff(
             let r = compare_planned(a, b, p, opts);
             a.release(p.a);
             b.release(p.b);
-            progress(&r);
+            progress(&r, plan.pairs.len());
             (i, r)
         })
         .collect();
