@@ -41,11 +41,12 @@ fn detail(p: &PairResult) -> String {
         parts.push(format!("error: {e}"));
     }
     match &p.verdict {
-        Some(Verdict::Identical { lossless_cast }) => {
-            if let Some(c) = lossless_cast {
-                parts.push(format!("same values after lossless cast {c}"));
-            }
-        }
+        Some(Verdict::Identical {
+            lossless_cast: Some(c),
+        }) => parts.push(format!("same values after lossless cast {c}")),
+        Some(Verdict::Identical {
+            lossless_cast: None,
+        }) => {}
         Some(Verdict::Transposed {
             within_rounding,
             expected_by_conventions,

@@ -509,11 +509,11 @@ fn scale_hint(c: f64, head_dim: Option<usize>) -> Option<String> {
         }
     }
     let inv = (1.0 / (c * c)).round();
-    if inv >= 2.0 && inv <= 1e7 && close(1.0 / inv.sqrt()) {
+    if (2.0..=1e7).contains(&inv) && close(1.0 / inv.sqrt()) {
         return Some(format!("1/√{inv}"));
     }
     let sq = (c * c).round();
-    if sq >= 2.0 && sq <= 1e7 && close(sq.sqrt()) {
+    if (2.0..=1e7).contains(&sq) && close(sq.sqrt()) {
         return Some(format!("√{sq}"));
     }
     None
@@ -793,7 +793,7 @@ pub(crate) fn compare_views(
 /// Confirms `rel` over the whole tensor and returns max |a − b| when it holds.
 fn confirm_measuring(pair: &Pair<'_>, l: &Layout, rel: Relation) -> Option<f64> {
     let mut max = 0f32;
-    let held = pair.stream(l, &mut |a, b, _, _, _| {
+    let held = pair.stream(l, &mut |a, b, _| {
         if !rel.holds(a, b) {
             return false;
         }

@@ -334,6 +334,20 @@ impl Sample {
     }
 }
 
+/// Where a tile sits in B: its first row and column, and its width (tiles are row-major).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TilePos {
+    /// First row.
+    pub row: usize,
+    /// First column.
+    pub col: usize,
+    /// Columns per tile row.
+    pub width: usize,
+}
+
+/// A consumer of tiles: `(a_tile, b_tile, position) -> keep going`.
+pub(crate) type TileFn<'f> = dyn FnMut(&[f32], &[f32], TilePos) -> bool + 'f;
+
 /// Both tensors of a pair, ready to be read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pair<'a> {
@@ -349,12 +363,8 @@ pub(crate) struct Pair<'a> {
 
 impl Pair<'_> {
     /// Streams B in tiles together with A's values under `layout`, calling `f(a_tile, b_tile,
-    /// first_row, first_col, width)` for each; stops early (returning false) when `f` does.
-    pub(crate) fn stream(
-        &self,
-        layout: &Layout,
-        f: &mut dyn FnMut(&[f32], &[f32], usize, usize, usize) -> bool,
-    ) -> bool {
+    /// position)` for each; stops early (returning false) when `f` does.
+    pub(crate) fn stream(&self, layout: &Layout, f: &mut TileFn<'_>) -> bool {
         let gb = self.gb;
         if gb.rows == 0 || gb.cols == 0 {
             return true;
@@ -383,7 +393,15 @@ impl Pair<'_> {
                         .widen((i0 + r) * gb.cols + j0, &mut bt[r * w..(r + 1) * w]);
                 }
                 self.fill_a(layout, i0, h, j0, w, at, &mut scratch[..h * w]);
-                if !f(at, bt, i0, j0, w) {
+                if !f(
+                    at,
+                    bt,
+                    TilePos {
+                        row: i0,
+                        col: j0,
+                        width: w,
+                    },
+                ) {
                     return false;
                 }
                 j0 += w;
@@ -444,7 +462,7 @@ impl Pair<'_> {
 
     /// Does `rel` hold under `layout` over the whole tensor? Stops at the first failing tile.
     pub(crate) fn confirm(&self, layout: &Layout, rel: Relation) -> bool {
-        self.stream(layout, &mut |a, b, _, _, _| rel.holds(a, b))
+        self.stream(layout, &mut |a, b, _| rel.holds(a, b))
     }
 
     /// Full-tensor statistics of B against A under `layout`.
@@ -452,7 +470,7 @@ impl Pair<'_> {
         let mut s = Stats::default();
         let gb = self.gb;
         let mut first: Option<(usize, usize)> = None;
-        self.stream(layout, &mut |a, b, i0, j0, w| {
+        self.stream(layout, &mut |a, b, pos| {
             for (k, (&x, &y)) in a.iter().zip(b).enumerate() {
                 let (x64, y64) = (f64::from(x), f64::from(y));
                 s.dot += x64 * y64;
@@ -471,7 +489,7 @@ impl Pair<'_> {
                     s.max_rel_diff = s.max_rel_diff.max(d / m);
                 }
                 if first.is_none() {
-                    first = Some((i0 + k / w, j0 + k % w));
+                    first = Some((pos.row + k / pos.width, pos.col + k % pos.width));
                 }
             }
             true
