@@ -8,6 +8,7 @@
 //! - [`diff`]: compare two checkpoints and name the transform between each pair.
 //! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
 //!   name/orientation in each convention.
+//! - [`report`]: the `inspect` report.
 
 pub mod cast;
 pub mod catalogue;
@@ -17,12 +18,13 @@ pub mod diff;
 pub mod dtype;
 pub mod error;
 pub mod header;
+pub mod report;
 pub mod view;
 
 pub use catalogue::{
     Catalogue, Component, Convention, Entry, Form, NameMatch, Orientation, Role, Variant,
 };
-pub use checkpoint::{Checkpoint, Shard, Source, TensorInfo};
+pub use checkpoint::{Checkpoint, ConfigStatus, Shard, Source, TensorInfo};
 pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;
 pub use error::Error;

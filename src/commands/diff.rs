@@ -82,17 +82,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         expect,
     };
 
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} comparing {pos}/{len} pairs [{elapsed}] {wide_msg}",
-        ) {
-            bar.set_style(style);
-        }
-        Some(bar)
-    } else {
-        None
-    };
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(orient::output::diff::progress_bar);
     let progress = |r: &diff::PairResult, total: usize| {
         if let Some(bar) = &bar {
             bar.set_length(total as u64);

@@ -11,6 +11,19 @@ use std::io::{self, Write};
 use comfy_table::{presets, Cell, ContentArrangement, Table};
 use orient_inspect::diff::{DiffReport, PairResult, Verdict};
 
+/// A bar counting compared pairs (the caller shows it only when stderr is a terminal and sets
+/// its length once the pairing is known).
+pub fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "comparing [{bar:30}] {pos}/{len} pairs, {elapsed} {wide_msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
 /// A number in a short, stable form: plain for ordinary magnitudes, scientific otherwise.
 fn num(x: f64) -> String {
     if x.is_nan() {

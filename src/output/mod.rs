@@ -1,4 +1,7 @@
 //! The one place that prints. Computation returns data; these functions render it as
 //! a table (comfy-table) or JSON to a writer, so that a closed pipe surfaces as an
 //! `io::Error` the binary can ignore.
+
 pub mod diff;
+pub mod inspect;
+pub mod progress;

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::{OneSided, SideSummary};
 use crate::catalogue::{Catalogue, Convention, Entry};
-use crate::checkpoint::{Checkpoint, TensorInfo};
-use crate::config::{parse_config, ConfigOutcome, ModelConfig};
+use crate::checkpoint::{Checkpoint, ConfigStatus, TensorInfo};
+use crate::config::ModelConfig;
 
 /// Which head count a RoPE permutation of a tensor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -101,32 +101,20 @@ pub(crate) struct Plan<'a> {
 
 /// A side's config: resolved config (if usable), a short description, and a warning.
 fn read_config(ck: &Checkpoint, label: &str) -> (Option<ModelConfig>, String, Option<String>) {
-    let path = ck
-        .config_path()
-        .map_or_else(String::new, |p| p.display().to_string());
-    match ck.config_text() {
-        None => (None, "no config.json".to_string(), None),
-        Some(text) => match parse_config(text) {
-            Ok(ConfigOutcome::Known(cfg)) => {
-                let desc = cfg.model_type.clone();
-                (Some(cfg), desc, None)
-            }
-            Ok(ConfigOutcome::UnknownArch { model_type, .. }) => {
-                let mt = model_type.unwrap_or_else(|| "(none)".to_string());
-                (
-                    None,
-                    format!("unknown architecture `{mt}`"),
-                    Some(format!("{label}: {path}: model_type `{mt}` is not in the layout catalogue; names are matched only when spelled identically")),
-                )
-            }
-            Err(e) => (
+    match ck.config_status() {
+        ConfigStatus::Known(cfg) => (Some(cfg.clone()), cfg.model_type.clone(), None),
+        ConfigStatus::Missing => (None, "no config.json".to_string(), None),
+        ConfigStatus::UnknownArch { model_type, .. } => {
+            let mt = model_type.as_deref().unwrap_or("(none)");
+            let path = ck
+                .config_path()
+                .map_or_else(String::new, |p| p.display().to_string());
+            (
                 None,
-                "invalid config.json".to_string(),
-                Some(format!(
-                    "{label}: {path}: {e}; names are matched only when spelled identically"
-                )),
-            ),
-        },
+                format!("unknown architecture `{mt}`"),
+                Some(format!("{label}: {path}: model_type `{mt}` is not in the layout catalogue; names are matched only when spelled identically")),
+            )
+        }
     }
 }
 
