@@ -227,8 +227,8 @@ fn hf_fixtures_match_their_transformers_made_flax_twins() {
             if by_conv {
                 transposed += 1;
                 assert_eq!(p["expected_by_conventions"], true);
-                assert_eq!(p["a"]["convention"], "Hf");
-                assert_eq!(p["b"]["convention"], "Flax");
+                assert_eq!(p["a"]["convention"], "hf");
+                assert_eq!(p["b"]["convention"], "flax");
             }
         }
         // Every projection (and lm_head when untied) is a transposed kernel.
