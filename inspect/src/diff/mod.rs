@@ -690,15 +690,20 @@ pub(crate) fn compare_views(
     }
 
     let sample = Sample::new(&b_src, pair.gb);
-    let screen = |l: &Layout, rel: Relation| -> bool {
-        if full {
-            return true;
+    // A's sampled values per layout, gathered once (exact and rounded share them).
+    let mut gathered: Vec<(Layout, Vec<f32>)> = Vec::new();
+    let mut a_sampled = |l: &Layout| -> Vec<f32> {
+        if let Some((_, v)) = gathered.iter().find(|(k, _)| k == l) {
+            return v.clone();
         }
-        rel.holds(&sample.a_values(&a_src, pair.ga, l), sample.b_values())
+        let v = sample.a_values(&a_src, pair.ga, l);
+        gathered.push((*l, v.clone()));
+        v
     };
+    let b_s = sample.b_values();
 
     for (l, rel, y) in &cands {
-        if !screen(l, *rel) {
+        if !full && !rel.holds(&a_sampled(l), b_s) {
             continue;
         }
         let within = match rel {
@@ -733,9 +738,8 @@ pub(crate) fn compare_views(
     // Scaled, then offset: constants estimated from the sample, confirmed on the whole tensor.
     let mut affine: Vec<Layout> = bases.clone();
     affine.extend(ropes.iter().map(|(l, _)| *l));
-    let b_s = sample.b_values();
     for l in &affine {
-        let a_s = sample.a_values(&a_src, pair.ga, l);
+        let a_s = a_sampled(l);
         let ratios: Vec<f32> = a_s
             .iter()
             .zip(b_s)
@@ -744,7 +748,7 @@ pub(crate) fn compare_views(
             .collect();
         if let Some(c) = numeric::median(ratios) {
             let rel = Relation::Scaled(c, narrow);
-            if c != 1.0 && c != 0.0 && screen(l, rel) && pair.confirm(l, rel) {
+            if c != 1.0 && c != 0.0 && (full || rel.holds(&a_s, b_s)) && pair.confirm(l, rel) {
                 if l.perm.is_some() {
                     notes.push("scaled after a RoPE permutation".to_string());
                 }
@@ -757,11 +761,11 @@ pub(crate) fn compare_views(
         }
     }
     for l in &bases {
-        let a_s = sample.a_values(&a_src, pair.ga, l);
+        let a_s = a_sampled(l);
         let deltas: Vec<f32> = a_s.iter().zip(b_s).map(|(x, y)| y - x).collect();
         if let Some(c) = numeric::median(deltas) {
             let rel = Relation::Offset(c, narrow);
-            if c != 0.0 && screen(l, rel) && pair.confirm(l, rel) {
+            if c != 0.0 && (full || rel.holds(&a_s, b_s)) && pair.confirm(l, rel) {
                 return Ok(Verdict::Offset {
                     offset: f64::from(c),
                     transposed: l.transpose,

@@ -405,3 +405,39 @@ fn hostile_pairs_are_errors_or_notes() {
     assert_eq!(r.unwrap().name(), "different");
     assert!(notes[0].contains("num_attention_heads"), "{notes:?}");
 }
+
+#[test]
+fn transpose_fast_path_catches_one_flipped_element_and_keeps_nan_semantics() {
+    let (rows, cols) = (130, 70); // not multiples of the 64×64 block
+    let v = values(rows * cols, 11);
+    let a = Owned::f32("w", &[rows, cols], &v);
+    let mut t = transpose(&v, rows, cols);
+    t[cols * rows - 1] = f32::from_bits(t[cols * rows - 1].to_bits() ^ 1);
+    let b = Owned::f32("w", &[cols, rows], &t);
+    for full in [false, true] {
+        let (r, _) = cmp(&a, &b, &RopeCheck::NotApplicable, false, full);
+        // One ulp off in f32 on one element: transposed within F32 rounding, not exact.
+        assert_eq!(
+            r.unwrap(),
+            Verdict::Transposed {
+                within_rounding: Some("F32"),
+                expected_by_conventions: false
+            }
+        );
+    }
+    // NaNs with different payloads count as equal (the general path decides).
+    let mut w = v.clone();
+    w[5] = f32::from_bits(0x7fc0_0001);
+    let a = Owned::f32("w", &[rows, cols], &w);
+    let mut t = transpose(&w, rows, cols);
+    t[5 * rows] = f32::from_bits(0x7fc0_0002);
+    let b = Owned::f32("w", &[cols, rows], &t);
+    let (r, _) = cmp(&a, &b, &RopeCheck::NotApplicable, false, false);
+    assert_eq!(
+        r.unwrap(),
+        Verdict::Transposed {
+            within_rounding: None,
+            expected_by_conventions: false
+        }
+    );
+}
