@@ -275,6 +275,23 @@ fn flax_names_pair_with_params_prefix_and_one_config() {
     assert_eq!(pairs_of(&report).len(), 21);
     let w = report["warnings"][0].as_str().unwrap();
     assert!(w.contains("B has no usable config.json"), "{w}");
+
+    // Hub-style GPT-2 names without `transformer.` pair with the prefixed ones.
+    let bare = tempfile::tempdir().unwrap();
+    let tensors: Vec<Tensor> = load("gpt2")
+        .into_iter()
+        .map(|(n, s, v)| f32_tensor(n.strip_prefix("transformer.").unwrap(), &s, &v))
+        .collect();
+    write_safetensors(&bare.path().join("model.safetensors"), &tensors);
+    let (code, report) = diff_json(&fixture("gpt2"), bare.path(), &[]);
+    assert_eq!(code, 0, "{report:#}");
+    let pairs = pairs_of(&report);
+    assert_eq!(pairs.len(), 28);
+    assert_eq!(
+        pairs["transformer.h.1.attn.c_attn.weight"]["b"]["name"],
+        "h.1.attn.c_attn.weight"
+    );
+    assert!(pairs.values().all(|p| verdict(p) == "identical"));
 }
 
 #[test]
