@@ -1,1 +1,7 @@
-//! placeholder
+//! Rewriting safetensors checkpoints into a chosen layout, streaming.
+//!
+//! Each tensor is renamed, transposed, cast or skipped according to the layout
+//! catalogue of `orient-inspect`, and written one tile at a time so that memory stays
+//! bounded by a tile, not by the model.
+
+pub mod cast;
