@@ -5,3 +5,4 @@
 //! bounded by a tile, not by the model.
 
 pub mod cast;
+pub mod transpose;
