@@ -5,4 +5,8 @@
 //! bounded by a tile, not by the model.
 
 pub mod cast;
+pub mod error;
 pub mod transpose;
+pub mod writer;
+
+pub use error::{Error, Result};
