@@ -1,1 +1,19 @@
-//! placeholder
+//! Reading and describing safetensors checkpoints.
+//!
+//! - [`header`]: parse and validate one header, as a straight line of checked steps.
+//! - [`checkpoint`]: open a file, a sharded set or a model folder; own the memory maps.
+//! - [`view`]: borrowed tensor bytes and an alignment-safe path to f32.
+//! - [`cast`]: widening kernels (bf16/f16 → f32) shared by every reader of data.
+
+pub mod cast;
+pub mod checkpoint;
+pub mod dtype;
+pub mod error;
+pub mod header;
+pub mod view;
+
+pub use checkpoint::{Checkpoint, Shard, Source, TensorInfo};
+pub use dtype::Dtype;
+pub use error::Error;
+pub use header::HeaderError;
+pub use view::{TensorView, ViewError};

@@ -1,0 +1,120 @@
+//! Errors of opening a checkpoint. Each names the file, and the tensor where there is one.
+
+use std::path::PathBuf;
+
+use crate::header::HeaderError;
+
+/// Why a checkpoint cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operating system refused to open, read or map a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A safetensors header is invalid.
+    #[error("{}: {source}", path.display())]
+    Header {
+        /// The safetensors file.
+        path: PathBuf,
+        /// What is wrong with its header.
+        #[source]
+        source: HeaderError,
+    },
+    /// A folder with no `.safetensors` file and no index.
+    #[error("{}: no .safetensors file and no model.safetensors.index.json in this folder", dir.display())]
+    NoSafetensors {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// A folder with several `.safetensors` files and no index to say how they fit.
+    #[error(
+        "{}: {} .safetensors files ({}) but no model.safetensors.index.json; name one file or add the index",
+        dir.display(), files.len(), files.join(", ")
+    )]
+    AmbiguousFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// The file names found.
+        files: Vec<String>,
+    },
+    /// The index is not valid JSON or lacks `weight_map`.
+    #[error("{}: invalid index: {reason}", index.display())]
+    InvalidIndex {
+        /// The index file.
+        index: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A shard name that could lead outside the model folder. Refused before any file
+    /// is opened.
+    #[error(
+        "{}: shard name `{shard}`{} leads outside the model folder (absolute, `..`, or a link); refusing to open it",
+        index.display(),
+        if tensor.is_empty() { String::new() } else { format!(" (for tensor `{tensor}`)") }
+    )]
+    ShardEscapes {
+        /// The index file.
+        index: PathBuf,
+        /// The shard name as written.
+        shard: String,
+        /// A tensor mapped to it.
+        tensor: String,
+    },
+    /// The index names a shard file that does not exist.
+    #[error("{}: tensor `{tensor}` is mapped to shard `{shard}`, which does not exist", index.display())]
+    MissingShard {
+        /// The index file.
+        index: PathBuf,
+        /// The shard name.
+        shard: String,
+        /// A tensor mapped to it.
+        tensor: String,
+    },
+    /// The index lists a tensor that its shard lacks.
+    #[error("{}: tensor `{tensor}` is listed in the index but missing from its shard {}", index.display(), shard.display())]
+    NotInShard {
+        /// The index file.
+        index: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The shard the index names.
+        shard: PathBuf,
+    },
+    /// A shard holds a tensor that the index does not list.
+    #[error("{}: tensor `{tensor}` is in this shard but not listed in {}", shard.display(), index.display())]
+    NotInIndex {
+        /// The shard.
+        shard: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The index file.
+        index: PathBuf,
+    },
+    /// A tensor found in a different shard from the one the index names.
+    #[error("{}: tensor `{tensor}` is listed in shard `{listed}` but found in {}", index.display(), found.display())]
+    WrongShard {
+        /// The index file.
+        index: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The shard the index names.
+        listed: String,
+        /// The shard it was found in.
+        found: PathBuf,
+    },
+    /// The same tensor name in two shards.
+    #[error("tensor `{tensor}` appears in two shards: {} and {}", first.display(), second.display())]
+    DuplicateAcrossShards {
+        /// The tensor name.
+        tensor: String,
+        /// One shard.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+}
