@@ -129,12 +129,6 @@ pub fn f32_to_bf16_bits(x: u32) -> u16 {
     }
 }
 
-/// Widens bf16 bits to f32 bits (exact).
-#[inline(always)]
-pub fn bf16_to_f32_bits(h: u16) -> u32 {
-    u32::from(h) << 16
-}
-
 /// Rounds one f32 (given as bits) to f16 bits: nearest, ties to even, overflow to ±Inf,
 /// gradual underflow to subnormals; NaN stays a quiet NaN with its sign and top payload
 /// bits. Bit-identical to `half::f16::from_f32`.
@@ -168,25 +162,6 @@ pub fn f32_to_f16_bits(x: u32) -> u16 {
         0
     };
     sign | out
-}
-
-/// Widens f16 bits to f32 bits (exact, subnormals included; NaN payload kept).
-#[inline(always)]
-pub fn f16_to_f32_bits(h: u16) -> u32 {
-    let sign = u32::from(h & 0x8000) << 16;
-    let exp = u32::from(h >> 10) & 0x1f;
-    let man = u32::from(h & 0x03ff);
-    let body = if exp == 0x1f {
-        0x7f80_0000 | (man << 13)
-    } else if exp != 0 {
-        ((exp + 112) << 23) | (man << 13)
-    } else if man == 0 {
-        0
-    } else {
-        // Subnormal: man · 2^-24, exact in f32 (an integer below 2^10 times a power of 2).
-        (man as f32 * f32::from_bits(0x3380_0000)).to_bits()
-    };
-    sign | body
 }
 
 /// Elements per inner block: big enough to vectorize, small enough for the counters.
@@ -241,24 +216,39 @@ pub fn f32_to_f16(src: &[u8], dst: &mut [u8]) -> Result<CastStats, CastError> {
     Ok(stats)
 }
 
-/// bf16 bytes → f32 bytes (exact).
+/// bf16 bytes → f32 bytes (exact), with the shared widening kernel of `orient-inspect`.
 pub fn bf16_to_f32(src: &[u8], dst: &mut [u8]) -> Result<(), CastError> {
     check(src, FloatFormat::BF16, dst, FloatFormat::F32)?;
-    for (s, d) in src.chunks_exact(2).zip(dst.chunks_exact_mut(4)) {
-        let w = bf16_to_f32_bits(u16::from_le_bytes([s[0], s[1]]));
-        d.copy_from_slice(&w.to_le_bytes());
-    }
+    widen(src, dst, orient_inspect::cast::bf16_bytes_to_f32);
     Ok(())
 }
 
-/// f16 bytes → f32 bytes (exact).
+/// f16 bytes → f32 bytes (exact), with the shared widening kernel of `orient-inspect`.
 pub fn f16_to_f32(src: &[u8], dst: &mut [u8]) -> Result<(), CastError> {
     check(src, FloatFormat::F16, dst, FloatFormat::F32)?;
-    for (s, d) in src.chunks_exact(2).zip(dst.chunks_exact_mut(4)) {
-        let w = f16_to_f32_bits(u16::from_le_bytes([s[0], s[1]]));
-        d.copy_from_slice(&w.to_le_bytes());
-    }
+    widen(src, dst, orient_inspect::cast::f16_bytes_to_f32);
     Ok(())
+}
+
+// The f32 results are written through `bytemuck` in native byte order, which is the
+// format's little-endian order only on little-endian targets.
+#[cfg(not(target_endian = "little"))]
+compile_error!("orient-convert writes safetensors data in native byte order");
+
+/// Runs a 16-bit → f32 widening `kernel` into byte buffer `dst` (lengths checked by the
+/// caller): directly when `dst` is 4-byte aligned, else through an aligned scratch block.
+fn widen(src: &[u8], dst: &mut [u8], kernel: fn(&[u8], &mut [f32])) {
+    match bytemuck::try_cast_slice_mut::<u8, f32>(dst) {
+        Ok(out) => kernel(src, out),
+        Err(_) => {
+            let mut scratch = [0f32; 1024]; // [1024] f32
+            for (s, d) in src.chunks(2 * 1024).zip(dst.chunks_mut(4 * 1024)) {
+                let n = s.len() / 2;
+                kernel(s, &mut scratch[..n]);
+                d.copy_from_slice(bytemuck::cast_slice(&scratch[..n]));
+            }
+        }
+    }
 }
 
 /// Casts `src` (in format `from`) into `dst` (in format `to`). Same-format is a copy;
@@ -385,6 +375,25 @@ mod tests {
                 assert_eq!(w.to_bits(), reference.to_bits(), "widening {h:#06x}");
                 assert_eq!(b, h, "pattern {h:#06x}");
             }
+        }
+    }
+
+    #[test]
+    fn widening_into_an_unaligned_buffer_is_exact() {
+        let src: Vec<u8> = (0..3000u16)
+            .flat_map(|h| (h.wrapping_mul(37)).to_le_bytes())
+            .collect();
+        let mut buf = vec![0u8; 3000 * 4 + 1];
+        bf16_to_f32(&src, &mut buf[1..]).unwrap();
+        for (k, c) in src.chunks_exact(2).enumerate() {
+            let got = u32::from_le_bytes(buf[1 + 4 * k..5 + 4 * k].try_into().unwrap());
+            assert_eq!(got, u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+        }
+        f16_to_f32(&src, &mut buf[1..]).unwrap();
+        for (k, c) in src.chunks_exact(2).enumerate() {
+            let got = f32::from_le_bytes(buf[1 + 4 * k..5 + 4 * k].try_into().unwrap());
+            let want = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
         }
     }
 
