@@ -23,7 +23,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    // TODO(merge): `Read(#[from] orient_inspect::Error)` once the reader lands.
+    /// Reading the source checkpoint failed.
+    #[error(transparent)]
+    Read(#[from] orient_inspect::Error),
     /// A cast kernel rejected its buffers.
     #[error("tensor `{tensor}`: {source}")]
     Cast {

@@ -10,3 +10,4 @@ pub mod transpose;
 pub mod writer;
 
 pub use error::{Error, Result};
+pub mod engine;

@@ -421,6 +421,77 @@ impl TensorSink<'_> {
             });
         }
         self.out.write_all(bytes).map_err(io("write", self.path))?;
+        self.account(n)
+    }
+
+    /// Appends `len` bytes of `src` starting at byte `offset`, copied inside the kernel
+    /// (`copy_file_range`) where the filesystem allows it, else through a bounded buffer.
+    /// No tensor data passes through this process's memory on the fast path.
+    pub fn copy_from(&mut self, src: &File, src_path: &Path, offset: u64, len: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if len > self.remaining {
+            return Err(Error::ProducerOverrun {
+                tensor: self.tensor.to_string(),
+                expected: self.remaining,
+            });
+        }
+        let mut copied = 0u64;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            self.out.flush().map_err(io("write", self.path))?;
+            let dst_fd = self.out.get_ref().as_raw_fd();
+            while copied < len {
+                let mut off_in = (offset + copied) as libc::loff_t;
+                let want = (len - copied).min(1 << 30) as usize;
+                // SAFETY: both descriptors are open files owned by live `File`s; `off_in`
+                // is a valid pointer to a local; a null `off_out` means "use and advance
+                // the destination's file position", which is where the flushed
+                // BufWriter left it. The call reads no memory of ours.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        &mut off_in,
+                        dst_fd,
+                        std::ptr::null_mut(),
+                        want,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        // Not supported here (cross-device, old kernel, special file):
+                        // fall back to the buffered copy below.
+                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => break,
+                        _ => return Err(io("write", self.path)(e)),
+                    }
+                }
+                if n == 0 {
+                    return Err(io("read", src_path)(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                let n = n as u64;
+                copied += n;
+                self.account(n)?;
+            }
+        }
+        if copied < len {
+            let mut buf = vec![0u8; (len - copied).min(8 << 20) as usize]; // copy buffer, ≤ 8 MiB
+            while copied < len {
+                let n = (len - copied).min(buf.len() as u64) as usize;
+                src.read_exact_at(&mut buf[..n], offset + copied)
+                    .map_err(io("read", src_path))?;
+                self.write(&buf[..n])?;
+                copied += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Books `n` bytes written behind the BufWriter's back.
+    fn account(&mut self, n: u64) -> Result<()> {
         self.remaining -= n;
         *self.position += n;
         (self.progress)(n);
@@ -686,6 +757,38 @@ mod tests {
         assert!(dst.join(SINGLE_FILE).exists());
         assert!(!dst.join("old.txt").exists());
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn copy_from_copies_a_file_range() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src_path = tmp.path().join("src.bin");
+        let data: Vec<u8> = (0..100_000u32).map(|k| (k % 251) as u8).collect();
+        std::fs::write(&src_path, &data).unwrap();
+        let src = File::open(&src_path).unwrap();
+        let dst = tmp.path().join("out");
+        let layout = Layout::new(
+            vec![t("a", "U8", &[10], 1), t("b", "U8", &[50_000], 1)],
+            &BTreeMap::new(),
+            u64::MAX,
+        )
+        .unwrap();
+        let staging = Staging::create(&dst, false).unwrap();
+        let mut produce = |i: usize, sink: &mut TensorSink<'_>| {
+            if i == 0 {
+                sink.write(&[7u8; 10])
+            } else {
+                sink.copy_from(&src, &src_path, 1234, 50_000)
+            }
+        };
+        staging
+            .write_shard(&layout, 0, &mut produce, &mut |_| {})
+            .unwrap();
+        staging.commit(false).unwrap();
+        let bytes = std::fs::read(dst.join(SINGLE_FILE)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("a").unwrap().data(), &[7u8; 10]);
+        assert_eq!(st.tensor("b").unwrap().data(), &data[1234..51_234]);
     }
 
     #[test]
