@@ -4,15 +4,24 @@
 //! - [`checkpoint`]: open a file, a sharded set or a model folder; own the memory maps.
 //! - [`view`]: borrowed tensor bytes and an alignment-safe path to f32.
 //! - [`cast`]: widening kernels (bf16/f16 → f32) shared by every reader of data.
+//! - [`config`]: `config.json` resolved once into a plain struct.
+//! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
+//!   name/orientation in each convention.
 
 pub mod cast;
+pub mod catalogue;
 pub mod checkpoint;
+pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod header;
 pub mod view;
 
+pub use catalogue::{
+    Catalogue, Component, Convention, Entry, Form, NameMatch, Orientation, Role, Variant,
+};
 pub use checkpoint::{Checkpoint, Shard, Source, TensorInfo};
+pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;
 pub use error::Error;
 pub use header::HeaderError;
