@@ -65,6 +65,9 @@ pub struct TensorOp {
     pub source_shape: Vec<usize>,
     /// Output shape.
     pub target_shape: Vec<usize>,
+    /// Built from another tensor (an lm_head from the tied embedding), not from the
+    /// same tensor under another name.
+    pub tied: bool,
 }
 
 impl TensorOp {
@@ -442,6 +445,7 @@ mod tests {
             target_dtype: to,
             source_shape: shape.to_vec(),
             target_shape,
+            tied: false,
         }
     }
 

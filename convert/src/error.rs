@@ -140,6 +140,26 @@ pub enum Error {
     /// A tensor needed by the target layout is absent from the source.
     #[error("tensor `{0}` is required by the target layout but missing from the source")]
     MissingTensor(String),
+    /// The target layout needs an lm_head that the source lacks and cannot be built.
+    #[error("the {target} layout needs `{target_name}`, but the source has no `{expected}` and its config does not tie the embeddings (tie_word_embeddings is false), so there is nothing to build it from")]
+    MissingLmHead {
+        /// The lm_head name in the source convention.
+        expected: String,
+        /// The lm_head name in the target convention.
+        target_name: String,
+        /// The target convention.
+        target: String,
+    },
+    /// A tied lm_head that the target leaves out differs from the embedding.
+    #[error("config.json ties the embeddings, so the {target} layout has no lm_head, but `{lm_head}` differs from `{embedding}`; refusing to drop it (is tie_word_embeddings right?)")]
+    LmHeadDiffers {
+        /// The lm_head tensor.
+        lm_head: String,
+        /// The embedding tensor.
+        embedding: String,
+        /// The target convention.
+        target: String,
+    },
     /// A tensor's shape is not what the catalogue expects.
     #[error("tensor `{tensor}` has shape {actual:?}, but the catalogue expects {expected:?} in {convention} layout")]
     ShapeMismatch {

@@ -11,3 +11,5 @@ pub mod writer;
 
 pub use error::{Error, Result};
 pub mod engine;
+pub mod plan;
+pub mod convert;
