@@ -53,6 +53,7 @@ use crate::config::{Arch, ModelConfig};
 
 /// A weight layout convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Convention {
     /// HF / PyTorch: Linear `[out, in]`, Conv1D `[in, out]`; the canonical layout.
     Hf,
@@ -72,6 +73,7 @@ impl Convention {
 
 /// What a tensor is, independent of naming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Token embedding table.
     Embedding,
@@ -95,6 +97,7 @@ pub enum Role {
 
 /// Which part of the model a tensor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Component {
     /// Token and position embeddings.
     Embedding,
@@ -114,6 +117,7 @@ pub enum Component {
 
 /// How a tensor's axes are laid out in one convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Orientation {
     /// HF `nn.Linear` weight `[out, in]`.
     HfLinear,
@@ -897,6 +901,7 @@ impl Entry {
 
 /// Which spelling of a name matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// The canonical name.
     Bare,
@@ -1074,5 +1079,593 @@ impl Catalogue {
     /// [`Catalogue::resolve`] or from enumerating `entries()`).
     pub fn form(&self, entry: usize, c: Convention) -> &Form {
         self.entries[entry].form(c)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_config, ConfigOutcome};
+
+    fn cfg(json: &str) -> ModelConfig {
+        match parse_config(json).unwrap() {
+            ConfigOutcome::Known(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The tiny llama-family config of the fixtures, with `extra` fields appended.
+    fn tiny(model_type: &str, extra: &str) -> ModelConfig {
+        cfg(&format!(
+            r#"{{"model_type": "{model_type}", "hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "intermediate_size": 176, "num_hidden_layers": 2,
+                "vocab_size": 512, "max_position_embeddings": 256{extra}}}"#
+        ))
+    }
+
+    fn tiny_gpt2(extra: &str) -> ModelConfig {
+        cfg(&format!(
+            r#"{{"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": null,
+                "n_positions": 256, "vocab_size": 512{extra}}}"#
+        ))
+    }
+
+    fn listing(cat: &Catalogue, c: Convention) -> Vec<(String, Vec<usize>)> {
+        cat.entries()
+            .iter()
+            .map(|e| (e.form(c).name.clone(), e.form(c).shape.clone()))
+            .collect()
+    }
+
+    fn owned(rows: &[(&str, &[usize])]) -> Vec<(String, Vec<usize>)> {
+        rows.iter()
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect()
+    }
+
+    /// Per-layer llama-family rows (HF), in model order, for layer `i`.
+    fn llama_layer_hf(
+        i: usize,
+        q: usize,
+        kv: usize,
+        bias: bool,
+        qk_norm: Option<usize>,
+    ) -> Vec<(String, Vec<usize>)> {
+        let p = format!("model.layers.{i}");
+        let mut v = vec![
+            (format!("{p}.input_layernorm.weight"), vec![64]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![q, 64]),
+        ];
+        if bias {
+            v.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
+        }
+        v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, 64]));
+        if bias {
+            v.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+        }
+        v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, 64]));
+        if bias {
+            v.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+        }
+        if let Some(d) = qk_norm {
+            v.push((format!("{p}.self_attn.q_norm.weight"), vec![d]));
+            v.push((format!("{p}.self_attn.k_norm.weight"), vec![d]));
+        }
+        v.extend([
+            (format!("{p}.self_attn.o_proj.weight"), vec![64, q]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![64]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![176, 64]),
+            (format!("{p}.mlp.up_proj.weight"), vec![176, 64]),
+            (format!("{p}.mlp.down_proj.weight"), vec![64, 176]),
+        ]);
+        v
+    }
+
+    fn llama_hf(
+        q: usize,
+        kv: usize,
+        bias: bool,
+        qk_norm: Option<usize>,
+    ) -> Vec<(String, Vec<usize>)> {
+        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![512, 64])];
+        for i in 0..2 {
+            v.extend(llama_layer_hf(i, q, kv, bias, qk_norm));
+        }
+        v.push(("model.norm.weight".to_string(), vec![64]));
+        v.push(("lm_head.weight".to_string(), vec![512, 64]));
+        v
+    }
+
+    #[test]
+    fn llama_hf_and_flax_listing() {
+        let cat = Catalogue::new(&tiny("llama", ""));
+        assert_eq!(cat.arch(), Arch::Llama);
+        assert_eq!(cat.entries().len(), 1 + 2 * 9 + 2);
+        assert_eq!(listing(&cat, Convention::Hf), llama_hf(64, 32, false, None));
+        let flax = listing(&cat, Convention::Flax);
+        let expected_layer0 = owned(&[
+            ("model.layers.0.input_layernorm.weight", &[64]),
+            ("model.layers.0.self_attn.q_proj.kernel", &[64, 64]),
+            ("model.layers.0.self_attn.k_proj.kernel", &[64, 32]),
+            ("model.layers.0.self_attn.v_proj.kernel", &[64, 32]),
+            ("model.layers.0.self_attn.o_proj.kernel", &[64, 64]),
+            ("model.layers.0.post_attention_layernorm.weight", &[64]),
+            ("model.layers.0.mlp.gate_proj.kernel", &[64, 176]),
+            ("model.layers.0.mlp.up_proj.kernel", &[64, 176]),
+            ("model.layers.0.mlp.down_proj.kernel", &[176, 64]),
+        ]);
+        assert_eq!(
+            flax[0],
+            ("model.embed_tokens.embedding".to_string(), vec![512, 64])
+        );
+        assert_eq!(flax[1..10].to_vec(), expected_layer0);
+        assert_eq!(flax[10].0, "model.layers.1.input_layernorm.weight");
+        assert_eq!(flax[19], ("model.norm.weight".to_string(), vec![64]));
+        assert_eq!(flax[20], ("lm_head.kernel".to_string(), vec![64, 512]));
+
+        let q = &cat.entries()[2];
+        assert_eq!(q.role, Role::Linear);
+        assert_eq!(q.component, Component::Attention);
+        assert_eq!(q.layer, Some(0));
+        assert!(q.transposed_between);
+        assert_eq!(q.shape_formula, "[nH·D, H]");
+        assert_eq!(q.hf.orientation.describe(), "hf Linear [out,in]");
+        assert_eq!(q.flax.orientation.describe(), "flax kernel [in,out]");
+        assert_eq!(
+            cat.entries()[0].hf.orientation.describe(),
+            "embedding [vocab,hidden]"
+        );
+        assert_eq!(cat.entries()[1].hf.orientation.describe(), "norm [hidden]");
+        // Untied: lm_head required.
+        assert_eq!(cat.entries()[20].optional, None);
+    }
+
+    #[test]
+    fn llama_attention_and_mlp_bias_rows() {
+        let cat = Catalogue::new(&tiny(
+            "llama",
+            r#", "attention_bias": true, "mlp_bias": true"#,
+        ));
+        let names: Vec<&str> = cat.entries().iter().map(|e| e.hf.name.as_str()).collect();
+        for n in [
+            "model.layers.1.self_attn.q_proj.bias",
+            "model.layers.1.self_attn.k_proj.bias",
+            "model.layers.1.self_attn.v_proj.bias",
+            "model.layers.1.self_attn.o_proj.bias",
+            "model.layers.1.mlp.gate_proj.bias",
+            "model.layers.1.mlp.up_proj.bias",
+            "model.layers.1.mlp.down_proj.bias",
+        ] {
+            assert!(names.contains(&n), "{n}");
+        }
+        assert_eq!(cat.entries().len(), 1 + 2 * 16 + 2);
+        let o_bias = cat.resolve("model.layers.1.self_attn.o_proj.bias").unwrap();
+        assert_eq!(cat.form(o_bias.entry, Convention::Hf).shape, vec![64]);
+        assert_eq!(
+            cat.form(o_bias.entry, Convention::Hf)
+                .orientation
+                .describe(),
+            "bias [out]"
+        );
+        let down_bias = cat.resolve("model.layers.0.mlp.down_proj.bias").unwrap();
+        assert_eq!(cat.form(down_bias.entry, Convention::Flax).shape, vec![64]);
+        // Without the options there are no biases at all.
+        let plain = Catalogue::new(&tiny("llama", ""));
+        assert!(plain.entries().iter().all(|e| e.role != Role::Bias));
+        assert_eq!(plain.resolve("model.layers.0.self_attn.q_proj.bias"), None);
+    }
+
+    #[test]
+    fn mistral_listing() {
+        let cat = Catalogue::new(&tiny("mistral", r#", "attention_bias": true"#));
+        assert_eq!(listing(&cat, Convention::Hf), llama_hf(64, 32, false, None));
+    }
+
+    #[test]
+    fn qwen2_listing_has_qkv_biases() {
+        let cat = Catalogue::new(&tiny("qwen2", ""));
+        assert_eq!(listing(&cat, Convention::Hf), llama_hf(64, 32, true, None));
+        let qb = cat.resolve("model.layers.0.self_attn.q_proj.bias").unwrap();
+        assert_eq!(qb.convention, Convention::Hf);
+        assert!(qb.shared);
+        assert_eq!(cat.entries()[qb.entry].flax.shape, vec![64]);
+        let kb = cat
+            .resolve("params.model.layers.0.self_attn.k_proj.bias")
+            .unwrap();
+        assert_eq!(kb.convention, Convention::Flax);
+        assert_eq!(kb.variant, Variant::ParamsPrefixed);
+        assert_eq!(cat.entries()[kb.entry].hf.shape, vec![32]);
+    }
+
+    #[test]
+    fn qwen3_listing_has_qk_norm_and_head_dim() {
+        let cat = Catalogue::new(&tiny("qwen3", r#", "head_dim": 32"#));
+        // nH·D = 128, nKV·D = 64.
+        assert_eq!(
+            listing(&cat, Convention::Hf),
+            llama_hf(128, 64, false, Some(32))
+        );
+        let qn = cat
+            .resolve("model.layers.1.self_attn.q_norm.weight")
+            .unwrap();
+        let e = &cat.entries()[qn.entry];
+        assert_eq!(e.role, Role::Norm);
+        assert_eq!(e.hf.orientation.describe(), "norm [head_dim]");
+        assert_eq!(e.flax.shape, vec![32]);
+        let o = cat
+            .resolve("model.layers.0.self_attn.o_proj.kernel")
+            .unwrap();
+        assert_eq!(cat.form(o.entry, Convention::Flax).shape, vec![128, 64]);
+        assert_eq!(cat.form(o.entry, Convention::Hf).shape, vec![64, 128]);
+    }
+
+    #[test]
+    fn gpt2_hf_and_flax_listing() {
+        let cat = Catalogue::new(&tiny_gpt2(""));
+        let mut hf = owned(&[
+            ("transformer.wte.weight", &[512, 64]),
+            ("transformer.wpe.weight", &[256, 64]),
+        ]);
+        let mut flax = owned(&[
+            ("transformer.wte.embedding", &[512, 64]),
+            ("transformer.wpe.embedding", &[256, 64]),
+        ]);
+        for i in 0..2 {
+            let p = format!("transformer.h.{i}");
+            let rows_hf: [(&str, &[usize]); 14] = [
+                ("ln_1.weight", &[64]),
+                ("ln_1.bias", &[64]),
+                ("attn.c_attn.weight", &[64, 192]),
+                ("attn.c_attn.bias", &[192]),
+                ("attn.c_proj.weight", &[64, 64]),
+                ("attn.c_proj.bias", &[64]),
+                ("attn.bias", &[1, 1, 256, 256]),
+                ("attn.masked_bias", &[]),
+                ("ln_2.weight", &[64]),
+                ("ln_2.bias", &[64]),
+                ("mlp.c_fc.weight", &[64, 256]),
+                ("mlp.c_fc.bias", &[256]),
+                ("mlp.c_proj.weight", &[256, 64]),
+                ("mlp.c_proj.bias", &[64]),
+            ];
+            let rows_flax: [(&str, &[usize]); 14] = [
+                ("ln_1.scale", &[64]),
+                ("ln_1.bias", &[64]),
+                ("attn.c_attn.kernel", &[192, 64]),
+                ("attn.c_attn.bias", &[192]),
+                ("attn.c_proj.kernel", &[64, 64]),
+                ("attn.c_proj.bias", &[64]),
+                ("attn.bias", &[1, 1, 256, 256]),
+                ("attn.masked_bias", &[]),
+                ("ln_2.scale", &[64]),
+                ("ln_2.bias", &[64]),
+                ("mlp.c_fc.kernel", &[256, 64]),
+                ("mlp.c_fc.bias", &[256]),
+                ("mlp.c_proj.kernel", &[64, 256]),
+                ("mlp.c_proj.bias", &[64]),
+            ];
+            hf.extend(
+                rows_hf
+                    .iter()
+                    .map(|(n, s)| (format!("{p}.{n}"), s.to_vec())),
+            );
+            flax.extend(
+                rows_flax
+                    .iter()
+                    .map(|(n, s)| (format!("{p}.{n}"), s.to_vec())),
+            );
+        }
+        hf.extend(owned(&[
+            ("transformer.ln_f.weight", &[64]),
+            ("transformer.ln_f.bias", &[64]),
+            ("lm_head.weight", &[512, 64]),
+        ]));
+        flax.extend(owned(&[
+            ("transformer.ln_f.scale", &[64]),
+            ("transformer.ln_f.bias", &[64]),
+            ("lm_head.kernel", &[64, 512]),
+        ]));
+        assert_eq!(listing(&cat, Convention::Hf), hf);
+        assert_eq!(listing(&cat, Convention::Flax), flax);
+
+        let c_attn = cat.resolve("transformer.h.0.attn.c_attn.weight").unwrap();
+        let e = &cat.entries()[c_attn.entry];
+        assert_eq!(e.role, Role::FusedQkv);
+        assert!(e.transposed_between);
+        assert_eq!(e.shape_formula, "[H, 3H]");
+        assert_eq!(e.hf.orientation.describe(), "hf Conv1D [in,out]");
+        assert_eq!(e.flax.orientation.describe(), "flax Conv1D kernel [out,in]");
+        let wpe = cat.resolve("transformer.wpe.weight").unwrap();
+        assert_eq!(cat.entries()[wpe.entry].role, Role::PositionEmbedding);
+        // Tied by default: lm_head may be absent.
+        let lm = cat.resolve("lm_head.weight").unwrap();
+        assert_eq!(
+            cat.entries()[lm.entry].optional,
+            Some("tied to transformer.wte.weight")
+        );
+    }
+
+    #[test]
+    fn gpt2_buffers_are_not_weights() {
+        let cat = Catalogue::new(&tiny_gpt2(""));
+        for name in [
+            "transformer.h.1.attn.bias",
+            "h.1.attn.bias",
+            "transformer.h.0.attn.masked_bias",
+            "h.0.attn.masked_bias",
+        ] {
+            let m = cat.resolve(name).unwrap();
+            let e = &cat.entries()[m.entry];
+            assert_eq!(e.role, Role::Buffer, "{name}");
+            assert!(!e.is_weight());
+            assert!(e.optional.is_some());
+            assert_eq!(m.convention, Convention::Hf);
+        }
+        // They are not Flax params.
+        assert_eq!(cat.resolve("params.transformer.h.0.attn.bias"), None);
+        // The c_attn *bias* is a weight.
+        let b = cat.resolve("h.0.attn.c_attn.bias").unwrap();
+        assert_eq!(cat.entries()[b.entry].role, Role::Bias);
+    }
+
+    #[test]
+    fn resolve_every_variant() {
+        let cat = Catalogue::new(&tiny_gpt2(""));
+        let c_attn = cat.resolve("transformer.h.1.attn.c_attn.weight").unwrap();
+        let cases = [
+            (
+                "transformer.h.1.attn.c_attn.weight",
+                Convention::Hf,
+                Variant::Bare,
+            ),
+            (
+                "h.1.attn.c_attn.weight",
+                Convention::Hf,
+                Variant::NoBasePrefix,
+            ),
+            (
+                "transformer.h.1.attn.c_attn.kernel",
+                Convention::Flax,
+                Variant::Bare,
+            ),
+            (
+                "h.1.attn.c_attn.kernel",
+                Convention::Flax,
+                Variant::NoBasePrefix,
+            ),
+            (
+                "params.transformer.h.1.attn.c_attn.kernel",
+                Convention::Flax,
+                Variant::ParamsPrefixed,
+            ),
+            (
+                "params.h.1.attn.c_attn.kernel",
+                Convention::Flax,
+                Variant::ParamsNoBasePrefix,
+            ),
+        ];
+        for (name, convention, variant) in cases {
+            let m = cat.resolve(name).unwrap();
+            assert_eq!(
+                m,
+                NameMatch {
+                    entry: c_attn.entry,
+                    convention,
+                    variant,
+                    shared: false
+                },
+                "{name}"
+            );
+        }
+        assert_eq!(
+            cat.resolve("wte.weight").unwrap().variant,
+            Variant::NoBasePrefix
+        );
+        assert_eq!(
+            cat.resolve("wte.embedding").unwrap().convention,
+            Convention::Flax
+        );
+        assert_eq!(
+            cat.resolve("params.ln_f.scale").unwrap().variant,
+            Variant::ParamsNoBasePrefix
+        );
+        // LayerNorm bias is spelled the same in both conventions.
+        let lnb = cat.resolve("ln_f.bias").unwrap();
+        assert!(lnb.shared);
+        assert_eq!(lnb.variant, Variant::NoBasePrefix);
+        // Names not in the layout.
+        for bad in [
+            "transformer.h.2.attn.c_attn.weight",
+            "transformer.h.0.attn.c_attn.kernel.extra",
+            "params.params.wte.embedding",
+            "model.embed_tokens.weight",
+            "",
+        ] {
+            assert_eq!(cat.resolve(bad), None, "{bad}");
+        }
+
+        let cat = Catalogue::new(&tiny("llama", ""));
+        let q = cat
+            .resolve("model.layers.1.self_attn.q_proj.weight")
+            .unwrap();
+        let cases = [
+            (
+                "model.layers.1.self_attn.q_proj.weight",
+                Convention::Hf,
+                Variant::Bare,
+            ),
+            (
+                "layers.1.self_attn.q_proj.weight",
+                Convention::Hf,
+                Variant::NoBasePrefix,
+            ),
+            (
+                "model.layers.1.self_attn.q_proj.kernel",
+                Convention::Flax,
+                Variant::Bare,
+            ),
+            (
+                "params.model.layers.1.self_attn.q_proj.kernel",
+                Convention::Flax,
+                Variant::ParamsPrefixed,
+            ),
+            (
+                "params.layers.1.self_attn.q_proj.kernel",
+                Convention::Flax,
+                Variant::ParamsNoBasePrefix,
+            ),
+        ];
+        for (name, convention, variant) in cases {
+            let m = cat.resolve(name).unwrap();
+            assert_eq!(
+                (m.entry, m.convention, m.variant, m.shared),
+                (q.entry, convention, variant, false),
+                "{name}"
+            );
+        }
+        // RMSNorm weights keep `weight` in Flax: the bare name is shared, `params.` is Flax.
+        let n = cat.resolve("model.norm.weight").unwrap();
+        assert_eq!(
+            (n.convention, n.variant, n.shared),
+            (Convention::Hf, Variant::Bare, true)
+        );
+        let n = cat.resolve("params.model.norm.weight").unwrap();
+        assert_eq!(
+            (n.convention, n.variant, n.shared),
+            (Convention::Flax, Variant::ParamsPrefixed, false)
+        );
+        let lm = cat.resolve("params.lm_head.kernel").unwrap();
+        assert_eq!(lm.entry, cat.entries().len() - 1);
+        assert_eq!(
+            cat.resolve("model.embed_tokens.embedding")
+                .unwrap()
+                .convention,
+            Convention::Flax
+        );
+        assert_eq!(cat.resolve("transformer.wte.weight"), None);
+    }
+
+    #[test]
+    fn every_form_name_resolves_to_its_entry() {
+        for cfg in [
+            tiny("llama", r#", "attention_bias": true, "mlp_bias": true"#),
+            tiny("mistral", ""),
+            tiny("qwen2", ""),
+            tiny("qwen3", r#", "head_dim": 32"#),
+            tiny_gpt2(""),
+        ] {
+            let cat = Catalogue::new(&cfg);
+            for (i, e) in cat.entries().iter().enumerate() {
+                for c in [Convention::Hf, Convention::Flax] {
+                    if c == Convention::Flax && !e.is_weight() {
+                        continue;
+                    }
+                    let m = cat.resolve(&e.form(c).name).unwrap();
+                    assert_eq!(m.entry, i, "{}", e.form(c).name);
+                    let expect = if e.hf.name == e.flax.name {
+                        Convention::Hf
+                    } else {
+                        c
+                    };
+                    assert_eq!(m.convention, expect, "{}", e.form(c).name);
+                    if e.transposed_between {
+                        let mut rev = e.hf.shape.clone();
+                        rev.reverse();
+                        assert_eq!(e.flax.shape, rev);
+                    } else {
+                        assert_eq!(e.flax.shape, e.hf.shape);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tied_and_untied_lm_head() {
+        let tied = Catalogue::new(&tiny(
+            "qwen3",
+            r#", "head_dim": 32, "tie_word_embeddings": true"#,
+        ));
+        let lm = tied.resolve("lm_head.weight").unwrap();
+        assert_eq!(
+            tied.entries()[lm.entry].optional,
+            Some("tied to model.embed_tokens.weight")
+        );
+        assert_eq!(tied.entries()[lm.entry].role, Role::LmHead);
+        // Config says untied: lm_head is a required entry, so a file without it is reported
+        // as missing.
+        let untied = Catalogue::new(&tiny(
+            "qwen3",
+            r#", "head_dim": 32, "tie_word_embeddings": false"#,
+        ));
+        let lm = untied.resolve("lm_head.weight").unwrap();
+        assert_eq!(untied.entries()[lm.entry].optional, None);
+        let untied = Catalogue::new(&tiny_gpt2(r#", "tie_word_embeddings": false"#));
+        let lm = untied.resolve("lm_head.kernel").unwrap();
+        assert_eq!(untied.entries()[lm.entry].optional, None);
+        assert_eq!(untied.form(lm.entry, Convention::Flax).shape, vec![64, 512]);
+    }
+
+    #[test]
+    fn square_ambiguity() {
+        let cat = Catalogue::new(&tiny("qwen2", ""));
+        let amb = |n: &str| cat.entries()[cat.resolve(n).unwrap().entry].is_square_ambiguous();
+        assert!(amb("model.layers.0.self_attn.q_proj.weight"));
+        assert!(amb("model.layers.0.self_attn.o_proj.weight"));
+        assert!(!amb("model.layers.0.self_attn.k_proj.weight"));
+        assert!(!amb("model.layers.0.self_attn.v_proj.weight"));
+        assert!(!amb("model.layers.0.mlp.gate_proj.weight"));
+        assert!(!amb("model.layers.0.mlp.down_proj.weight"));
+        assert!(!amb("lm_head.weight"));
+        assert!(!amb("model.embed_tokens.weight"));
+        assert!(!amb("model.norm.weight"));
+        let ambiguous: Vec<&str> = cat
+            .entries()
+            .iter()
+            .filter(|e| e.is_square_ambiguous())
+            .map(|e| e.hf.name.as_str())
+            .collect();
+        assert_eq!(
+            ambiguous,
+            [
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.o_proj.weight",
+                "model.layers.1.self_attn.q_proj.weight",
+                "model.layers.1.self_attn.o_proj.weight",
+            ]
+        );
+        // qwen3 with head_dim 32: q is 128×64 and o 64×128, but k/v are nKV·D × H = 64×64.
+        let q3 = Catalogue::new(&tiny("qwen3", r#", "head_dim": 32"#));
+        let ambiguous: Vec<&str> = q3
+            .entries()
+            .iter()
+            .filter(|e| e.is_square_ambiguous())
+            .map(|e| e.hf.name.as_str())
+            .collect();
+        assert_eq!(
+            ambiguous,
+            [
+                "model.layers.0.self_attn.k_proj.weight",
+                "model.layers.0.self_attn.v_proj.weight",
+                "model.layers.1.self_attn.k_proj.weight",
+                "model.layers.1.self_attn.v_proj.weight",
+            ]
+        );
+
+        let g = Catalogue::new(&tiny_gpt2(""));
+        let ambiguous: Vec<&str> = g
+            .entries()
+            .iter()
+            .filter(|e| e.is_square_ambiguous())
+            .map(|e| e.hf.name.as_str())
+            .collect();
+        assert_eq!(
+            ambiguous,
+            [
+                "transformer.h.0.attn.c_proj.weight",
+                "transformer.h.1.attn.c_proj.weight"
+            ]
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::config::{parse_config, ConfigOutcome, ModelConfig};
 use crate::dtype::Dtype;
 use crate::error::Error;
 use crate::header::{self, HeaderError};
@@ -85,6 +86,23 @@ pub enum Source {
     },
 }
 
+/// What the folder's `config.json` says.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per checkpoint; boxing buys nothing
+pub enum ConfigStatus {
+    /// A known architecture, resolved.
+    Known(ModelConfig),
+    /// No `config.json` beside the weights.
+    Missing,
+    /// Valid JSON, but an architecture the layout catalogue lacks.
+    UnknownArch {
+        /// `model_type`, if the file had one.
+        model_type: Option<String>,
+        /// `architectures`, as written.
+        architectures: Vec<String>,
+    },
+}
+
 /// An open checkpoint: every shard mapped, every header validated, tensors sorted by name.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -96,6 +114,7 @@ pub struct Checkpoint {
     metadata: BTreeMap<String, String>,
     config_path: Option<PathBuf>,
     config_text: Option<String>,
+    config: ConfigStatus,
 }
 
 impl Checkpoint {
@@ -141,7 +160,7 @@ impl Checkpoint {
         };
 
         let mut tensors = tensors;
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
         let by_name = tensors
             .iter()
             .enumerate()
@@ -164,6 +183,25 @@ impl Checkpoint {
         } else {
             (None, None)
         };
+        let config = match (&config_path, &config_text) {
+            (Some(path), Some(text)) => match parse_config(text) {
+                Ok(ConfigOutcome::Known(cfg)) => ConfigStatus::Known(cfg),
+                Ok(ConfigOutcome::UnknownArch {
+                    model_type,
+                    architectures,
+                }) => ConfigStatus::UnknownArch {
+                    model_type,
+                    architectures,
+                },
+                Err(source) => {
+                    return Err(Error::Config {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            },
+            _ => ConfigStatus::Missing,
+        };
 
         Ok(Checkpoint {
             root,
@@ -174,6 +212,7 @@ impl Checkpoint {
             metadata,
             config_path,
             config_text,
+            config,
         })
     }
 
@@ -187,7 +226,8 @@ impl Checkpoint {
         &self.source
     }
 
-    /// Every tensor, sorted by name.
+    /// Every tensor, sorted by name with digit runs compared as numbers, so that
+    /// `layers.2` comes before `layers.10`.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
@@ -205,6 +245,19 @@ impl Checkpoint {
     /// `__metadata__` of all shards merged (the first shard wins on conflicts).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
+    }
+
+    /// The resolved config, when `config.json` exists and names a known architecture.
+    pub fn config(&self) -> Option<&ModelConfig> {
+        match &self.config {
+            ConfigStatus::Known(cfg) => Some(cfg),
+            _ => None,
+        }
+    }
+
+    /// What `config.json` said: known, missing, or an unknown architecture.
+    pub fn config_status(&self) -> &ConfigStatus {
+        &self.config
     }
 
     /// Path of `config.json`, when the folder has one.
@@ -254,6 +307,39 @@ impl Checkpoint {
                 start,
                 end - start,
             );
+        }
+    }
+}
+
+/// Compares names with runs of ASCII digits compared by value (`h.2` < `h.10`).
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (a.first(), b.first()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
+                let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
+                let (na, nb) = (&a[..da], &b[..db]);
+                // Compare by value: strip leading zeros, then by length, then bytes.
+                let ta = &na[na.iter().take_while(|&&c| c == b'0').count()..];
+                let tb = &nb[nb.iter().take_while(|&&c| c == b'0').count()..];
+                let ord = ta.len().cmp(&tb.len()).then(ta.cmp(tb)).then(da.cmp(&db));
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+                a = &a[da..];
+                b = &b[db..];
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(y);
+                }
+                a = &a[1..];
+                b = &b[1..];
+            }
         }
     }
 }
@@ -500,4 +586,16 @@ fn check_shard_name(index: &Path, tensor: &str, shard: &str) -> Result<(), Error
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn natural_order() {
+        let mut names = vec!["h.10.w", "h.2.w", "h.1.w", "a", "h.02.w", "h.2.v"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(names, ["a", "h.1.w", "h.2.v", "h.2.w", "h.02.w", "h.10.w"]);
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::config::ConfigError;
 use crate::header::HeaderError;
 
 /// Why a checkpoint cannot be opened.
@@ -116,5 +117,14 @@ pub enum Error {
         first: PathBuf,
         /// The other.
         second: PathBuf,
+    },
+    /// `config.json` exists but cannot be resolved.
+    #[error("{}: {source}", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: ConfigError,
     },
 }

@@ -7,6 +7,7 @@
 //! - [`config`]: `config.json` resolved once into a plain struct.
 //! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
 //!   name/orientation in each convention.
+//! - [`report`]: the `inspect` report.
 
 pub mod cast;
 pub mod catalogue;
@@ -15,12 +16,13 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod header;
+pub mod report;
 pub mod view;
 
 pub use catalogue::{
     Catalogue, Component, Convention, Entry, Form, NameMatch, Orientation, Role, Variant,
 };
-pub use checkpoint::{Checkpoint, Shard, Source, TensorInfo};
+pub use checkpoint::{Checkpoint, ConfigStatus, Shard, Source, TensorInfo};
 pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;
 pub use error::Error;

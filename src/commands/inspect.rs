@@ -1,12 +1,75 @@
-//! `orient inspect` (not implemented yet).
+//! `orient inspect PATH`: list every tensor with its layout convention, expected shape
+//! and status. Reads headers only, unless `--stats` asks for the data.
 
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use orient::output;
+use orient_inspect::report::{self, Options};
+use orient_inspect::Checkpoint;
 
 /// Arguments of `orient inspect`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A `.safetensors` file, a `model.safetensors.index.json`, or a model folder
+    /// (with `config.json` for roles and expected shapes).
+    pub path: PathBuf,
+    /// Print the report as JSON (schema in README.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only list tensors whose name matches this glob, e.g. `*self_attn*` (totals stay whole).
+    #[arg(long, value_name = "GLOB")]
+    pub filter: Option<String>,
+    /// Collapse `layers.{0..N}` into one row per tensor kind, with the layers it covers.
+    #[arg(long)]
+    pub group_layers: bool,
+    /// Read the data: per-tensor min/max/mean/std and NaN/Inf counts (in parallel).
+    #[arg(long)]
+    pub stats: bool,
+    /// Exit with status 1 unless every tensor's status is `ok`.
+    #[arg(long)]
+    pub check: bool,
+}
 
 /// Runs `orient inspect`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`orient inspect` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let filter = args
+        .filter
+        .as_deref()
+        .map(report::compile_filter)
+        .transpose()?;
+    let ck = Checkpoint::open(&args.path)
+        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
+    let opts = Options {
+        filter,
+        group_layers: args.group_layers,
+        stats: args.stats,
+    };
+    let bar = (args.stats && std::io::stderr().is_terminal()).then(|| {
+        let total = ck.tensors().iter().map(|t| t.nbytes() as u64).sum();
+        output::progress::bytes_bar(total, "reading")
+    });
+    let report = report::inspect(&ck, &opts, &|n| {
+        if let Some(bar) = &bar {
+            bar.inc(n);
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        output::inspect::json(&report, &mut out)?;
+    } else {
+        output::inspect::table(&report, &mut out, args.stats)?;
+    }
+    out.flush()?;
+    Ok(if args.check && !report.all_ok() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

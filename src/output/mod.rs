@@ -1,3 +1,6 @@
 //! The one place that prints. Computation returns data; these functions render it as
 //! a table (comfy-table) or JSON to a writer, so that a closed pipe surfaces as an
 //! `io::Error` the binary can ignore.
+
+pub mod inspect;
+pub mod progress;

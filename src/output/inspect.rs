@@ -1,0 +1,215 @@
+//! Rendering of the `inspect` report: a table (comfy-table) with a summary, or JSON.
+
+use std::io::{self, Write};
+
+use comfy_table::{presets, Cell, ContentArrangement, Table};
+use orient_inspect::report::{GroupRow, Report, Stats, Status, TensorRow};
+
+/// Writes the report as pretty JSON (the schema documented in README.md).
+pub fn json(report: &Report, w: &mut dyn Write) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, report)?;
+    writeln!(w)
+}
+
+/// Writes the tensor table (or the per-layer groups) followed by the summary.
+pub fn table(report: &Report, w: &mut dyn Write, with_stats: bool) -> io::Result<()> {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    let mut header = vec![
+        "name", "dtype", "shape", "params", "role", "layout", "expected", "status",
+    ];
+    if report.groups.is_some() {
+        header.insert(1, "layers");
+    }
+    if with_stats {
+        header.extend(["min", "max", "mean", "std", "nan/inf"]);
+    }
+    t.set_header(header);
+    match &report.groups {
+        Some(groups) => {
+            for g in groups {
+                t.add_row(group_cells(g, with_stats));
+            }
+        }
+        None => {
+            for r in &report.tensors {
+                t.add_row(row_cells(r, r.params, with_stats));
+            }
+        }
+    }
+    writeln!(w, "{t}")?;
+    summary(report, w)
+}
+
+fn group_cells(g: &GroupRow, with_stats: bool) -> Vec<Cell> {
+    let mut cells = row_cells(&g.row, g.params, with_stats);
+    cells[0] = Cell::new(&g.pattern);
+    let layers = if g.layers.is_empty() {
+        String::new()
+    } else {
+        format!("{} (×{})", g.layers, g.count)
+    };
+    cells.insert(1, Cell::new(layers));
+    cells
+}
+
+fn row_cells(r: &TensorRow, params: u64, with_stats: bool) -> Vec<Cell> {
+    let mut cells = vec![
+        Cell::new(&r.name),
+        Cell::new(r.dtype.map_or("-".to_owned(), |d| d.to_string())),
+        Cell::new(r.shape.as_deref().map_or("-".to_owned(), shape)),
+        Cell::new(if r.status == Status::Missing {
+            "-".to_owned()
+        } else {
+            thousands(params)
+        }),
+        Cell::new(r.role.map_or("?", role_name)),
+        Cell::new(r.layout.unwrap_or("?")),
+        Cell::new(r.expected_shape.as_deref().map_or("?".to_owned(), shape)),
+        Cell::new(status_text(r)),
+    ];
+    if with_stats {
+        let s = r.stats.as_ref();
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.4}"));
+        cells.extend([
+            Cell::new(f(s.and_then(|s| s.min))),
+            Cell::new(f(s.and_then(|s| s.max))),
+            Cell::new(f(s.and_then(|s| s.mean))),
+            Cell::new(f(s.and_then(|s| s.std))),
+            Cell::new(s.map_or("-".to_owned(), |s: &Stats| format!("{}/{}", s.nan, s.inf))),
+        ]);
+    }
+    cells
+}
+
+fn status_text(r: &TensorRow) -> String {
+    let mut s = r.status.name().to_owned();
+    if r.square_ambiguous {
+        s.push_str(" ⚠ square: orientation unproven");
+    }
+    if let Some(note) = &r.note {
+        s.push_str(&format!(" ({note})"));
+    }
+    s
+}
+
+/// Short lowercase role names for the table.
+pub fn role_name(role: orient_inspect::catalogue::Role) -> &'static str {
+    use orient_inspect::catalogue::Role;
+    match role {
+        Role::Embedding => "embedding",
+        Role::PositionEmbedding => "position-embedding",
+        Role::Linear => "linear",
+        Role::Conv1d => "conv1d",
+        Role::FusedQkv => "fused-qkv",
+        Role::Norm => "norm",
+        Role::Bias => "bias",
+        Role::LmHead => "lm-head",
+        Role::Buffer => "buffer",
+    }
+}
+
+fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
+    let s = &report.summary;
+    writeln!(
+        w,
+        "path:          {} ({}, {} shard{})",
+        s.path,
+        s.layout,
+        s.shards,
+        if s.shards == 1 { "" } else { "s" }
+    )?;
+    writeln!(
+        w,
+        "architecture:  {} (config.json: {})",
+        s.architecture.as_deref().unwrap_or("unknown"),
+        s.config
+    )?;
+    writeln!(
+        w,
+        "convention:    {} ({})",
+        s.convention.kind, s.convention.reason
+    )?;
+    if !s.convention.offending.is_empty() {
+        writeln!(w, "  offending:   {}", s.convention.offending.join(", "))?;
+    }
+    writeln!(
+        w,
+        "tensors:       {} ({} parameters)",
+        s.tensors,
+        thousands(s.total_params)
+    )?;
+    let bytes: Vec<String> = s
+        .bytes_by_dtype
+        .iter()
+        .map(|(d, b)| format!("{d} {}", human_bytes(*b)))
+        .collect();
+    writeln!(w, "bytes:         {}", bytes.join(", "))?;
+    let counts: Vec<String> = s
+        .status_counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    writeln!(w, "status:        {}", counts.join(", "))?;
+    if s.metadata.is_empty() {
+        writeln!(w, "metadata:      (none)")?;
+    } else {
+        let md: Vec<String> = s.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(w, "metadata:      {}", md.join(", "))?;
+    }
+    for note in &s.notes {
+        writeln!(w, "note:          {note}")?;
+    }
+    Ok(())
+}
+
+/// `[64, 176]`.
+pub fn shape(s: &[usize]) -> String {
+    let dims: Vec<String> = s.iter().map(usize::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes with a binary unit, e.g. `1.5 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatting() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(100), "100");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(shape(&[64, 176]), "[64, 176]");
+    }
+}
