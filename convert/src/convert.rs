@@ -75,7 +75,10 @@ pub fn check_destination(src: &Path, dst: &Path, force: bool) -> Result<()> {
         .file_name()
         .is_some_and(|n| n.to_string_lossy().ends_with(".index.json"))
     {
-        src_c.parent().map(Path::to_path_buf).unwrap_or(src_c.clone())
+        src_c
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or(src_c.clone())
     } else {
         src_c.clone()
     };

@@ -10,6 +10,6 @@ pub mod transpose;
 pub mod writer;
 
 pub use error::{Error, Result};
+pub mod convert;
 pub mod engine;
 pub mod plan;
-pub mod convert;

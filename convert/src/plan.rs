@@ -137,7 +137,6 @@ impl TensorOp {
             parts.join(", ")
         }
     }
-
 }
 
 /// Name of a convention as the output metadata spells its `format`.
@@ -164,8 +163,7 @@ pub fn config_of(ckpt: &Checkpoint, target: Convention) -> Result<ModelConfig> {
     let root = ckpt.root().to_path_buf();
     let text = ckpt.config_text().ok_or_else(|| Error::Config {
         path: root.clone(),
-        problem: "no config.json next to the checkpoint; orient needs it to know the layout"
-            .into(),
+        problem: "no config.json next to the checkpoint; orient needs it to know the layout".into(),
     })?;
     match parse_config(text) {
         Ok(ConfigOutcome::Known(cfg)) => Ok(cfg),
@@ -314,7 +312,13 @@ pub fn plan(ckpt: &Checkpoint, opts: &Options) -> Result<Plan> {
         .iter()
         .zip(&present)
         .filter(|(e, p)| !**p && e.optional.is_none() && e.role != Role::LmHead)
-        .map(|(e, _)| format!("  {}: missing (expected {:?})", e.form(source).name, e.form(source).shape))
+        .map(|(e, _)| {
+            format!(
+                "  {}: missing (expected {:?})",
+                e.form(source).name,
+                e.form(source).shape
+            )
+        })
         .collect();
     if !missing.is_empty() {
         return Err(Error::Contradictory {
@@ -323,7 +327,9 @@ pub fn plan(ckpt: &Checkpoint, opts: &Options) -> Result<Plan> {
         });
     }
 
-    plan_lm_head(ckpt, &cfg, &cat, source, opts, lm_head, &mut rows, &mut ops, &mut notes)?;
+    plan_lm_head(
+        ckpt, &cfg, &cat, source, opts, lm_head, &mut rows, &mut ops, &mut notes,
+    )?;
     rows.sort_by(|a, b| a.source.cmp(&b.source));
 
     let metadata = provenance(source, opts.to, &ops, &rows);
@@ -415,7 +421,10 @@ fn plan_lm_head(
     let emb = ckpt
         .tensors()
         .iter()
-        .find(|t| cat.resolve(&t.name).is_some_and(|m| cat.entries()[m.entry].role == Role::Embedding))
+        .find(|t| {
+            cat.resolve(&t.name)
+                .is_some_and(|m| cat.entries()[m.entry].role == Role::Embedding)
+        })
         .ok_or_else(|| Error::MissingTensor(emb_entry.form(source).name.clone()))?;
     let needed = has_lm_head(cfg, opts.to);
     let target_name = lm_entry.form(opts.to).name.clone();
@@ -467,7 +476,11 @@ fn plan_lm_head(
                 action: Action::Skip(format!(
                     "tied: equal to {}{}, and the {} layout leaves lm_head out",
                     emb.name,
-                    if source == Convention::Flax { "ᵀ" } else { "" },
+                    if source == Convention::Flax {
+                        "ᵀ"
+                    } else {
+                        ""
+                    },
                     opts.to.name()
                 )),
             });
@@ -482,7 +495,12 @@ fn plan_lm_head(
 }
 
 /// True when `lm` holds exactly the embedding's bytes (transposed when `transposed`).
-fn tied_copy_equals(ckpt: &Checkpoint, lm: &TensorInfo, emb: &TensorInfo, transposed: bool) -> bool {
+fn tied_copy_equals(
+    ckpt: &Checkpoint,
+    lm: &TensorInfo,
+    emb: &TensorInfo,
+    transposed: bool,
+) -> bool {
     if lm.dtype != emb.dtype || lm.nbytes() != emb.nbytes() {
         return false;
     }
@@ -581,16 +599,28 @@ fn detect(
     let (hf, flax) = (votes(Convention::Hf), votes(Convention::Flax));
     if problems.is_empty() && hf > 0 && flax > 0 {
         // Mixed without a per-tensor contradiction: list the minority.
-        let minority = if hf < flax { Convention::Hf } else { Convention::Flax };
+        let minority = if hf < flax {
+            Convention::Hf
+        } else {
+            Convention::Flax
+        };
         for e in &ev {
             if e.by_name == Some(minority) || e.by_shape == Some(minority) {
                 problems.push(format!(
                     "  {}: {} by its {}, while {} other tensors are {}",
                     e.name,
                     minority.name(),
-                    if e.by_name == Some(minority) { "name" } else { "shape" },
+                    if e.by_name == Some(minority) {
+                        "name"
+                    } else {
+                        "shape"
+                    },
                     hf.max(flax),
-                    if minority == Convention::Hf { "flax" } else { "hf" }
+                    if minority == Convention::Hf {
+                        "flax"
+                    } else {
+                        "hf"
+                    }
                 ));
             }
         }
@@ -608,7 +638,12 @@ fn detect(
 }
 
 /// `__metadata__` of the output: `format`, and provenance under `orient.*`.
-fn provenance(source: Convention, target: Convention, ops: &[TensorOp], rows: &[Row]) -> BTreeMap<String, String> {
+fn provenance(
+    source: Convention,
+    target: Convention,
+    ops: &[TensorOp],
+    rows: &[Row],
+) -> BTreeMap<String, String> {
     let mut summary: Vec<String> = Vec::new();
     let mut sorted: Vec<&TensorOp> = ops.iter().collect();
     sorted.sort_by(|a, b| a.target.cmp(&b.target));
