@@ -2,5 +2,6 @@
 //! a table (comfy-table) or JSON to a writer, so that a closed pipe surfaces as an
 //! `io::Error` the binary can ignore.
 
+pub mod convert;
 pub mod inspect;
 pub mod progress;
