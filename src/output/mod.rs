@@ -3,5 +3,6 @@
 //! `io::Error` the binary can ignore.
 
 pub mod convert;
+pub mod diff;
 pub mod inspect;
 pub mod progress;
