@@ -3,6 +3,9 @@
 //! `io::Error` the binary can ignore.
 
 pub mod convert;
+pub mod demo;
 pub mod diff;
 pub mod inspect;
 pub mod progress;
+pub mod run;
+pub mod verify;
