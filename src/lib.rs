@@ -2,4 +2,5 @@
 //! Reading and describing checkpoints lives in the `orient-inspect` crate, rewriting in
 //! `orient-convert`.
 
+pub mod model;
 pub mod output;

@@ -1,12 +1,117 @@
-//! `orient run` (not implemented yet).
+//! `orient run`: the CPU forward on a prompt, printing the top next-token logits.
 
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use orient::model::{self, Model};
+use orient::output::run::{self as render, PositionTop, RunReport, Timings};
+use orient_inspect::Checkpoint;
 
 /// Arguments of `orient run`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model folder, `.safetensors` file or `model.safetensors.index.json`.
+    pub model: PathBuf,
+    /// Prompt token ids, comma-separated (e.g. `1,2,3`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub tokens: Vec<u32>,
+    /// How many candidates to print per position.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Print candidates at every position, not only the last.
+    #[arg(long)]
+    pub all_positions: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write input_ids, logits and hidden states to this safetensors file, in the
+    /// format of the fixtures' `reference.safetensors` (readable by `verify --reference`).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Run the forward N times and print timings to stderr (for benchmarks).
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub repeat: usize,
+}
 
 /// Runs `orient run`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`orient run` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let ckpt = Checkpoint::open(&args.model)
+        .with_context(|| format!("opening {}", args.model.display()))?;
+    let mut model =
+        Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
+    let load = start.elapsed();
+    let record = args.save.is_some();
+    let mut forwards = Vec::new();
+    let mut output = None;
+    for _ in 0..args.repeat.max(1) {
+        let t0 = Instant::now();
+        let out = model
+            .forward(&args.tokens, record)
+            .context("running the forward")?;
+        forwards.push(t0.elapsed());
+        output = Some(out);
+    }
+    let out = output.context("no forward ran")?;
+    if args.repeat > 1 {
+        let timings = Timings {
+            load,
+            forwards,
+            tokens: out.len(),
+            flops: 2.0 * model.parameters() as f64 * out.len() as f64,
+        };
+        render::render_timings(&timings, &mut std::io::stderr().lock())?;
+    }
+    let saved = match &args.save {
+        Some(path) => {
+            let mut meta = HashMap::new();
+            meta.insert(
+                "hidden_states".to_string(),
+                "hf output_hidden_states: index 0 = embedding output; index i (1..L-1) = output of decoder layer i-1 (== layer_output.{i-1}); index L = AFTER the final norm, i.e. the lm_head input".to_string(),
+            );
+            meta.insert(
+                "layer_output".to_string(),
+                "raw output of decoder layer i, pre final norm".to_string(),
+            );
+            meta.insert(
+                "logits".to_string(),
+                "f32 [T, V], orient CPU forward (f32)".to_string(),
+            );
+            meta.insert("model".to_string(), args.model.display().to_string());
+            meta.insert("orient".to_string(), env!("CARGO_PKG_VERSION").to_string());
+            model::save::write(&out, path, meta)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
+    let positions: Vec<usize> = if args.all_positions {
+        (0..out.len()).collect()
+    } else {
+        vec![out.len() - 1]
+    };
+    let report = RunReport {
+        model: args.model.display().to_string(),
+        model_type: model.config().model_type.clone(),
+        convention: model.convention().name().to_string(),
+        tokens: out.len(),
+        notes: model.notes().to_vec(),
+        positions: positions
+            .into_iter()
+            .map(|position| PositionTop {
+                position,
+                top: out.top_k(position, args.top_k),
+            })
+            .collect(),
+        saved,
+    };
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    render::render(&report, args.json, &mut lock)?;
+    lock.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

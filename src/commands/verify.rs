@@ -1,12 +1,158 @@
-//! `orient verify` (not implemented yet).
+//! `orient verify`: compare a model's logits and hidden states with a transformers reference
+//! file or with another model, and name the first stage that parts ways.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use orient::model::compare::{self, Tolerance};
+use orient::model::save::Reference;
+use orient::model::{self, Model};
+use orient::output::verify::{self as render, VerifyReport};
+use orient_inspect::Checkpoint;
 
 /// Arguments of `orient verify`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The model under test: folder, `.safetensors` file or index.
+    pub model: PathBuf,
+    /// A reference file (`input_ids`, `logits`, `hidden_states.{i}`), e.g. made by
+    /// transformers (see the README) or by `orient run --save`.
+    #[arg(
+        long,
+        value_name = "REF.safetensors",
+        conflicts_with = "against",
+        required_unless_present = "against"
+    )]
+    pub reference: Option<PathBuf>,
+    /// Another model to run on the same tokens (the trusted side).
+    #[arg(long, value_name = "OTHER_MODEL")]
+    pub against: Option<PathBuf>,
+    /// Prompt token ids, comma-separated. Default: the reference's `input_ids`, or with
+    /// `--against` a fixed 80-token prompt.
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// Absolute tolerance.
+    #[arg(long, default_value_t = 1e-4)]
+    pub atol: f32,
+    /// Relative tolerance (of the reference value).
+    #[arg(long, default_value_t = 1e-4)]
+    pub rtol: f32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-/// Runs `orient verify`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`orient verify` is not implemented yet")
+/// Runs `orient verify`: exit 0 within tolerance, 1 not.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let report = verify(&args)?;
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    render::render(&report, args.json, &mut lock)?;
+    lock.flush()?;
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Computes the report of `orient verify` (also used by `orient demo`).
+pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
+    let tol = Tolerance {
+        atol: args.atol,
+        rtol: args.rtol,
+    };
+    let ckpt = Checkpoint::open(&args.model)
+        .with_context(|| format!("opening {}", args.model.display()))?;
+    let mut model =
+        Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
+    if let Some(ref_path) = &args.reference {
+        let reference = Reference::read(ref_path)?;
+        if let Some(tokens) = &args.tokens {
+            if *tokens != reference.input_ids {
+                bail!(
+                    "{} was computed on its own input_ids ({} tokens); omit --tokens or pass the same ids",
+                    ref_path.display(),
+                    reference.input_ids.len()
+                );
+            }
+        }
+        if reference.vocab_size != model.config().vocab_size {
+            bail!(
+                "{} has logits over {} tokens but {} has a vocabulary of {}",
+                ref_path.display(),
+                reference.vocab_size,
+                args.model.display(),
+                model.config().vocab_size
+            );
+        }
+        let out = model
+            .forward(&reference.input_ids, true)
+            .with_context(|| format!("running {}", args.model.display()))?;
+        let comparison = compare::compare_reference(&out, &reference, tol);
+        return Ok(VerifyReport {
+            model: args.model.display().to_string(),
+            against: ref_path.display().to_string(),
+            against_kind: "reference",
+            tokens: out.len(),
+            prompt: "the reference's input_ids".to_string(),
+            notes: model.notes().to_vec(),
+            against_notes: Vec::new(),
+            passed: comparison.passed(),
+            first_failure: comparison.first_failing_stage().map(|s| s.blame()),
+            comparison,
+        });
+    }
+    let Some(other_path) = &args.against else {
+        bail!("pass --reference FILE or --against MODEL");
+    };
+    let other_ckpt = Checkpoint::open(other_path)
+        .with_context(|| format!("opening {}", other_path.display()))?;
+    let mut other =
+        Model::new(&other_ckpt).with_context(|| format!("loading {}", other_path.display()))?;
+    let (va, vb) = (model.config().vocab_size, other.config().vocab_size);
+    if va != vb {
+        bail!(
+            "vocabularies differ: {} has {va} tokens, {} has {vb}",
+            args.model.display(),
+            other_path.display()
+        );
+    }
+    let (tokens, prompt) = match &args.tokens {
+        Some(t) => (t.clone(), "--tokens".to_string()),
+        None => (
+            model::default_prompt(va, model::DEFAULT_PROMPT_LEN),
+            format!("fixed {}-token default prompt", model::DEFAULT_PROMPT_LEN),
+        ),
+    };
+    let out = model
+        .forward(&tokens, true)
+        .with_context(|| format!("running {}", args.model.display()))?;
+    let want = other
+        .forward(&tokens, true)
+        .with_context(|| format!("running {}", other_path.display()))?;
+    if out.layers.len() != want.layers.len() || out.hidden_size != want.hidden_size {
+        bail!(
+            "the models differ in shape: {} layers × {} vs {} layers × {}",
+            out.layers.len(),
+            out.hidden_size,
+            want.layers.len(),
+            want.hidden_size
+        );
+    }
+    let comparison = compare::compare_runs(&out, &want, tol);
+    Ok(VerifyReport {
+        model: args.model.display().to_string(),
+        against: other_path.display().to_string(),
+        against_kind: "model",
+        tokens: out.len(),
+        prompt,
+        notes: model.notes().to_vec(),
+        against_notes: other.notes().to_vec(),
+        passed: comparison.passed(),
+        first_failure: comparison.first_failing_stage().map(|s| s.blame()),
+        comparison,
+    })
 }

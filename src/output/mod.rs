@@ -2,6 +2,10 @@
 //! a table (comfy-table) or JSON to a writer, so that a closed pipe surfaces as an
 //! `io::Error` the binary can ignore.
 
+pub mod convert;
+pub mod demo;
 pub mod diff;
 pub mod inspect;
 pub mod progress;
+pub mod run;
+pub mod verify;

@@ -1,0 +1,356 @@
+//! A small, exact CPU forward pass, so that a checkpoint can be verified without PyTorch.
+//!
+//! A conversion is only proven when the converted file computes the same logits as the
+//! original. This module runs the catalogue's architectures (Llama incl. `llama3` RoPE scaling,
+//! Mistral, Qwen2, Qwen3, GPT-2) on a prompt, in f32, following transformers' numerics closely
+//! enough to match its logits to ~1e-5 and to be *bit-identical* across storage layouts (HF vs
+//! Flax). Weights are read straight from the mmap in whichever convention the catalogue
+//! recognises; a transposed layout is a strided view, not a copy.
+//!
+//! Memory stays at about one weight matrix in f32 plus activations: bf16/f16 weights are widened
+//! one matrix at a time into a reused buffer, and each layer's mmap pages are released after
+//! use, so a checkpoint larger than free RAM still runs.
+
+pub mod compare;
+mod forward;
+pub mod matmul;
+pub mod ops;
+pub mod rope;
+pub mod save;
+mod weights;
+
+use orient_inspect::{Checkpoint, ConfigStatus, Convention, ModelConfig};
+use serde::Serialize;
+
+/// Why the forward could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The checkpoint has no usable `config.json`.
+    #[error("{path}: cannot run without a config.json of a known architecture ({status})")]
+    NoConfig {
+        /// Model folder.
+        path: String,
+        /// What the reader found instead.
+        status: String,
+    },
+    /// A tensor's shape is neither the expected one nor its exact transpose.
+    #[error("{0}")]
+    ShapeMismatch(Box<ShapeMismatch>),
+    /// A required weight is absent.
+    #[error("{path}: missing tensor `{name}`{}", if flax_name.is_empty() { String::new() } else { format!(" (or its Flax form `{flax_name}`)") })]
+    MissingTensor {
+        /// Model folder.
+        path: String,
+        /// Canonical (HF) name.
+        name: String,
+        /// Flax name, when different.
+        flax_name: String,
+    },
+    /// The same weight is stored under two names (e.g. both its HF and Flax forms).
+    #[error("{path}: `{canonical}` is stored twice, as `{first}` and as `{second}`")]
+    DuplicateTensor {
+        /// Model folder.
+        path: String,
+        /// Canonical (HF) name.
+        canonical: String,
+        /// First stored name.
+        first: String,
+        /// Second stored name.
+        second: String,
+    },
+    /// A weight dtype the forward does not read.
+    #[error("{path}: tensor `{name}` is {dtype}; the forward reads F32, BF16, F16 and F64")]
+    UnsupportedDtype {
+        /// Model folder.
+        path: String,
+        /// Tensor name.
+        name: String,
+        /// Its dtype.
+        dtype: &'static str,
+    },
+    /// A RoPE scaling type the forward does not implement.
+    #[error("rope scaling `{0}` is not supported (only the default and `llama3`)")]
+    UnsupportedRope(String),
+    /// An activation the forward does not implement for this architecture.
+    #[error("hidden activation `{0}` is not supported (llama family: silu; GPT-2: gelu_new)")]
+    UnsupportedActivation(String),
+    /// A prompt token outside the vocabulary.
+    #[error("token {token} at position {position} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The token id.
+        token: u32,
+        /// Its position in the prompt.
+        position: usize,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// A GPT-2 prompt longer than its learned position table.
+    #[error("{tokens} tokens exceed the model's {max} learned positions")]
+    TooManyPositions {
+        /// Prompt length.
+        tokens: usize,
+        /// Rows of `wpe`.
+        max: usize,
+    },
+    /// No tokens.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// A tensor's bytes could not be read as numbers.
+    #[error("{path}: reading `{name}`: {source}")]
+    Read {
+        /// Model folder.
+        path: String,
+        /// Tensor name.
+        name: String,
+        /// The reader's error.
+        #[source]
+        source: orient_inspect::ViewError,
+    },
+    /// A broken invariant inside the forward (a bug, reported rather than panicking).
+    #[error("internal error in the forward: {0}")]
+    Internal(String),
+}
+
+/// Details of [`ModelError::ShapeMismatch`].
+#[derive(Debug)]
+pub struct ShapeMismatch {
+    /// Model folder.
+    pub path: String,
+    /// Tensor name as stored.
+    pub name: String,
+    /// Stored shape.
+    pub found: Vec<usize>,
+    /// Shape the catalogue expects in that convention.
+    pub expected: Vec<usize>,
+    /// The expected shape in words.
+    pub formula: &'static str,
+    /// `hf` or `flax`.
+    pub convention: &'static str,
+}
+
+impl std::fmt::Display for ShapeMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: tensor `{}` has shape {:?}, expected {:?} ({}, {} layout)",
+            self.path, self.name, self.found, self.expected, self.formula, self.convention
+        )
+    }
+}
+
+/// Something loading noticed that a user should know about. Returned as data; `verify` and
+/// `run` print them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LoadNote {
+    /// A 2-D weight whose shape is exactly the transpose of the expected one was read as its
+    /// transpose (what a shape-trusting loader does). Square weights cannot be caught this way.
+    ReadTransposed {
+        /// Stored name.
+        name: String,
+        /// Stored shape.
+        found: Vec<usize>,
+        /// Expected shape.
+        expected: Vec<usize>,
+    },
+    /// A tensor the catalogue does not know; not used.
+    Ignored {
+        /// Stored name.
+        name: String,
+    },
+    /// `tie_word_embeddings`: logits use the token embedding.
+    Tied,
+    /// The config ties embeddings but the file also stores an lm_head; like transformers, the
+    /// embedding is used.
+    TiedLmHeadIgnored,
+    /// The config says untied, but there is no lm_head: the embedding is used.
+    UntiedButNoLmHead,
+}
+
+/// Per-layer activations of one forward.
+#[derive(Clone, Debug, Default)]
+pub struct LayerTrace {
+    /// `[T, H]` residual stream after the attention block (input + attention output).
+    pub after_attention: Vec<f32>,
+    /// `[T, H]` residual stream after the whole layer (transformers' `layer_output`).
+    pub output: Vec<f32>,
+}
+
+/// What one forward computed.
+#[derive(Clone, Debug)]
+pub struct ForwardOutput {
+    /// The prompt.
+    pub tokens: Vec<u32>,
+    /// H.
+    pub hidden_size: usize,
+    /// V.
+    pub vocab_size: usize,
+    /// `[T, H]` embedding output (GPT-2: token + position); empty unless recorded.
+    pub embedding: Vec<f32>,
+    /// One per layer; empty unless recorded.
+    pub layers: Vec<LayerTrace>,
+    /// `[T, H]` final norm output, the lm_head input; empty unless recorded.
+    pub final_norm: Vec<f32>,
+    /// `[T, V]` logits at every position.
+    pub logits: Vec<f32>,
+}
+
+impl ForwardOutput {
+    /// Number of prompt tokens T.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// True for an empty prompt (never produced by [`Model::forward`]).
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Logits `[V]` at position `t`.
+    pub fn logits_at(&self, t: usize) -> &[f32] {
+        &self.logits[t * self.vocab_size..(t + 1) * self.vocab_size]
+    }
+
+    /// transformers' `output_hidden_states` (L + 1 tensors `[T, H]`): index 0 the embedding
+    /// output, index i (1..L-1) the output of layer i-1, index L the final norm output (the
+    /// lm_head input, *not* the raw output of the last layer). Empty unless recorded.
+    pub fn hidden_states(&self) -> Vec<&[f32]> {
+        if self.embedding.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![self.embedding.as_slice()];
+        let n = self.layers.len();
+        for layer in self.layers.iter().take(n.saturating_sub(1)) {
+            out.push(&layer.output);
+        }
+        out.push(&self.final_norm);
+        out
+    }
+}
+
+/// One candidate next token.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct TopToken {
+    /// Token id.
+    pub token: u32,
+    /// Its logit.
+    pub logit: f32,
+    /// Its softmax probability at that position.
+    pub prob: f64,
+}
+
+impl ForwardOutput {
+    /// The `k` highest logits at position `t`, best first (ties: lower id first).
+    pub fn top_k(&self, t: usize, k: usize) -> Vec<TopToken> {
+        let row = self.logits_at(t);
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        let k = k.min(row.len());
+        let by_logit = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+        if k < order.len() {
+            order.select_nth_unstable_by(k, by_logit);
+            order.truncate(k);
+        }
+        order.sort_by(by_logit);
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+        order
+            .into_iter()
+            .map(|i| TopToken {
+                token: i as u32,
+                logit: row[i],
+                prob: f64::from(row[i] - max).exp() / z,
+            })
+            .collect()
+    }
+}
+
+/// A deterministic prompt of `len` token ids below `vocab` (a fixed xorshift sequence), for
+/// comparing two models when no prompt is given. Long enough by default (80) that RoPE and
+/// masking mistakes show.
+pub fn default_prompt(vocab: usize, len: usize) -> Vec<u32> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let vocab = vocab.max(1) as u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab) as u32
+        })
+        .collect()
+}
+
+/// Default length of [`default_prompt`].
+pub const DEFAULT_PROMPT_LEN: usize = 80;
+
+/// A model ready to run: its config and where each weight lives in the checkpoint.
+#[derive(Debug)]
+pub struct Model<'c> {
+    config: ModelConfig,
+    weights: weights::Weights<'c>,
+    threads: usize,
+}
+
+impl<'c> Model<'c> {
+    /// Resolves every weight of `ckpt` (any convention the catalogue knows) and checks shapes.
+    /// Nothing is read yet.
+    pub fn new(ckpt: &'c Checkpoint) -> Result<Model<'c>, ModelError> {
+        let config = model_config(ckpt)?;
+        let weights = weights::Weights::locate(ckpt, &config)?;
+        Ok(Model {
+            config,
+            weights,
+            threads: rayon::current_num_threads(),
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// What loading noticed (transposed reads, tied embeddings, ignored tensors).
+    pub fn notes(&self) -> &[LoadNote] {
+        &self.weights.notes
+    }
+
+    /// Number of weight parameters the forward uses (a tied lm_head counted once), for
+    /// `2 · parameters · tokens` FLOP counts.
+    pub fn parameters(&self) -> usize {
+        self.weights.parameters()
+    }
+
+    /// The convention most weights are stored in.
+    pub fn convention(&self) -> Convention {
+        self.weights.convention
+    }
+
+    /// Runs the prompt through the model (prefill, causal mask). With `record`, keeps the
+    /// embedding output, every layer's residual stream after attention and after the MLP, and
+    /// the final norm output; otherwise only the logits.
+    pub fn forward(&mut self, tokens: &[u32], record: bool) -> Result<ForwardOutput, ModelError> {
+        forward::forward(
+            &self.config,
+            &mut self.weights,
+            tokens,
+            record,
+            self.threads,
+        )
+    }
+}
+
+/// The resolved `config.json` of a checkpoint, or why there is none the forward can use.
+pub fn model_config(ckpt: &Checkpoint) -> Result<ModelConfig, ModelError> {
+    let status = match ckpt.config_status() {
+        ConfigStatus::Known(cfg) => return Ok(cfg.clone()),
+        ConfigStatus::Missing => "no config.json next to the weights".to_string(),
+        ConfigStatus::UnknownArch { model_type, .. } => format!(
+            "unknown architecture {}",
+            model_type.as_deref().unwrap_or("(no model_type)")
+        ),
+    };
+    Err(ModelError::NoConfig {
+        path: ckpt.root().display().to_string(),
+        status,
+    })
+}

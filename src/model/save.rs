@@ -1,0 +1,259 @@
+//! Reading transformers reference files and writing our own in the same format.
+//!
+//! The format is the fixtures' `reference.safetensors`: `input_ids` (I64 `[T]`), `logits`
+//! (F32 `[T, V]`), `hidden_states.{i}` (F32 `[T, H]`, transformers' `output_hidden_states`) and
+//! `layer_output.{i}` (each decoder layer's raw output), so that `orient verify --reference`
+//! reads a file written by `orient run --save` as readily as one written by transformers.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use super::ForwardOutput;
+
+/// Why a reference file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    /// I/O on the file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a valid safetensors file.
+    #[error("{path}: not a valid safetensors file: {source}")]
+    Format {
+        /// The file.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A required tensor is absent.
+    #[error("{path}: no `{name}` tensor")]
+    Missing {
+        /// The file.
+        path: String,
+        /// The tensor.
+        name: String,
+    },
+    /// A tensor has the wrong dtype or shape.
+    #[error("{path}: `{name}` is {dtype} {shape:?}, expected {expected}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What was expected.
+        expected: String,
+    },
+    /// A token id that is negative or too large.
+    #[error("{path}: input_ids[{position}] = {value} is not a valid token id")]
+    BadToken {
+        /// The file.
+        path: String,
+        /// Position.
+        position: usize,
+        /// The value.
+        value: i64,
+    },
+}
+
+/// A stored forward: what transformers (or `orient run --save`) computed.
+#[derive(Clone, Debug, Default)]
+pub struct Reference {
+    /// The prompt.
+    pub input_ids: Vec<u32>,
+    /// `[T, V]`.
+    pub logits: Vec<f32>,
+    /// V.
+    pub vocab_size: usize,
+    /// `hidden_states.{i}`, each `[T, H]`, in index order (may be empty).
+    pub hidden_states: Vec<Vec<f32>>,
+    /// `layer_output.{i}`, each `[T, H]` (may be empty).
+    pub layer_outputs: Vec<Vec<f32>>,
+    /// `__metadata__`.
+    pub metadata: HashMap<String, String>,
+}
+
+fn f32_tensor(
+    st: &SafeTensors<'_>,
+    path: &str,
+    name: &str,
+    width: Option<usize>,
+) -> Result<Option<Vec<f32>>, ReferenceError> {
+    let Ok(t) = st.tensor(name) else {
+        return Ok(None);
+    };
+    let shape_ok = t.shape().len() == 2 && width.is_none_or(|w| t.shape()[1] == w);
+    if t.dtype() != Dtype::F32 || !shape_ok {
+        return Err(ReferenceError::Malformed {
+            path: path.to_string(),
+            name: name.to_string(),
+            dtype: format!("{:?}", t.dtype()),
+            shape: t.shape().to_vec(),
+            expected: "F32 [T, width]".to_string(),
+        });
+    }
+    Ok(Some(
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    ))
+}
+
+impl Reference {
+    /// Reads a reference file.
+    pub fn read(path: &Path) -> Result<Reference, ReferenceError> {
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ReferenceError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let (_, meta) =
+            SafeTensors::read_metadata(&bytes).map_err(|source| ReferenceError::Format {
+                path: p.clone(),
+                source,
+            })?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        let st = SafeTensors::deserialize(&bytes).map_err(|source| ReferenceError::Format {
+            path: p.clone(),
+            source,
+        })?;
+        let ids = st
+            .tensor("input_ids")
+            .map_err(|_| ReferenceError::Missing {
+                path: p.clone(),
+                name: "input_ids".into(),
+            })?;
+        if ids.dtype() != Dtype::I64 || ids.shape().len() != 1 {
+            return Err(ReferenceError::Malformed {
+                path: p,
+                name: "input_ids".into(),
+                dtype: format!("{:?}", ids.dtype()),
+                shape: ids.shape().to_vec(),
+                expected: "I64 [T]".into(),
+            });
+        }
+        let mut input_ids = Vec::new();
+        for (position, c) in ids.data().chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            let value = i64::from_le_bytes(b);
+            let id = u32::try_from(value).map_err(|_| ReferenceError::BadToken {
+                path: p.clone(),
+                position,
+                value,
+            })?;
+            input_ids.push(id);
+        }
+        let t = input_ids.len();
+        let logits_view = st.tensor("logits").map_err(|_| ReferenceError::Missing {
+            path: p.clone(),
+            name: "logits".into(),
+        })?;
+        let vocab_size = match logits_view.shape() {
+            [rows, v] if *rows == t => *v,
+            other => {
+                return Err(ReferenceError::Malformed {
+                    path: p,
+                    name: "logits".into(),
+                    dtype: format!("{:?}", logits_view.dtype()),
+                    shape: other.to_vec(),
+                    expected: format!("F32 [{t}, V]"),
+                })
+            }
+        };
+        let logits = f32_tensor(&st, &p, "logits", Some(vocab_size))?.unwrap_or_default();
+        let mut hidden_states = Vec::new();
+        while let Some(h) = f32_tensor(
+            &st,
+            &p,
+            &format!("hidden_states.{}", hidden_states.len()),
+            None,
+        )? {
+            hidden_states.push(h);
+        }
+        let mut layer_outputs = Vec::new();
+        while let Some(h) = f32_tensor(
+            &st,
+            &p,
+            &format!("layer_output.{}", layer_outputs.len()),
+            None,
+        )? {
+            layer_outputs.push(h);
+        }
+        Ok(Reference {
+            input_ids,
+            logits,
+            vocab_size,
+            hidden_states,
+            layer_outputs,
+            metadata,
+        })
+    }
+}
+
+/// Writes `out` (a recorded forward) in the reference format.
+pub fn write(
+    out: &ForwardOutput,
+    path: &Path,
+    metadata: HashMap<String, String>,
+) -> Result<(), ReferenceError> {
+    let p = path.display().to_string();
+    let t = out.len();
+    let h = out.hidden_size;
+    let ids: Vec<u8> = out
+        .tokens
+        .iter()
+        .flat_map(|&x| i64::from(x).to_le_bytes())
+        .collect();
+    let as_bytes = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("input_ids".into(), Dtype::I64, vec![t], ids),
+        (
+            "logits".into(),
+            Dtype::F32,
+            vec![t, out.vocab_size],
+            as_bytes(&out.logits),
+        ),
+    ];
+    for (i, hs) in out.hidden_states().iter().enumerate() {
+        owned.push((
+            format!("hidden_states.{i}"),
+            Dtype::F32,
+            vec![t, h],
+            as_bytes(hs),
+        ));
+    }
+    for (i, layer) in out.layers.iter().enumerate() {
+        owned.push((
+            format!("layer_output.{i}"),
+            Dtype::F32,
+            vec![t, h],
+            as_bytes(&layer.output),
+        ));
+    }
+    let mut views = Vec::new();
+    for (name, dtype, shape, data) in &owned {
+        let v = TensorView::new(*dtype, shape.clone(), data).map_err(|source| {
+            ReferenceError::Format {
+                path: p.clone(),
+                source,
+            }
+        })?;
+        views.push((name.clone(), v));
+    }
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|source| ReferenceError::Format { path: p, source })
+}

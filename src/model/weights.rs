@@ -1,0 +1,373 @@
+//! Finding each weight of the model in a checkpoint, in whichever convention it is stored,
+//! and handing it to the forward as an f32 matrix view.
+//!
+//! Names are resolved through the layout catalogue, so an HF file, a Flax file (or a mix) are
+//! all read directly: an HF `[out, in]` Linear and a Flax `[in, out]` kernel become the same
+//! logical `[in, out]` matrix with different strides. f32 tensors that are aligned in the mmap
+//! are used in place; bf16/f16 (or misaligned f32) are widened into one reusable buffer, so the
+//! memory held is about one weight matrix, whatever the size of the model.
+
+use std::collections::HashMap;
+
+use orient_inspect::{
+    cast, Catalogue, Checkpoint, Convention, Dtype, ModelConfig, Orientation, Role, TensorInfo,
+};
+use rayon::prelude::*;
+
+use super::matmul::MatRef;
+use super::{LoadNote, ModelError, ShapeMismatch};
+
+/// How a 2-D weight is stored, relative to the logical `[in, out]` matrix the forward
+/// multiplies by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    /// Rows are outputs: HF Linear `[out, in]`, Flax GPT-2 Conv1D `[out, in]`, embeddings
+    /// `[V, H]` used as lm_head.
+    OutIn,
+    /// Rows are inputs: Flax kernel `[in, out]`, HF GPT-2 Conv1D `[in, out]`.
+    InOut,
+    /// Not a matrix (norm weights, biases).
+    Vector,
+}
+
+impl Stored {
+    fn of(o: Orientation) -> Stored {
+        match o {
+            Orientation::HfLinear
+            | Orientation::FlaxConv1dKernel
+            | Orientation::Embedding
+            | Orientation::PositionTable => Stored::OutIn,
+            Orientation::FlaxKernel | Orientation::HfConv1d => Stored::InOut,
+            _ => Stored::Vector,
+        }
+    }
+
+    fn flipped(self) -> Stored {
+        match self {
+            Stored::OutIn => Stored::InOut,
+            Stored::InOut => Stored::OutIn,
+            Stored::Vector => Stored::Vector,
+        }
+    }
+}
+
+/// One weight found in the checkpoint.
+#[derive(Clone, Debug)]
+struct Found<'c> {
+    info: &'c TensorInfo,
+    /// How it is stored (after any transposed-read correction).
+    stored: Stored,
+    /// Layer index, for releasing its pages after the layer.
+    layer: Option<usize>,
+}
+
+/// The model's weights, by canonical (HF) name.
+#[derive(Debug)]
+pub(crate) struct Weights<'c> {
+    ckpt: &'c Checkpoint,
+    found: HashMap<String, Found<'c>>,
+    /// Reusable f32 buffer for widened weights. Grows to the largest matrix read.
+    scratch: Vec<f32>,
+    /// What loading noticed (transposed reads, tied embeddings, unknown tensors, ...).
+    pub notes: Vec<LoadNote>,
+    /// The convention most weights were stored in.
+    pub convention: Convention,
+}
+
+impl<'c> Weights<'c> {
+    /// Resolves every tensor of `ckpt` through the catalogue of `cfg` and checks shapes.
+    pub fn locate(ckpt: &'c Checkpoint, cfg: &ModelConfig) -> Result<Weights<'c>, ModelError> {
+        let path = ckpt.root().display().to_string();
+        let cat = Catalogue::new(cfg);
+        let mut found: HashMap<String, Found<'c>> = HashMap::new();
+        let mut first_name: HashMap<String, String> = HashMap::new();
+        let mut notes = Vec::new();
+        let (mut n_hf, mut n_flax) = (0usize, 0usize);
+        for info in ckpt.tensors() {
+            let Some(m) = cat.resolve(&info.name) else {
+                notes.push(LoadNote::Ignored {
+                    name: info.name.clone(),
+                });
+                continue;
+            };
+            let entry = &cat.entries()[m.entry];
+            if entry.role == Role::Buffer {
+                continue;
+            }
+            if !m.shared {
+                match m.convention {
+                    Convention::Hf => n_hf += 1,
+                    Convention::Flax => n_flax += 1,
+                }
+            }
+            let form = entry.form(m.convention);
+            let mut stored = Stored::of(form.orientation);
+            if info.shape != form.shape {
+                let reversed: Vec<usize> = form.shape.iter().rev().copied().collect();
+                if form.shape.len() == 2 && info.shape == reversed && stored != Stored::Vector {
+                    // What a loader that trusts shapes does: read it as the transpose. Loudly.
+                    stored = stored.flipped();
+                    notes.push(LoadNote::ReadTransposed {
+                        name: info.name.clone(),
+                        found: info.shape.clone(),
+                        expected: form.shape.clone(),
+                    });
+                } else {
+                    return Err(ModelError::ShapeMismatch(Box::new(ShapeMismatch {
+                        path,
+                        name: info.name.clone(),
+                        found: info.shape.clone(),
+                        expected: form.shape.clone(),
+                        formula: entry.shape_formula,
+                        convention: m.convention.name(),
+                    })));
+                }
+            }
+            match info.dtype {
+                Dtype::F32 | Dtype::BF16 | Dtype::F16 | Dtype::F64 => {}
+                other => {
+                    return Err(ModelError::UnsupportedDtype {
+                        path,
+                        name: info.name.clone(),
+                        dtype: other.name(),
+                    })
+                }
+            }
+            let canonical = entry.hf.name.clone();
+            if let Some(previous) = first_name.get(&canonical) {
+                return Err(ModelError::DuplicateTensor {
+                    path,
+                    canonical,
+                    first: previous.clone(),
+                    second: info.name.clone(),
+                });
+            }
+            first_name.insert(canonical.clone(), info.name.clone());
+            found.insert(
+                canonical,
+                Found {
+                    info,
+                    stored,
+                    layer: entry.layer,
+                },
+            );
+        }
+        for entry in cat.entries() {
+            if entry.role == Role::Buffer || entry.optional.is_some() {
+                continue;
+            }
+            if !found.contains_key(&entry.hf.name) {
+                if entry.role == Role::LmHead {
+                    // Config says untied but there is no lm_head: transformers would leave it
+                    // random; the only sensible reading is tied.
+                    notes.push(LoadNote::UntiedButNoLmHead);
+                    continue;
+                }
+                return Err(ModelError::MissingTensor {
+                    path,
+                    name: entry.hf.name.clone(),
+                    flax_name: entry.flax.name.clone(),
+                });
+            }
+        }
+        let lm_head = cat.entries().iter().find(|e| e.role == Role::LmHead);
+        if cfg.tie_word_embeddings {
+            if let Some(e) = lm_head {
+                if found.remove(&e.hf.name).is_some() {
+                    notes.push(LoadNote::TiedLmHeadIgnored);
+                } else {
+                    notes.push(LoadNote::Tied);
+                }
+            }
+        }
+        let convention = if n_flax > n_hf {
+            Convention::Flax
+        } else {
+            Convention::Hf
+        };
+        Ok(Weights {
+            ckpt,
+            found,
+            scratch: Vec::new(),
+            notes,
+            convention,
+        })
+    }
+
+    /// Total elements of the located weights.
+    pub fn parameters(&self) -> usize {
+        self.found.values().map(|f| f.info.numel()).sum()
+    }
+
+    /// Whether the weight is present (optional biases, an untied lm_head).
+    pub fn has(&self, name: &str) -> bool {
+        self.found.contains_key(name)
+    }
+
+    fn get(&self, name: &str) -> Result<&Found<'c>, ModelError> {
+        self.found
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.ckpt.root().display().to_string(),
+                name: name.to_string(),
+                flax_name: String::new(),
+            })
+    }
+
+    /// A 1-D weight (norm scale, bias) as f32.
+    pub fn vector(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let f = self.get(name)?;
+        self.ckpt
+            .view(f.info)
+            .to_f32_vec()
+            .map_err(|e| self.read_error(name, e))
+    }
+
+    /// The weight `name` as the logical `[in, out]` matrix (`rows = in`), restricted to the
+    /// outputs `out_start..out_end`. Zero-copy when stored aligned f32, else widened into the
+    /// reusable buffer.
+    pub fn matrix_block(
+        &mut self,
+        name: &str,
+        out_start: usize,
+        out_end: usize,
+    ) -> Result<MatRef<'_>, ModelError> {
+        let f = self.get(name)?.clone();
+        let shape = &f.info.shape;
+        let (rows, cols) = match shape.as_slice() {
+            [r, c] => (*r, *c),
+            _ => return Err(ModelError::Internal(format!("`{name}` is not 2-D"))),
+        };
+        let (n_in, n_out) = match f.stored {
+            Stored::OutIn => (cols, rows),
+            Stored::InOut => (rows, cols),
+            Stored::Vector => {
+                return Err(ModelError::Internal(format!("`{name}` is not a matrix")))
+            }
+        };
+        if out_start > out_end || out_end > n_out {
+            return Err(ModelError::Internal(format!(
+                "`{name}`: output block {out_start}..{out_end} outside {n_out}"
+            )));
+        }
+        let width = out_end - out_start;
+        let view = self.ckpt.view(f.info);
+        if let Some(all) = view.as_f32() {
+            // In place: offset the view to the first output of the block.
+            return match f.stored {
+                // [out, in]: element (i, o) at o·in + i
+                Stored::OutIn => MatRef::new(&all[out_start * n_in..], n_in, width, 1, n_in),
+                // [in, out]: element (i, o) at i·out + o
+                _ => MatRef::new(&all[out_start..], n_in, width, n_out, 1),
+            };
+        }
+        let elem = f.info.dtype.bits() / 8;
+        let len = n_in
+            .checked_mul(width)
+            .ok_or_else(|| ModelError::Internal(format!("`{name}` too large")))?;
+        self.scratch.resize(len, 0.0);
+        let bytes = view.bytes;
+        let dtype = f.info.dtype;
+        match f.stored {
+            Stored::OutIn => {
+                // the block is contiguous: outputs out_start..out_end, each n_in long
+                let src = &bytes[out_start * n_in * elem..out_end * n_in * elem];
+                widen_par(dtype, src, &mut self.scratch);
+                MatRef::new(&self.scratch, n_in, width, 1, n_in)
+            }
+            _ => {
+                // one segment of `width` outputs per input row
+                let scratch = &mut self.scratch;
+                scratch
+                    .par_chunks_mut(width)
+                    .enumerate()
+                    .for_each(|(i, dst)| {
+                        let start = (i * n_out + out_start) * elem;
+                        widen(dtype, &bytes[start..start + width * elem], dst);
+                    });
+                MatRef::new(&self.scratch, n_in, width, width, 1)
+            }
+        }
+    }
+
+    /// The whole weight `name` as the logical `[in, out]` matrix.
+    pub fn matrix(&mut self, name: &str) -> Result<MatRef<'_>, ModelError> {
+        let n_out = self.out_features(name)?;
+        self.matrix_block(name, 0, n_out)
+    }
+
+    /// Number of outputs of a 2-D weight.
+    pub fn out_features(&self, name: &str) -> Result<usize, ModelError> {
+        let f = self.get(name)?;
+        match (f.info.shape.as_slice(), f.stored) {
+            ([r, _], Stored::OutIn) => Ok(*r),
+            ([_, c], Stored::InOut) => Ok(*c),
+            _ => Err(ModelError::Internal(format!("`{name}` is not a matrix"))),
+        }
+    }
+
+    /// Rows `tokens` of an embedding table `[V, H]`, as f32 `[T, H]`.
+    pub fn embedding_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let f = self.get(name)?;
+        let (n_rows, width) = match f.info.shape.as_slice() {
+            [r, c] => (*r, *c),
+            _ => return Err(ModelError::Internal(format!("`{name}` is not 2-D"))),
+        };
+        let elem = f.info.dtype.bits() / 8;
+        let bytes = self.ckpt.view(f.info).bytes;
+        let mut out = vec![0.0f32; rows.len() * width]; // [T, H]
+        for (dst, &r) in out.chunks_mut(width).zip(rows) {
+            if r >= n_rows {
+                return Err(ModelError::Internal(format!("row {r} outside `{name}`")));
+            }
+            widen(
+                f.info.dtype,
+                &bytes[r * width * elem..(r + 1) * width * elem],
+                dst,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Drops the mmap pages of every tensor of layer `layer` (see `Checkpoint::release`).
+    pub fn release_layer(&self, layer: usize) {
+        for f in self.found.values().filter(|f| f.layer == Some(layer)) {
+            self.ckpt.release(f.info);
+        }
+    }
+
+    /// Drops the mmap pages of one tensor.
+    pub fn release(&self, name: &str) {
+        if let Some(f) = self.found.get(name) {
+            self.ckpt.release(f.info);
+        }
+    }
+
+    fn read_error(&self, name: &str, e: orient_inspect::ViewError) -> ModelError {
+        ModelError::Read {
+            path: self.ckpt.root().display().to_string(),
+            name: name.to_string(),
+            source: e,
+        }
+    }
+}
+
+/// Widens little-endian `dtype` elements in `src` into `dst` (same element count), with the
+/// inspect crate's kernels. Only the dtypes accepted by [`Weights::locate`] reach here.
+fn widen(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
+    match dtype {
+        Dtype::BF16 => cast::bf16_bytes_to_f32(src, dst),
+        Dtype::F16 => cast::f16_bytes_to_f32(src, dst),
+        Dtype::F64 => cast::f64_bytes_to_f32(src, dst),
+        _ => cast::f32_bytes_to_f32(src, dst),
+    }
+}
+
+/// [`widen`] split over rayon's threads.
+fn widen_par(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
+    const CHUNK: usize = 1 << 16;
+    let elem = dtype.bits() / 8;
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK * elem))
+        .for_each(|(d, s)| widen(dtype, s, d));
+}

@@ -1,0 +1,138 @@
+//! Rendering of `orient run`: the top next-token candidates as a table or JSON.
+//!
+//! One row per (position, rank), so that `--all-positions` stays a single readable table; the
+//! load notes (e.g. weights read transposed) come first because they change how to read the
+//! numbers.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use comfy_table::{presets, Cell, CellAlignment, Table};
+use serde::Serialize;
+
+use crate::model::{LoadNote, TopToken};
+
+/// The candidates at one position.
+#[derive(Clone, Debug, Serialize)]
+pub struct PositionTop {
+    /// Position in the prompt (0-based); the candidates are for the token after it.
+    pub position: usize,
+    /// Best first.
+    pub top: Vec<TopToken>,
+}
+
+/// Everything `orient run` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// The model path as given.
+    pub model: String,
+    /// `model_type`.
+    pub model_type: String,
+    /// `hf` or `flax` (most weights).
+    pub convention: String,
+    /// Prompt length.
+    pub tokens: usize,
+    /// What loading noticed.
+    pub notes: Vec<LoadNote>,
+    /// Candidates, by position.
+    pub positions: Vec<PositionTop>,
+    /// Where `--save` wrote the logits and hidden states.
+    pub saved: Option<String>,
+}
+
+/// One sentence per load note, for people.
+pub fn describe_note(n: &LoadNote) -> String {
+    match n {
+        LoadNote::ReadTransposed {
+            name,
+            found,
+            expected,
+        } => format!(
+            "WARNING: `{name}` is stored {found:?} but should be {expected:?}: read as its transpose"
+        ),
+        LoadNote::Ignored { name } => format!("ignored `{name}` (not part of this architecture)"),
+        LoadNote::Tied => "tied embeddings: logits use the token embedding".to_string(),
+        LoadNote::TiedLmHeadIgnored => {
+            "tied embeddings: the stored lm_head is ignored, as transformers does".to_string()
+        }
+        LoadNote::UntiedButNoLmHead => {
+            "config says untied, but there is no lm_head: the token embedding is used".to_string()
+        }
+    }
+}
+
+/// Renders the report as a table (or JSON with `json`).
+pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, report)?;
+        return writeln!(out);
+    }
+    writeln!(
+        out,
+        "{} ({}, {} layout), {} tokens",
+        report.model, report.model_type, report.convention, report.tokens
+    )?;
+    for n in report.notes.iter().filter(|n| !matches!(n, LoadNote::Tied)) {
+        writeln!(out, "  {}", describe_note(n))?;
+    }
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec!["position", "rank", "token", "logit", "prob"]);
+    for p in &report.positions {
+        for (rank, t) in p.top.iter().enumerate() {
+            table.add_row(vec![
+                Cell::new(p.position).set_alignment(CellAlignment::Right),
+                Cell::new(rank + 1).set_alignment(CellAlignment::Right),
+                Cell::new(t.token).set_alignment(CellAlignment::Right),
+                Cell::new(format!("{:.6}", t.logit)).set_alignment(CellAlignment::Right),
+                Cell::new(format!("{:.6}", t.prob)).set_alignment(CellAlignment::Right),
+            ]);
+        }
+    }
+    writeln!(out, "{table}")?;
+    if let Some(path) = &report.saved {
+        writeln!(out, "saved input_ids, logits and hidden states to {path}")?;
+    }
+    Ok(())
+}
+
+/// Timings of `--repeat` runs (for benchmarks; goes to stderr).
+#[derive(Clone, Debug, Serialize)]
+pub struct Timings {
+    /// Model load (config, catalogue, mmap), before the first forward.
+    pub load: Duration,
+    /// Each forward.
+    pub forwards: Vec<Duration>,
+    /// Prompt length.
+    pub tokens: usize,
+    /// 2 · parameters · tokens, for GFLOP/s.
+    pub flops: f64,
+}
+
+/// One line per forward plus best and median, with GFLOP/s.
+pub fn render_timings(t: &Timings, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "load: {:.3} s", t.load.as_secs_f64())?;
+    for (i, d) in t.forwards.iter().enumerate() {
+        writeln!(
+            out,
+            "forward {}: {:.4} s, {:.1} GFLOP/s",
+            i + 1,
+            d.as_secs_f64(),
+            t.flops / d.as_secs_f64() / 1e9
+        )?;
+    }
+    let mut sorted = t.forwards.clone();
+    sorted.sort();
+    if let (Some(best), Some(median)) = (sorted.first(), sorted.get(sorted.len() / 2)) {
+        writeln!(
+            out,
+            "tokens {} best {:.4} s ({:.1} GFLOP/s) median {:.4} s ({:.1} GFLOP/s)",
+            t.tokens,
+            best.as_secs_f64(),
+            t.flops / best.as_secs_f64() / 1e9,
+            median.as_secs_f64(),
+            t.flops / median.as_secs_f64() / 1e9
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Rendering of `orient verify`: one row per stage (embedding, each layer, final norm,
+//! logits), then the verdict naming the first stage out of tolerance.
+//!
+//! The verdict is the point of the report, so it is a sentence after the table; tensors read
+//! transposed are listed before the table, because they explain the numbers that follow.
+
+use std::io::{self, Write};
+
+use comfy_table::{presets, Cell, CellAlignment, Table};
+use serde::Serialize;
+
+use crate::model::compare::{Comparison, Stage};
+use crate::model::LoadNote;
+use crate::output::run::describe_note;
+
+/// Everything `orient verify` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    /// The model under test.
+    pub model: String,
+    /// The reference file or the other model.
+    pub against: String,
+    /// `reference` (a stored transformers output) or `model` (a second forward).
+    pub against_kind: &'static str,
+    /// Prompt length.
+    pub tokens: usize,
+    /// Where the prompt came from.
+    pub prompt: String,
+    /// Load notes of the model under test.
+    pub notes: Vec<LoadNote>,
+    /// Load notes of the other model (empty for a reference file).
+    pub against_notes: Vec<LoadNote>,
+    /// The stage-by-stage comparison.
+    pub comparison: Comparison,
+    /// Everything within tolerance.
+    pub passed: bool,
+    /// The first stage out of tolerance, in words (e.g. "layer 0's attention").
+    pub first_failure: Option<String>,
+}
+
+/// Plain for ordinary magnitudes, scientific for tiny or huge ones.
+fn sci(x: f64) -> String {
+    if x == 0.0 {
+        "0".to_string()
+    } else if x.is_infinite() {
+        "inf".to_string()
+    } else if (1e-2..1e4).contains(&x.abs()) {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+fn notes(out: &mut dyn Write, who: &str, notes: &[LoadNote]) -> io::Result<()> {
+    let shown: Vec<&LoadNote> = notes
+        .iter()
+        .filter(|n| !matches!(n, LoadNote::Tied | LoadNote::Ignored { .. }))
+        .collect();
+    if shown.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "{who}:")?;
+    for n in shown {
+        writeln!(out, "  {}", describe_note(n))?;
+    }
+    Ok(())
+}
+
+/// Renders the report as a table and a verdict (or JSON with `json`).
+pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, r)?;
+        return writeln!(out);
+    }
+    writeln!(
+        out,
+        "verify {} against {} {} on {} tokens ({})",
+        r.model, r.against_kind, r.against, r.tokens, r.prompt
+    )?;
+    notes(out, &r.model, &r.notes)?;
+    notes(out, &r.against, &r.against_notes)?;
+    let tol = r.comparison.tolerance;
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec![
+        "stage",
+        "max |Δ|",
+        "max rel Δ",
+        "outside tol",
+        "top-1 agree",
+        "KL mean",
+        "KL max",
+        "",
+    ]);
+    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    for (i, row) in r.comparison.rows.iter().enumerate() {
+        let (top1, kl_mean, kl_max) = match &row.agreement {
+            Some(a) => (
+                format!("{}/{}", a.top1_agree, a.positions),
+                sci(a.kl_mean),
+                sci(a.kl_max),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let mark = if r.comparison.first_failure == Some(i) {
+            "← first over tolerance"
+        } else if row.diff.within() {
+            "ok"
+        } else {
+            "over"
+        };
+        table.add_row(vec![
+            Cell::new(row.stage.label()),
+            right(sci(f64::from(row.diff.max_abs))),
+            right(sci(f64::from(row.diff.max_rel))),
+            right(format!("{}/{}", row.diff.exceeding, row.diff.count)),
+            right(top1),
+            right(kl_mean),
+            right(kl_max),
+            Cell::new(mark),
+        ]);
+    }
+    writeln!(out, "{table}")?;
+    match (&r.first_failure, r.comparison.first_failing_stage()) {
+        (Some(what), Some(stage)) => {
+            writeln!(
+                out,
+                "FAIL: first divergence at {what} (|Δ| > {} + {}·|ref|).",
+                tol.atol, tol.rtol
+            )?;
+            if matches!(stage, Stage::Attention { .. }) {
+                let transposed = r
+                    .notes
+                    .iter()
+                    .any(|n| matches!(n, LoadNote::ReadTransposed { .. }));
+                if transposed {
+                    writeln!(
+                        out,
+                        "Some weights were stored transposed (listed above); square q_proj/o_proj \
+                         weights cannot be told apart by shape and are the likely culprits."
+                    )?;
+                }
+            }
+        }
+        _ => writeln!(
+            out,
+            "PASS: every stage within |Δ| ≤ {} + {}·|ref|.",
+            tol.atol, tol.rtol
+        )?,
+    }
+    Ok(())
+}

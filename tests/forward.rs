@@ -1,0 +1,188 @@
+//! The forward against transformers' own outputs (the fixtures' `reference.safetensors`), and
+//! HF vs Flax storage of the same weights.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::path::PathBuf;
+
+use orient::model::compare::{self, Stage, Tolerance};
+use orient::model::save::Reference;
+use orient::model::{ForwardOutput, LoadNote, Model};
+use orient_inspect::Checkpoint;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn run(name: &str, tokens: &[u32]) -> ForwardOutput {
+    let ckpt = Checkpoint::open(fixture(name)).unwrap();
+    let mut model = Model::new(&ckpt).unwrap();
+    model.forward(tokens, true).unwrap()
+}
+
+fn reference(name: &str) -> Reference {
+    Reference::read(&fixture(name).join("reference.safetensors")).unwrap()
+}
+
+/// Logits within 1e-4 of transformers with the same top-1 at every one of the 80 positions;
+/// every hidden state close. Returns (max |Δlogit|, max |Δhidden|) for the record.
+fn check_against_reference(name: &str) -> (f32, f32) {
+    let r = reference(name);
+    assert_eq!(r.input_ids.len(), 80);
+    let out = run(name, &r.input_ids);
+    let tol = Tolerance {
+        atol: 1e-4,
+        rtol: 0.0,
+    };
+    let c = compare::compare_reference(&out, &r, tol);
+    let logits = c.logits().unwrap();
+    let agree = logits.agreement.unwrap();
+    assert!(
+        logits.diff.max_abs <= 1e-4,
+        "{name}: max |Δlogit| = {}",
+        logits.diff.max_abs
+    );
+    assert_eq!(agree.top1_agree, 80, "{name}: top-1 agreement");
+    // every stored hidden state was compared: embedding, L layers, final norm, logits
+    assert_eq!(c.rows.len(), 1 + out.layers.len() + 2, "{name}");
+    let max_hidden = c
+        .rows
+        .iter()
+        .filter(|row| row.stage != Stage::LmHead)
+        .map(|row| row.diff.max_abs)
+        .fold(0.0f32, f32::max);
+    assert!(
+        c.passed(),
+        "{name}: first failure {:?}",
+        c.first_failing_stage()
+    );
+    assert!(max_hidden <= 1e-4, "{name}: max |Δhidden| = {max_hidden}");
+    // our hidden_states() has transformers' semantics, bit for bit in index 0
+    let hs = out.hidden_states();
+    assert_eq!(hs.len(), r.hidden_states.len());
+    assert_eq!(
+        hs[0],
+        r.hidden_states[0].as_slice(),
+        "{name}: embedding output"
+    );
+    eprintln!(
+        "{name}: max |Δlogit| {:.3e}, max |Δhidden| {max_hidden:.3e}, KL max {:.3e}",
+        logits.diff.max_abs, agree.kl_max
+    );
+    (logits.diff.max_abs, max_hidden)
+}
+
+#[test]
+fn llama_with_llama3_rope_matches_transformers() {
+    check_against_reference("llama");
+}
+
+#[test]
+fn mistral_mqa_matches_transformers() {
+    check_against_reference("mistral");
+}
+
+#[test]
+fn qwen2_with_qkv_bias_matches_transformers() {
+    check_against_reference("qwen2");
+}
+
+#[test]
+fn qwen3_with_qk_norm_and_tied_embeddings_matches_transformers() {
+    check_against_reference("qwen3");
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    check_against_reference("gpt2");
+}
+
+/// bf16 weights, widened per layer, against transformers in f32 on the same upcast weights.
+#[test]
+fn llama_bf16_matches_transformers_on_upcast_weights() {
+    check_against_reference("llama-bf16");
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The same weights stored in HF and in Flax layout give bit-identical logits and hidden
+/// states, on the 80-token prompt and on short prompts (1, 2 and 3 tokens take gemm's
+/// matrix–vector and small-output shortcuts unless `matmul` avoids them).
+#[test]
+fn hf_and_flax_layouts_are_bit_identical() {
+    let ids = reference("llama").input_ids;
+    for (hf, flax) in [
+        ("llama", "llama-flax"),
+        ("mistral", "mistral-flax"),
+        ("gpt2", "gpt2-flax"),
+        ("qwen2", "qwen2-flax"),
+    ] {
+        for len in [80, 1, 2, 3] {
+            let a = run(hf, &ids[..len]);
+            let b = run(flax, &ids[..len]);
+            assert_eq!(
+                bits(&a.logits),
+                bits(&b.logits),
+                "{hf} vs {flax}, {len} tokens: logits"
+            );
+            for (i, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
+                assert_eq!(
+                    bits(&x.output),
+                    bits(&y.output),
+                    "{hf} vs {flax}, {len} tokens: layer {i}"
+                );
+            }
+        }
+    }
+}
+
+/// Flax checkpoints are read directly: notes say nothing was read transposed.
+#[test]
+fn flax_checkpoint_needs_no_transposed_reads() {
+    let ckpt = Checkpoint::open(fixture("qwen2-flax")).unwrap();
+    let model = Model::new(&ckpt).unwrap();
+    assert_eq!(model.convention(), orient_inspect::Convention::Flax);
+    assert!(!model
+        .notes()
+        .iter()
+        .any(|n| matches!(n, LoadNote::ReadTransposed { .. })));
+}
+
+/// The case behind the project: every `*proj.weight` transposed with names unchanged. The
+/// non-square ones are read as their transpose (and reported); the square q/o cannot be told
+/// apart by shape, so layer 0's attention diverges, and verify says so.
+#[test]
+fn buggy_qwen2_is_located_at_layer_0_attention() {
+    let ids = reference("qwen2").input_ids;
+    let ckpt = Checkpoint::open(fixture("qwen2-buggy")).unwrap();
+    let mut model = Model::new(&ckpt).unwrap();
+    let transposed: Vec<&str> = model
+        .notes()
+        .iter()
+        .filter_map(|n| match n {
+            LoadNote::ReadTransposed { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    // k, v, gate, up, down of both layers; q and o are square
+    assert_eq!(transposed.len(), 10, "{transposed:?}");
+    assert!(transposed.contains(&"model.layers.0.self_attn.k_proj.weight"));
+    assert!(!transposed
+        .iter()
+        .any(|n| n.contains("q_proj") || n.contains("o_proj")));
+    let buggy = model.forward(&ids, true).unwrap();
+    let good = run("qwen2", &ids);
+    let tol = Tolerance {
+        atol: 1e-4,
+        rtol: 0.0,
+    };
+    let c = compare::compare_runs(&buggy, &good, tol);
+    assert!(!c.passed());
+    assert_eq!(c.first_failing_stage(), Some(Stage::Attention { layer: 0 }));
+    // the embedding itself is untouched
+    assert_eq!(c.rows[0].diff.max_abs, 0.0);
+    assert!(c.logits().unwrap().diff.max_abs > 0.1);
+}

@@ -1,0 +1,169 @@
+//! `orient run` and `orient verify` from the command line: exit codes and what they print.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn orient() -> Command {
+    Command::cargo_bin("orient").unwrap()
+}
+
+#[test]
+fn verify_buggy_qwen2_fails_at_layer_0_attention() {
+    orient()
+        .args(["verify"])
+        .arg(fixture("qwen2-buggy"))
+        .arg("--against")
+        .arg(fixture("qwen2"))
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("first divergence at layer 0's attention"))
+        .stdout(predicate::str::contains(
+            "`model.layers.0.self_attn.k_proj.weight` is stored [64, 32] but should be [32, 64]: read as its transpose",
+        ));
+}
+
+#[test]
+fn verify_buggy_qwen2_json_names_the_stage() {
+    let out = orient()
+        .args(["verify", "--json"])
+        .arg(fixture("qwen2-buggy"))
+        .arg("--against")
+        .arg(fixture("qwen2"))
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["passed"], false);
+    let first = v["comparison"]["first_failure"].as_u64().unwrap() as usize;
+    assert_eq!(v["comparison"]["rows"][first]["stage"]["kind"], "attention");
+    assert_eq!(v["comparison"]["rows"][first]["stage"]["layer"], 0);
+}
+
+#[test]
+fn verify_flax_against_transformers_reference_passes() {
+    orient()
+        .args(["verify"])
+        .arg(fixture("qwen2-flax"))
+        .arg("--reference")
+        .arg(fixture("qwen2/reference.safetensors"))
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("80/80"))
+        .stdout(predicate::str::contains("PASS"));
+}
+
+#[test]
+fn verify_hf_against_its_flax_twin_is_exact() {
+    let out = orient()
+        .args(["verify", "--json", "--atol", "0", "--rtol", "0"])
+        .arg(fixture("gpt2"))
+        .arg("--against")
+        .arg(fixture("gpt2-flax"))
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for row in v["comparison"]["rows"].as_array().unwrap() {
+        assert_eq!(row["diff"]["max_abs"], 0.0, "{row}");
+    }
+}
+
+#[test]
+fn run_saves_a_file_verify_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("out.safetensors");
+    let tokens = "5,17,300,2,99,511,0,42";
+    orient()
+        .args(["run", "--top-k", "2", "--tokens", tokens, "--save"])
+        .arg(&saved)
+        .arg(fixture("qwen3"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("position"));
+    // the same model against its own saved output: exact
+    orient()
+        .args(["verify", "--atol", "0", "--rtol", "0", "--reference"])
+        .arg(&saved)
+        .arg(fixture("qwen3"))
+        .assert()
+        .code(0);
+    // another model with the same vocabulary: fails at once, at the embedding
+    orient()
+        .args(["verify", "--reference"])
+        .arg(&saved)
+        .arg(fixture("qwen2"))
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "first divergence at the embedding",
+        ));
+}
+
+#[test]
+fn run_rejects_out_of_vocabulary_tokens_with_exit_2() {
+    orient()
+        .args(["run", "--tokens", "1,512"])
+        .arg(fixture("llama"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "token 512 at position 1 is outside the vocabulary of 512",
+        ));
+}
+
+#[test]
+fn run_json_lists_top_k_at_every_position() {
+    let out = orient()
+        .args([
+            "run",
+            "--json",
+            "--all-positions",
+            "--top-k",
+            "3",
+            "--tokens",
+            "1,2,3,4",
+        ])
+        .arg(fixture("mistral-flax"))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["convention"], "flax");
+    let positions = v["positions"].as_array().unwrap();
+    assert_eq!(positions.len(), 4);
+    for p in positions {
+        let top = p["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert!(top[0]["logit"].as_f64().unwrap() >= top[1]["logit"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn demo_inspects_and_verifies_the_bundled_flax_qwen2() {
+    orient()
+        .arg("demo")
+        .arg("--fixtures")
+        .arg(fixture(""))
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("== step 1/3: inspect"))
+        .stdout(predicate::str::contains("square: orientation unproven"))
+        .stdout(predicate::str::contains("== step 3/3: verify"))
+        .stdout(predicate::str::contains("80/80"))
+        .stdout(predicate::str::contains("PASS"));
+}
