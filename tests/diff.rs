@@ -532,3 +532,66 @@ fn table_snapshot_hf_to_flax() {
     assert_eq!(out.status.code(), Some(0));
     insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap());
 }
+
+#[test]
+fn tied_head_on_one_side_is_compared_with_the_embedding() {
+    // qwen3 is tied (no lm_head in the file); a copy that stores the head explicitly.
+    let explicit = tempfile::tempdir().unwrap();
+    let mut tensors: Vec<Tensor> = Vec::new();
+    for (n, s, v) in load("qwen3") {
+        if n == "model.embed_tokens.weight" {
+            tensors.push(f32_tensor("lm_head.weight", &s, &v));
+        }
+        tensors.push(f32_tensor(&n, &s, &v));
+    }
+    write_safetensors(&explicit.path().join("model.safetensors"), &tensors);
+    let (code, report) = diff_json(&fixture("qwen3"), explicit.path(), &[]);
+    assert_eq!(code, 0, "{report:#}");
+    let pairs = pairs_of(&report);
+    let head = pairs
+        .values()
+        .find(|p| p["b"]["name"] == "lm_head.weight")
+        .unwrap();
+    assert_eq!(head["a"]["name"], "model.embed_tokens.weight");
+    assert_eq!(verdict(head), "identical");
+    assert!(head["notes"][0].as_str().unwrap().contains("tied"));
+
+    // A Flax GPT-2 tree with its own head kernel [H, V] = wteᵀ, against tied HF GPT-2.
+    let flax = tempfile::tempdir().unwrap();
+    let mut tensors: Vec<Tensor> = Vec::new();
+    for (n, s, v) in load("gpt2-flax") {
+        if n == "transformer.wte.embedding" {
+            let t = {
+                let (rows, cols) = (s[0], s[1]);
+                let mut t = vec![0f32; v.len()];
+                for i in 0..rows {
+                    for j in 0..cols {
+                        t[j * rows + i] = v[i * cols + j];
+                    }
+                }
+                t
+            };
+            tensors.push(f32_tensor("lm_head.kernel", &[s[1], s[0]], &t));
+        }
+        tensors.push(f32_tensor(&n, &s, &v));
+    }
+    write_safetensors(&flax.path().join("model.safetensors"), &tensors);
+    std::fs::copy(
+        fixture("gpt2-flax").join("config.json"),
+        flax.path().join("config.json"),
+    )
+    .unwrap();
+    let (code, report) = diff_json(
+        &fixture("gpt2"),
+        flax.path(),
+        &["--expect-conversion", "hf-to-flax"],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    let head = &pairs_of(&report)
+        .into_values()
+        .find(|p| p["b"]["name"] == "lm_head.kernel")
+        .unwrap();
+    assert_eq!(head["a"]["name"], "transformer.wte.weight");
+    assert_eq!(verdict(head), "transposed");
+    assert_eq!(head["expected_by_conventions"], true);
+}

@@ -378,7 +378,7 @@ fn compare_planned(
     p: &PlannedPair<'_>,
     opts: &DiffOptions,
 ) -> PairResult {
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = p.note.iter().cloned().collect();
     let outcome = compare_views(
         &a.view(p.a),
         &b.view(p.b),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{OneSided, SideSummary};
-use crate::catalogue::{Catalogue, Convention, Entry};
+use crate::catalogue::{Catalogue, Convention, Entry, Role};
 use crate::checkpoint::{Checkpoint, ConfigStatus, TensorInfo};
 use crate::config::ModelConfig;
 
@@ -85,6 +85,8 @@ pub(crate) struct PlannedPair<'a> {
     pub transposed_by_conventions: bool,
     /// RoPE test parameters.
     pub rope: RopeCheck,
+    /// A remark on how the pair was formed (tied heads).
+    pub note: Option<String>,
 }
 
 /// The pairing of two checkpoints.
@@ -273,22 +275,78 @@ pub(crate) fn plan<'a>(a: &'a Checkpoint, b: &'a Checkpoint) -> Plan<'a> {
             b_by_name.entry(r.t.name.as_str()).or_insert(j);
         }
     }
-    let mut only_a = Vec::new();
+    let mut a_only: Vec<usize> = Vec::new();
     for i in a_left {
         match b_by_name.remove(ra[i].t.name.as_str()) {
             Some(j) => {
                 b_used[j] = true;
                 matched.push((i, j));
             }
-            None => only_a.push(one_sided(&ra[i])),
+            None => a_only.push(i),
         }
     }
-    let only_b = rb
-        .iter()
-        .zip(&b_used)
-        .filter(|(_, used)| !**used)
-        .map(|(r, _)| one_sided(r))
-        .collect();
+    let mut b_only: Vec<usize> = (0..rb.len()).filter(|&j| !b_used[j]).collect();
+
+    // Tied embeddings: an lm_head on one side only is compared with the other side's token
+    // embedding, which is what a tied head computes with ([V, H], the HF lm_head layout).
+    let role_of = |r: &Resolved<'_>| r.entry.as_ref().map(|(_, e)| e.role);
+    let embedding = |side: &[Resolved<'_>]| {
+        side.iter()
+            .position(|r| role_of(r) == Some(Role::Embedding))
+    };
+    let mut tied: Vec<PlannedPair<'a>> = Vec::new();
+    if let (Some(k), Some(e)) = (
+        b_only
+            .iter()
+            .position(|&j| role_of(&rb[j]) == Some(Role::LmHead)),
+        embedding(&ra),
+    ) {
+        let y = &rb[b_only[k]];
+        if let Some((_, entry)) = &y.entry {
+            tied.push(PlannedPair {
+                a: ra[e].t,
+                b: y.t,
+                canonical: Some(entry.hf.name.clone()),
+                conv_a: Some(Convention::Hf),
+                conv_b: y.conv,
+                transposed_by_conventions: entry.transposed_between
+                    && y.conv == Some(Convention::Flax),
+                rope: RopeCheck::NotApplicable,
+                note: Some(format!(
+                    "A has no lm_head (tied): B's head compared with A's `{}`",
+                    ra[e].t.name
+                )),
+            });
+            b_only.remove(k);
+        }
+    }
+    if let (Some(k), Some(e)) = (
+        a_only
+            .iter()
+            .position(|&i| role_of(&ra[i]) == Some(Role::LmHead)),
+        embedding(&rb),
+    ) {
+        let x = &ra[a_only[k]];
+        if let Some((_, entry)) = &x.entry {
+            tied.push(PlannedPair {
+                a: x.t,
+                b: rb[e].t,
+                canonical: Some(entry.hf.name.clone()),
+                conv_a: x.conv,
+                conv_b: Some(Convention::Hf),
+                transposed_by_conventions: entry.transposed_between
+                    && x.conv == Some(Convention::Flax),
+                rope: RopeCheck::NotApplicable,
+                note: Some(format!(
+                    "B has no lm_head (tied): A's head compared with B's `{}`",
+                    rb[e].t.name
+                )),
+            });
+            a_only.remove(k);
+        }
+    }
+    let only_a = a_only.iter().map(|&i| one_sided(&ra[i])).collect();
+    let only_b = b_only.iter().map(|&j| one_sided(&rb[j])).collect();
 
     // Model order: catalogue entry order, then unrecognised names alphabetically.
     matched.sort_by(|&(i1, j1), &(i2, j2)| {
@@ -321,8 +379,10 @@ pub(crate) fn plan<'a>(a: &'a Checkpoint, b: &'a Checkpoint) -> Plan<'a> {
                 conv_b: y.conv,
                 transposed_by_conventions,
                 rope: rope_check(x, y, cfg),
+                note: None,
             }
         })
+        .chain(tied)
         .collect();
 
     Plan {
