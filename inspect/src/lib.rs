@@ -5,6 +5,7 @@
 //! - [`view`]: borrowed tensor bytes and an alignment-safe path to f32.
 //! - [`cast`]: widening kernels (bf16/f16 → f32) shared by every reader of data.
 //! - [`config`]: `config.json` resolved once into a plain struct.
+//! - [`diff`]: compare two checkpoints and name the transform between each pair.
 //! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
 //!   name/orientation in each convention.
 //! - [`report`]: the `inspect` report.
@@ -13,6 +14,7 @@ pub mod cast;
 pub mod catalogue;
 pub mod checkpoint;
 pub mod config;
+pub mod diff;
 pub mod dtype;
 pub mod error;
 pub mod header;

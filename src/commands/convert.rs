@@ -1,12 +1,154 @@
-//! `orient convert` (not implemented yet).
+//! `orient convert SRC DST`: rewrite a checkpoint into the canonical HF layout (or into
+//! Flax), streaming, from the layout catalogue. Refuses to guess, never writes into the
+//! source, and leaves nothing behind on failure.
 
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use orient::output;
+use orient_convert::convert::{self, WriteOptions};
+use orient_convert::plan::{self, From, Options};
+use orient_convert::writer::parse_size;
+use orient_inspect::{Checkpoint, Convention, Dtype};
+
+/// Target layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// HF / PyTorch: what transformers' PyTorch classes load.
+    Hf,
+    /// transformers 4.x Flax / hand-written JAX.
+    Flax,
+}
+
+/// Source layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FromLayout {
+    /// Detect from names and non-square shapes; refuse mixed sources.
+    Auto,
+    /// HF / PyTorch.
+    Hf,
+    /// Flax / JAX.
+    Flax,
+}
+
+/// Output dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// Keep every tensor's dtype.
+    Keep,
+    /// float32.
+    F32,
+    /// bfloat16 (round to nearest even).
+    Bf16,
+    /// float16 (overflows and flushes are counted and reported).
+    F16,
+}
 
 /// Arguments of `orient convert`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Source checkpoint: a model folder, a `.safetensors` file or an index.
+    pub src: PathBuf,
+    /// Destination folder (must not exist unless --force).
+    pub dst: PathBuf,
+    /// Target layout.
+    #[arg(long, value_enum, default_value = "hf")]
+    pub to: Layout,
+    /// Source layout; an explicit value overrides detection.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub from: FromLayout,
+    /// Output dtype for float tensors.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub dtype: DtypeArg,
+    /// Split the output into shards of at most SIZE (e.g. 500MB, 2GiB, 1000000);
+    /// default 5GB, as transformers.
+    #[arg(long, value_name = "SIZE")]
+    pub max_shard_size: Option<String>,
+    /// Print the plan (one row per tensor) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace an existing destination.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar and no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Skip the fsync of the output before the final rename (faster; not crash-safe).
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+fn convention(l: Layout) -> Convention {
+    match l {
+        Layout::Hf => Convention::Hf,
+        Layout::Flax => Convention::Flax,
+    }
+}
 
 /// Runs `orient convert`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`orient convert` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
+    convert::check_destination(&args.src, &args.dst, args.force)?;
+    let ckpt = Checkpoint::open(&args.src)
+        .with_context(|| format!("cannot read {}", args.src.display()))?;
+    let opts = Options {
+        to: convention(args.to),
+        from: match args.from {
+            FromLayout::Auto => From::Auto,
+            FromLayout::Hf => From::Explicit(Convention::Hf),
+            FromLayout::Flax => From::Explicit(Convention::Flax),
+        },
+        dtype: match args.dtype {
+            DtypeArg::Keep => None,
+            DtypeArg::F32 => Some(Dtype::F32),
+            DtypeArg::Bf16 => Some(Dtype::BF16),
+            DtypeArg::F16 => Some(Dtype::F16),
+        },
+    };
+    // Plan errors name the checkpoint and the tensors already.
+    let plan = plan::plan(&ckpt, &opts)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.dry_run {
+        output::convert::plan_table(&plan, &args.src, &args.dst, &mut out)?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.quiet {
+        output::convert::header(&plan, &args.src, &args.dst, &mut out)?;
+        out.flush()?;
+    }
+    let bar = (!args.quiet && std::io::stderr().is_terminal())
+        .then(|| output::progress::bytes_bar(plan.output_bytes().unwrap_or(0), "converting"));
+    let write_opts = WriteOptions {
+        max_shard_size,
+        force: args.force,
+        sync: !args.no_fsync,
+        ..WriteOptions::default()
+    };
+    let start = Instant::now();
+    let result = convert::write(&ckpt, &plan, &args.dst, &write_opts, &mut |n| {
+        if let Some(bar) = &bar {
+            bar.inc(n);
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let outcome = result.with_context(|| {
+        format!(
+            "converting {} to {} failed; nothing was written",
+            args.src.display(),
+            args.dst.display()
+        )
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    if !args.quiet {
+        output::convert::summary(&plan, &outcome, seconds, &mut out)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

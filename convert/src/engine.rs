@@ -1,0 +1,597 @@
+//! Executes a list of per-tensor operations against an open checkpoint, streaming.
+//!
+//! Why it is built this way: the converted model may be larger than RAM, so no tensor is
+//! ever gathered whole unless it is small. Each output tensor is produced by the cheapest
+//! path that keeps memory bounded:
+//! - copy (no transpose, no cast): `copy_file_range` inside the kernel, so the bytes never
+//!   enter this process (nor its RSS);
+//! - cast only: read a chunk with `pread`, cast it on all cores, write it;
+//! - transpose (± cast): a tensor up to [`Tiling::whole_bytes`] is transposed straight out of the
+//!   memory map, whose pages are released afterwards; a larger one (a 7B model's
+//!   `lm_head`) is produced in bands of output rows, each band assembled from source row
+//!   chunks read with `pread`, so memory is one band plus one row chunk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use orient_inspect::{Checkpoint, Dtype, TensorInfo};
+use rayon::prelude::*;
+
+use crate::cast::{self, CastStats, FloatFormat};
+use crate::error::{io, Error, Result};
+use crate::transpose;
+use crate::writer::{Layout, OutTensor, Staging, TensorSink, INDEX_FILE};
+
+/// Memory budgets of the streaming paths (bytes). Peak memory is about
+/// `whole_bytes × 2` or `band_bytes × 2 + chunk_bytes`, whichever is larger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    /// Transposes of tensors up to this size work on the whole tensor at once.
+    pub whole_bytes: usize,
+    /// Output bytes per band when a transposed tensor is larger than `whole_bytes`.
+    pub band_bytes: usize,
+    /// Source bytes read per `pread` when streaming (row chunks and cast chunks).
+    pub chunk_bytes: usize,
+}
+
+impl Default for Tiling {
+    fn default() -> Tiling {
+        Tiling {
+            whole_bytes: 192 << 20,
+            band_bytes: 128 << 20,
+            chunk_bytes: 32 << 20,
+        }
+    }
+}
+/// Elements cast by one rayon task.
+const CAST_TASK: usize = 1 << 18;
+
+/// What to do with one source tensor to obtain one output tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorOp {
+    /// Name in the source checkpoint.
+    pub source: String,
+    /// Name in the output.
+    pub target: String,
+    /// Transpose the 2-D tensor (`[r, c]` → `[c, r]`).
+    pub transpose: bool,
+    /// Source dtype.
+    pub source_dtype: Dtype,
+    /// Output dtype (equal to the source dtype when there is no cast).
+    pub target_dtype: Dtype,
+    /// Source shape.
+    pub source_shape: Vec<usize>,
+    /// Output shape.
+    pub target_shape: Vec<usize>,
+    /// Built from another tensor (an lm_head from the tied embedding), not from the
+    /// same tensor under another name.
+    pub tied: bool,
+}
+
+impl TensorOp {
+    /// True when the dtype changes.
+    pub fn casts(&self) -> bool {
+        self.source_dtype != self.target_dtype
+    }
+
+    /// Output data size in bytes.
+    pub fn target_nbytes(&self) -> Result<u64> {
+        let numel = self
+            .target_shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::SizeOverflow(self.target.clone()))?;
+        self.target_dtype
+            .checked_size(numel)
+            .map(|n| n as u64)
+            .ok_or_else(|| Error::SizeOverflow(self.target.clone()))
+    }
+}
+
+/// What writing the output did.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// Number of tensors written.
+    pub tensors: usize,
+    /// Tensor data bytes written.
+    pub bytes: u64,
+    /// Output files written (shards, not counting the index).
+    pub files: Vec<String>,
+    /// Tensors whose cast lost something (overflow, flush, subnormal), with the counts.
+    pub lossy_casts: Vec<(String, CastStats)>,
+    /// All cast counts summed.
+    pub cast_total: CastStats,
+}
+
+/// Writes every op's output tensor into `staging` (sharded by `max_shard_size`, with an
+/// index when there are several files). `progress` hears about every byte written.
+pub fn write_tensors(
+    ckpt: &Checkpoint,
+    ops: &[TensorOp],
+    metadata: &BTreeMap<String, String>,
+    max_shard_size: u64,
+    tiling: &Tiling,
+    staging: &Staging,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Written> {
+    let mut outs = Vec::with_capacity(ops.len());
+    for op in ops {
+        outs.push(OutTensor {
+            name: op.target.clone(),
+            dtype: op.target_dtype.name().to_string(),
+            shape: op.target_shape.clone(),
+            nbytes: op.target_nbytes()?,
+        });
+    }
+    let layout = Layout::new(outs, metadata, max_shard_size)?;
+    let by_target: HashMap<&str, &TensorOp> = ops.iter().map(|o| (o.target.as_str(), o)).collect();
+    let files = ckpt
+        .shards()
+        .iter()
+        .map(|s| File::open(&s.path).map_err(io("open", &s.path)))
+        .collect::<Result<Vec<File>>>()?;
+    let mut written = Written::default();
+    let mut produce = |i: usize, sink: &mut TensorSink<'_>| -> Result<()> {
+        let name = &layout.tensors[i].name;
+        let op = by_target
+            .get(name.as_str())
+            .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+        let stats = produce_tensor(ckpt, &files, op, tiling, sink)?;
+        written.tensors += 1;
+        written.bytes += layout.tensors[i].nbytes;
+        if !stats.is_clean() {
+            written.lossy_casts.push((op.target.clone(), stats));
+        }
+        written.cast_total.merge(&stats);
+        Ok(())
+    };
+    for k in 0..layout.shards.len() {
+        staging.write_shard(&layout, k, &mut produce, progress)?;
+    }
+    written.files = layout.shards.iter().map(|s| s.file_name.clone()).collect();
+    if let Some(index) = layout.index_json() {
+        staging.write_file(INDEX_FILE, index.as_bytes())?;
+    }
+    Ok(written)
+}
+
+/// The float format of a dtype that can be cast, if it is one.
+fn float_format(d: Dtype) -> Option<FloatFormat> {
+    FloatFormat::from_name(d.name())
+}
+
+/// Produces one output tensor into `sink`; returns the cast counts.
+fn produce_tensor(
+    ckpt: &Checkpoint,
+    files: &[File],
+    op: &TensorOp,
+    tiling: &Tiling,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let info = ckpt
+        .tensor(&op.source)
+        .ok_or_else(|| Error::MissingTensor(op.source.clone()))?;
+    if info.shape != op.source_shape || info.dtype != op.source_dtype {
+        return Err(Error::ShapeMismatch {
+            tensor: op.source.clone(),
+            actual: info.shape.clone(),
+            expected: op.source_shape.clone(),
+            convention: "the plan".into(),
+        });
+    }
+    if info.dtype.bits() % 8 != 0 {
+        return Err(Error::UnsupportedDtype {
+            tensor: op.source.clone(),
+            dtype: info.dtype.name().into(),
+        });
+    }
+    let formats = if op.casts() {
+        match (float_format(op.source_dtype), float_format(op.target_dtype)) {
+            (Some(f), Some(t)) => Some((f, t)),
+            _ => {
+                return Err(Error::NotCastable {
+                    tensor: op.source.clone(),
+                    dtype: op.source_dtype.name().into(),
+                    target: op.target_dtype.name().into(),
+                })
+            }
+        }
+    } else {
+        None
+    };
+    let shard = &ckpt.shards()[info.shard];
+    let file = &files[info.shard];
+    let stats = match (op.transpose, formats) {
+        (false, None) => {
+            sink.copy_from(
+                file,
+                &shard.path,
+                info.range.start as u64,
+                info.nbytes() as u64,
+            )?;
+            CastStats::default()
+        }
+        (false, Some((from, to))) => cast_stream(file, &shard.path, info, from, to, tiling, sink)?,
+        (true, formats) => {
+            let [rows, cols] = info.shape[..] else {
+                return Err(Error::ShapeMismatch {
+                    tensor: op.source.clone(),
+                    actual: info.shape.clone(),
+                    expected: op.source_shape.clone(),
+                    convention: "a 2-D transpose".into(),
+                });
+            };
+            if info.nbytes() <= tiling.whole_bytes {
+                let s = transpose_whole(ckpt, info, rows, cols, formats, sink);
+                ckpt.release(info);
+                s?
+            } else {
+                transpose_banded(file, &shard.path, info, rows, cols, formats, tiling, sink)?
+            }
+        }
+    };
+    Ok(stats)
+}
+
+/// Casts `src` into `dst` on all cores.
+fn par_cast(
+    tensor: &str,
+    src: &[u8],
+    from: FloatFormat,
+    dst: &mut [u8],
+    to: FloatFormat,
+) -> Result<CastStats> {
+    let (fs, ts) = (from.size(), to.size());
+    if src.len() / fs * ts != dst.len() {
+        // Let the kernel produce the precise error.
+        return cast::cast(src, from, dst, to).map_err(|source| Error::Cast {
+            tensor: tensor.into(),
+            source,
+        });
+    }
+    src.par_chunks(CAST_TASK * fs)
+        .zip(dst.par_chunks_mut(CAST_TASK * ts))
+        .map(|(s, d)| cast::cast(s, from, d, to))
+        .try_reduce(CastStats::default, |mut a, b| {
+            a.merge(&b);
+            Ok(a)
+        })
+        .map_err(|source| Error::Cast {
+            tensor: tensor.into(),
+            source,
+        })
+}
+
+/// Cast without transpose: chunk by chunk through `pread`.
+fn cast_stream(
+    file: &File,
+    path: &PathBuf,
+    info: &TensorInfo,
+    from: FloatFormat,
+    to: FloatFormat,
+    tiling: &Tiling,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let (fs, ts) = (from.size(), to.size());
+    let chunk_elems = (tiling.chunk_bytes / fs).max(1);
+    let total = info.nbytes() / fs;
+    let mut src = vec![0u8; chunk_elems.min(total) * fs]; // [chunk] source elements
+    let mut dst = vec![0u8; chunk_elems.min(total) * ts]; // [chunk] target elements
+    let mut stats = CastStats::default();
+    let mut done = 0usize;
+    while done < total {
+        let n = chunk_elems.min(total - done);
+        let s = &mut src[..n * fs];
+        file.read_exact_at(s, (info.range.start + done * fs) as u64)
+            .map_err(io("read", path))?;
+        let d = &mut dst[..n * ts];
+        stats.merge(&par_cast(&info.name, s, from, d, to)?);
+        sink.write(d)?;
+        done += n;
+    }
+    Ok(stats)
+}
+
+/// Transpose (± cast) of a tensor small enough to hold: straight from the memory map.
+fn transpose_whole(
+    ckpt: &Checkpoint,
+    info: &TensorInfo,
+    rows: usize,
+    cols: usize,
+    formats: Option<(FloatFormat, FloatFormat)>,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let es = info.nbytes() / (rows * cols).max(1);
+    let src = ckpt.view(info).bytes;
+    let mut t = vec![0u8; src.len()]; // [cols, rows] source dtype
+    transpose::transpose(src, rows, cols, es, &mut t).map_err(|source| Error::Transpose {
+        tensor: info.name.clone(),
+        source,
+    })?;
+    match formats {
+        None => {
+            sink.write(&t)?;
+            Ok(CastStats::default())
+        }
+        Some((from, to)) => {
+            let mut out = vec![0u8; rows * cols * to.size()]; // [cols, rows] target dtype
+            let stats = par_cast(&info.name, &t, from, &mut out, to)?;
+            drop(t);
+            sink.write(&out)?;
+            Ok(stats)
+        }
+    }
+}
+
+/// Transpose (± cast) of a large tensor, band of output rows by band: each band
+/// (source columns `j0..j1`) is assembled from source row chunks read with `pread`.
+#[allow(clippy::too_many_arguments)]
+fn transpose_banded(
+    file: &File,
+    path: &PathBuf,
+    info: &TensorInfo,
+    rows: usize,
+    cols: usize,
+    formats: Option<(FloatFormat, FloatFormat)>,
+    tiling: &Tiling,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let es = info.nbytes() / (rows * cols).max(1);
+    let out_es = formats.map_or(es, |(_, t)| t.size());
+    let band = (tiling.band_bytes / (rows * es.max(out_es)).max(1)).clamp(1, cols);
+    let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows);
+    let mut band_buf = vec![0u8; band * rows * es]; // [band, rows] source dtype
+    let mut cast_buf = vec![
+        0u8;
+        if formats.is_some() {
+            band * rows * out_es
+        } else {
+            0
+        }
+    ]; // [band, rows] target dtype
+    let mut row_buf = vec![0u8; chunk_rows * cols * es]; // [chunk_rows, cols] source dtype
+    let mut stats = CastStats::default();
+    let err = |source| Error::Transpose {
+        tensor: info.name.clone(),
+        source,
+    };
+    let mut j0 = 0;
+    while j0 < cols {
+        let w = band.min(cols - j0);
+        let out = &mut band_buf[..w * rows * es];
+        let mut i0 = 0;
+        while i0 < rows {
+            let n = chunk_rows.min(rows - i0);
+            let chunk = &mut row_buf[..n * cols * es];
+            file.read_exact_at(chunk, (info.range.start + i0 * cols * es) as u64)
+                .map_err(io("read", path))?;
+            transpose::transpose_strided(
+                &chunk[j0 * es..],
+                cols,
+                &mut out[i0 * es..],
+                rows,
+                n,
+                w,
+                es,
+            )
+            .map_err(err)?;
+            i0 += n;
+        }
+        match formats {
+            None => sink.write(out)?,
+            Some((from, to)) => {
+                let c = &mut cast_buf[..w * rows * out_es];
+                stats.merge(&par_cast(&info.name, out, from, c, to)?);
+                sink.write(c)?;
+            }
+        }
+        j0 += w;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView as StView;
+
+    /// A source file with an F32 [37, 23], a BF16 [50, 7], an F16 [9, 4] and an I64 [5].
+    fn source(dir: &std::path::Path) -> PathBuf {
+        let w: Vec<u8> = (0..37 * 23)
+            .flat_map(|k| ((k as f32) * 0.37 - 100.0).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = (0..50 * 7u16)
+            .flat_map(|k| (0x3c00u16 + k * 13).to_le_bytes())
+            .collect();
+        let h: Vec<u8> = (0..36u16).flat_map(|k| (k * 977).to_le_bytes()).collect();
+        let i: Vec<u8> = (0..5i64).flat_map(|k| (k - 2).to_le_bytes()).collect();
+        let views = vec![
+            (
+                "w",
+                StView::new(safetensors::Dtype::F32, vec![37, 23], &w).unwrap(),
+            ),
+            (
+                "b",
+                StView::new(safetensors::Dtype::BF16, vec![50, 7], &b).unwrap(),
+            ),
+            (
+                "h",
+                StView::new(safetensors::Dtype::F16, vec![9, 4], &h).unwrap(),
+            ),
+            (
+                "i",
+                StView::new(safetensors::Dtype::I64, vec![5], &i).unwrap(),
+            ),
+        ];
+        let path = dir.join("src.safetensors");
+        std::fs::write(&path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+        path
+    }
+
+    fn op(src: &str, dst: &str, t: bool, from: Dtype, to: Dtype, shape: &[usize]) -> TensorOp {
+        let target_shape = if t {
+            vec![shape[1], shape[0]]
+        } else {
+            shape.to_vec()
+        };
+        TensorOp {
+            source: src.into(),
+            target: dst.into(),
+            transpose: t,
+            source_dtype: from,
+            target_dtype: to,
+            source_shape: shape.to_vec(),
+            target_shape,
+            tied: false,
+        }
+    }
+
+    fn ops() -> Vec<TensorOp> {
+        vec![
+            op("w", "w.t", true, Dtype::F32, Dtype::F32, &[37, 23]),
+            op("w", "w.bf16", false, Dtype::F32, Dtype::BF16, &[37, 23]),
+            op("w", "w.t.f16", true, Dtype::F32, Dtype::F16, &[37, 23]),
+            op("b", "b.t.f32", true, Dtype::BF16, Dtype::F32, &[50, 7]),
+            op("h", "h.t", true, Dtype::F16, Dtype::F16, &[9, 4]),
+            op("i", "i", false, Dtype::I64, Dtype::I64, &[5]),
+        ]
+    }
+
+    fn run(
+        ckpt: &Checkpoint,
+        ops: &[TensorOp],
+        tiling: &Tiling,
+        dst: &std::path::Path,
+    ) -> Result<Written> {
+        let staging = Staging::create(dst, false)?;
+        let w = write_tensors(
+            ckpt,
+            ops,
+            &BTreeMap::new(),
+            u64::MAX,
+            tiling,
+            &staging,
+            &mut |_| {},
+        )?;
+        staging.commit(false)?;
+        Ok(w)
+    }
+
+    fn naive_t(bytes: &[u8], rows: usize, cols: usize, es: usize) -> Vec<u8> {
+        let mut out = vec![0u8; bytes.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                out[(c * rows + r) * es..][..es]
+                    .copy_from_slice(&bytes[(r * cols + c) * es..][..es]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_path_produces_the_expected_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = Checkpoint::open(source(tmp.path())).unwrap();
+        let whole = tmp.path().join("whole");
+        let banded = tmp.path().join("banded");
+        run(&ckpt, &ops(), &Tiling::default(), &whole).unwrap();
+        // Tiny budgets force the banded transpose and several pread chunks.
+        let tiny = Tiling {
+            whole_bytes: 64,
+            band_bytes: 300,
+            chunk_bytes: 100,
+        };
+        let written = run(&ckpt, &ops(), &tiny, &banded).unwrap();
+        assert_eq!(written.tensors, 6);
+        let a = std::fs::read(whole.join("model.safetensors")).unwrap();
+        let b = std::fs::read(banded.join("model.safetensors")).unwrap();
+        assert_eq!(
+            a, b,
+            "banded and whole-tensor paths must agree byte for byte"
+        );
+
+        let st = safetensors::SafeTensors::deserialize(&a).unwrap();
+        let src = |n: &str| ckpt.view(ckpt.tensor(n).unwrap()).bytes;
+        assert_eq!(
+            st.tensor("w.t").unwrap().data(),
+            &naive_t(src("w"), 37, 23, 4)[..]
+        );
+        assert_eq!(st.tensor("w.t").unwrap().shape(), &[23, 37]);
+        assert_eq!(
+            st.tensor("h.t").unwrap().data(),
+            &naive_t(src("h"), 9, 4, 2)[..]
+        );
+        assert_eq!(st.tensor("i").unwrap().data(), src("i"));
+        let bf: Vec<u8> = src("w")
+            .chunks_exact(4)
+            .flat_map(|c| {
+                half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()
+            })
+            .collect();
+        assert_eq!(st.tensor("w.bf16").unwrap().data(), &bf[..]);
+        let f16t: Vec<u8> = naive_t(src("w"), 37, 23, 4)
+            .chunks_exact(4)
+            .flat_map(|c| {
+                half::f16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()
+            })
+            .collect();
+        assert_eq!(st.tensor("w.t.f16").unwrap().data(), &f16t[..]);
+        let wide: Vec<u8> = naive_t(src("b"), 50, 7, 2)
+            .chunks_exact(2)
+            .flat_map(|c| (u32::from(u16::from_le_bytes([c[0], c[1]])) << 16).to_le_bytes())
+            .collect();
+        assert_eq!(st.tensor("b.t.f32").unwrap().data(), &wide[..]);
+        assert_eq!(
+            st.tensor("b.t.f32").unwrap().dtype(),
+            safetensors::Dtype::F32
+        );
+    }
+
+    #[test]
+    fn casting_an_integer_tensor_is_refused_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = Checkpoint::open(source(tmp.path())).unwrap();
+        let dst = tmp.path().join("out");
+        let bad = vec![op("i", "i", false, Dtype::I64, Dtype::F32, &[5])];
+        let err = run(&ckpt, &bad, &Tiling::default(), &dst).unwrap_err();
+        assert!(
+            matches!(&err, Error::NotCastable { tensor, .. } if tensor == "i"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`i` has dtype I64"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["src.safetensors"]);
+    }
+
+    #[test]
+    fn f16_overflow_is_counted_per_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vals: Vec<u8> = [1.0f32, 7.0e4, -1.0e5, 1.0e-9]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let path = tmp.path().join("s.safetensors");
+        let views = vec![(
+            "x",
+            StView::new(safetensors::Dtype::F32, vec![4], &vals).unwrap(),
+        )];
+        std::fs::write(&path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let w = run(
+            &ckpt,
+            &[op("x", "x", false, Dtype::F32, Dtype::F16, &[4])],
+            &Tiling::default(),
+            &tmp.path().join("o"),
+        )
+        .unwrap();
+        assert_eq!(w.lossy_casts.len(), 1);
+        assert_eq!(w.cast_total.overflowed, 2);
+        assert_eq!(w.cast_total.flushed_to_zero, 1);
+    }
+}

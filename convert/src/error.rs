@@ -1,0 +1,195 @@
+//! The one error type of `orient-convert`.
+//!
+//! Why one enum: a conversion fails for many distinct reasons (an unreadable source, a
+//! contradictory layout, a cast that would produce garbage, a full disk) and the binary
+//! must report each precisely, naming the file and the tensor. Every variant is one such
+//! reason; none is a catch-all string.
+
+use std::path::PathBuf;
+
+use crate::cast::CastError;
+use crate::transpose::TransposeError;
+
+/// Everything that can make a conversion or a synthesis fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A filesystem operation failed (including a full disk).
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("create", "write", "rename", …).
+        op: &'static str,
+        /// The file or folder involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reading the source checkpoint failed.
+    #[error(transparent)]
+    Read(#[from] orient_inspect::Error),
+    /// A cast kernel rejected its buffers.
+    #[error("tensor `{tensor}`: {source}")]
+    Cast {
+        /// The tensor being cast.
+        tensor: String,
+        /// What the kernel reported.
+        source: CastError,
+    },
+    /// A transpose kernel rejected its buffers.
+    #[error("tensor `{tensor}`: {source}")]
+    Transpose {
+        /// The tensor being transposed.
+        tensor: String,
+        /// What the kernel reported.
+        source: TransposeError,
+    },
+    /// Two output tensors have the same name.
+    #[error("two output tensors are both named `{0}`")]
+    DuplicateTensor(String),
+    /// A size computed from shapes does not fit in 64 bits.
+    #[error("tensor `{0}`: its byte size overflows")]
+    SizeOverflow(String),
+    /// The producer of a tensor wrote more bytes than the header promised.
+    #[error(
+        "tensor `{tensor}`: producer wrote more than the {expected} bytes its header declares"
+    )]
+    ProducerOverrun {
+        /// The tensor being written.
+        tensor: String,
+        /// Bytes declared in the header.
+        expected: u64,
+    },
+    /// The producer of a tensor wrote fewer bytes than the header promised.
+    #[error(
+        "tensor `{tensor}`: producer wrote {written} of the {expected} bytes its header declares"
+    )]
+    ProducerShort {
+        /// The tensor being written.
+        tensor: String,
+        /// Bytes declared in the header.
+        expected: u64,
+        /// Bytes actually written.
+        written: u64,
+    },
+    /// A file re-read after writing does not match what was meant to be written.
+    #[error("{} failed validation after writing: {problem}", path.display())]
+    Validation {
+        /// The written file.
+        path: PathBuf,
+        /// What did not match.
+        problem: String,
+    },
+    /// The destination exists and `--force` was not given.
+    #[error("{} already exists (use --force to replace it)", .0.display())]
+    DestinationExists(PathBuf),
+    /// The destination's parent folder does not exist or is not a folder.
+    #[error("the folder {} that should contain the output does not exist or is not a folder", .0.display())]
+    DestinationParent(PathBuf),
+    /// The destination is the source, or lies inside it.
+    #[error("refusing to write {} into the source {}: choose a destination outside the source", dst.display(), src.display())]
+    DestinationInsideSource {
+        /// The source checkpoint folder or file.
+        src: PathBuf,
+        /// The requested destination.
+        dst: PathBuf,
+    },
+    /// `--max-shard-size` could not be parsed.
+    #[error("invalid size `{0}`: expected a number of bytes with an optional unit (e.g. 500MB, 2GiB, 1000000)")]
+    InvalidSize(String),
+    /// A cast was requested on a tensor whose dtype cannot be cast.
+    #[error("tensor `{tensor}` has dtype {dtype}, which cannot be cast to {target}; use --dtype keep to copy it unchanged")]
+    NotCastable {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: String,
+        /// The requested target dtype.
+        target: String,
+    },
+    /// The source has no usable config.json, so the layout is unknown.
+    #[error("{}: {problem}", path.display())]
+    Config {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// What is wrong with its config.
+        problem: String,
+    },
+    /// The architecture is not in the layout catalogue.
+    #[error("the layout catalogue has no entry for model_type `{model_type}` (known: llama, mistral, qwen2, qwen3, gpt2), so orient cannot tell how its tensors are laid out in {target}")]
+    UnknownArchitecture {
+        /// The config's model_type.
+        model_type: String,
+        /// The requested target layout.
+        target: String,
+    },
+    /// The source mixes conventions or contradicts the catalogue.
+    #[error("{}: the source does not follow a single layout convention:\n{}", path.display(), problems.join("\n"))]
+    Contradictory {
+        /// The checkpoint.
+        path: PathBuf,
+        /// One line per offending tensor.
+        problems: Vec<String>,
+    },
+    /// The source convention could not be decided from names and non-square shapes.
+    #[error("{}: cannot tell whether the source is hf or flax layout ({reason}); pass --from hf or --from flax", path.display())]
+    Undetectable {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why detection failed.
+        reason: String,
+    },
+    /// A tensor needed by the target layout is absent from the source.
+    #[error("tensor `{0}` is required by the target layout but missing from the source")]
+    MissingTensor(String),
+    /// The target layout needs an lm_head that the source lacks and cannot be built.
+    #[error("the {target} layout needs `{target_name}`, but the source has no `{expected}` and its config does not tie the embeddings (tie_word_embeddings is false), so there is nothing to build it from")]
+    MissingLmHead {
+        /// The lm_head name in the source convention.
+        expected: String,
+        /// The lm_head name in the target convention.
+        target_name: String,
+        /// The target convention.
+        target: String,
+    },
+    /// A tied lm_head that the target leaves out differs from the embedding.
+    #[error("config.json ties the embeddings, so the {target} layout has no lm_head, but `{lm_head}` differs from `{embedding}`; refusing to drop it (is tie_word_embeddings right?)")]
+    LmHeadDiffers {
+        /// The lm_head tensor.
+        lm_head: String,
+        /// The embedding tensor.
+        embedding: String,
+        /// The target convention.
+        target: String,
+    },
+    /// A tensor's shape is not what the catalogue expects.
+    #[error("tensor `{tensor}` has shape {actual:?}, but the catalogue expects {expected:?} in {convention} layout")]
+    ShapeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Its shape in the file.
+        actual: Vec<usize>,
+        /// The shape the catalogue expects.
+        expected: Vec<usize>,
+        /// The convention the source was read as.
+        convention: String,
+    },
+    /// A tensor with a dtype the converter cannot move (sub-byte formats).
+    #[error("tensor `{tensor}` has dtype {dtype}, which orient cannot relayout")]
+    UnsupportedDtype {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Builds an [`Error::Io`] closure for `map_err`.
+pub(crate) fn io(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { op, path, source }
+}

@@ -1,0 +1,813 @@
+//! A streaming, all-or-nothing safetensors writer.
+//!
+//! Why this shape: a converted model can be larger than RAM, so the header (which must
+//! come first in the file) is computed from names, dtypes and shapes alone, and the data
+//! is then streamed tensor by tensor (or tile by tile) from a producer callback. Nothing
+//! of the output is visible until all of it is complete: every file is written into a
+//! hidden staging folder next to the destination (same parent, hence same filesystem),
+//! each shard is re-read and checked after writing, and only then is the staging folder
+//! renamed onto the destination in one step. Any error, including a full disk, drops the
+//! staging folder and leaves nothing behind.
+//!
+//! Layout rules: tensor names sorted, data contiguous in that order, the JSON header
+//! padded with spaces to a multiple of 8 so data starts 8-byte aligned, `__metadata__`
+//! first. Outputs above the shard limit are split into `model-0000k-of-0000n.safetensors`
+//! with a `model.safetensors.index.json` (`metadata.total_size`, `weight_map`), as
+//! transformers writes them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{io, Error, Result};
+
+/// transformers' default `max_shard_size` ("5GB", decimal).
+pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
+/// Name of the single-file output and of the index's data files' stem.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// Name of the shard index.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// Start kernel writeback of dirty pages every this many bytes, so that a final fsync
+/// does not find the whole model dirty in the page cache.
+const WRITEBACK_WINDOW: u64 = 64 << 20;
+
+/// One tensor of the output, as its header entry will describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutTensor {
+    /// Name in the output.
+    pub name: String,
+    /// safetensors dtype name, e.g. "BF16".
+    pub dtype: String,
+    /// Shape in the output.
+    pub shape: Vec<usize>,
+    /// Exact number of data bytes (numel × dtype size).
+    pub nbytes: u64,
+}
+
+/// One output file: which tensors it holds and its serialized header.
+#[derive(Debug, Clone)]
+pub struct ShardPlan {
+    /// File name inside the destination folder.
+    pub file_name: String,
+    /// Indices into [`Layout::tensors`], in data order.
+    pub tensors: Vec<usize>,
+    /// The 8-byte little-endian header length followed by the padded JSON header.
+    pub header: Vec<u8>,
+    /// Bytes of tensor data after the header.
+    pub data_len: u64,
+}
+
+impl ShardPlan {
+    /// Total file length in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.header.len() as u64 + self.data_len
+    }
+}
+
+/// The complete plan of the output files, computed before any data is written.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// All output tensors, sorted by name.
+    pub tensors: Vec<OutTensor>,
+    /// The files, in order; one file means no index.
+    pub shards: Vec<ShardPlan>,
+    /// Sum of all tensor data bytes (the index's `metadata.total_size`).
+    pub total_size: u64,
+}
+
+impl Layout {
+    /// Sorts `tensors` by name, splits them into shards of at most `max_shard_size`
+    /// data bytes (a single larger tensor gets a shard of its own) and serializes each
+    /// shard's header with `metadata` as `__metadata__`.
+    pub fn new(
+        mut tensors: Vec<OutTensor>,
+        metadata: &BTreeMap<String, String>,
+        max_shard_size: u64,
+    ) -> Result<Layout> {
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        for pair in tensors.windows(2) {
+            if pair[0].name == pair[1].name {
+                return Err(Error::DuplicateTensor(pair[0].name.clone()));
+            }
+        }
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut current = 0u64;
+        let mut total = 0u64;
+        for (i, t) in tensors.iter().enumerate() {
+            total = total
+                .checked_add(t.nbytes)
+                .ok_or_else(|| Error::SizeOverflow(t.name.clone()))?;
+            match groups.last_mut() {
+                Some(g) if current.saturating_add(t.nbytes) <= max_shard_size => {
+                    g.push(i);
+                    current += t.nbytes;
+                }
+                _ => {
+                    groups.push(vec![i]);
+                    current = t.nbytes;
+                }
+            }
+        }
+        if groups.is_empty() {
+            groups.push(Vec::new());
+        }
+        let n = groups.len();
+        let mut shards = Vec::with_capacity(n);
+        for (k, group) in groups.into_iter().enumerate() {
+            let file_name = if n == 1 {
+                SINGLE_FILE.to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", k + 1, n)
+            };
+            let (header, data_len) = serialize_header(&tensors, &group, metadata)?;
+            shards.push(ShardPlan {
+                file_name,
+                tensors: group,
+                header,
+                data_len,
+            });
+        }
+        Ok(Layout {
+            tensors,
+            shards,
+            total_size: total,
+        })
+    }
+
+    /// The `model.safetensors.index.json` text, or `None` for a single-file output.
+    pub fn index_json(&self) -> Option<String> {
+        if self.shards.len() < 2 {
+            return None;
+        }
+        let mut by_name: BTreeMap<&str, &str> = BTreeMap::new();
+        for s in &self.shards {
+            for &i in &s.tensors {
+                if let Some(t) = self.tensors.get(i) {
+                    by_name.insert(&t.name, &s.file_name);
+                }
+            }
+        }
+        let weight_map: serde_json::Map<String, serde_json::Value> = by_name
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        let index = serde_json::json!({
+            "metadata": { "total_size": self.total_size },
+            "weight_map": weight_map,
+        });
+        serde_json::to_string_pretty(&index).ok().map(|s| s + "\n")
+    }
+}
+
+/// The header bytes (length prefix + JSON padded to a multiple of 8) and data length.
+fn serialize_header(
+    tensors: &[OutTensor],
+    group: &[usize],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(Vec<u8>, u64)> {
+    let mut map = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        map.insert("__metadata__".into(), meta.into());
+    }
+    let mut offset = 0u64;
+    for &i in group {
+        let t = &tensors[i];
+        let end = offset
+            .checked_add(t.nbytes)
+            .ok_or_else(|| Error::SizeOverflow(t.name.clone()))?;
+        map.insert(
+            t.name.clone(),
+            serde_json::json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&map).map_err(|e| Error::Validation {
+        path: PathBuf::from("<header>"),
+        problem: e.to_string(),
+    })?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut header = Vec::with_capacity(8 + json.len());
+    header.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    header.extend_from_slice(&json);
+    Ok((header, offset))
+}
+
+/// Parses a size such as `500MB` (10^6), `2GiB` (2^30), `1000000` or `1.5GB`.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let bad = || Error::InvalidSize(text.to_string());
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        "tb" | "t" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(bad);
+    }
+    let f: f64 = num.parse().map_err(|_| bad())?;
+    let v = f * mult as f64;
+    if !(v >= 1.0 && v < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+/// A hidden folder next to the destination that receives every output file and becomes
+/// the destination with one rename in [`Staging::commit`]. Dropped without a commit,
+/// it deletes itself and everything in it.
+#[derive(Debug)]
+pub struct Staging {
+    dst: PathBuf,
+    dir: tempfile::TempDir,
+    sync: bool,
+}
+
+impl Staging {
+    /// Creates the staging folder in `dst`'s parent. With `sync`, every file and the
+    /// folder are fsynced before the final rename.
+    pub fn create(dst: &Path, sync: bool) -> Result<Staging> {
+        let name = dst
+            .file_name()
+            .ok_or_else(|| Error::DestinationParent(dst.to_path_buf()))?;
+        let parent = match dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::DestinationParent(parent));
+        }
+        let prefix = format!(".{}.orient-tmp-", name.to_string_lossy());
+        let dir = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir_in(&parent)
+            .map_err(io("create a staging folder in", &parent))?;
+        Ok(Staging {
+            dst: dst.to_path_buf(),
+            dir,
+            sync,
+        })
+    }
+
+    /// The staging folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes one shard of `layout`: the header, then every tensor's bytes as produced by
+    /// `produce(index, sink)`, then (with sync) an fsync, then a re-read check of the
+    /// header and length. `progress` is told about every chunk of bytes written.
+    pub fn write_shard(
+        &self,
+        layout: &Layout,
+        shard: usize,
+        produce: &mut dyn FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let plan = layout.shards.get(shard).ok_or_else(|| Error::Validation {
+            path: self.dir().to_path_buf(),
+            problem: format!("no shard number {shard}"),
+        })?;
+        let path = self.dir().join(&plan.file_name);
+        let file = File::create(&path).map_err(io("create", &path))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&plan.header).map_err(io("write", &path))?;
+        let mut position = plan.header.len() as u64;
+        let mut synced_to = 0u64;
+        for &i in &plan.tensors {
+            let t = &layout.tensors[i];
+            let mut sink = TensorSink {
+                out: &mut out,
+                path: &path,
+                tensor: &t.name,
+                remaining: t.nbytes,
+                position: &mut position,
+                synced_to: &mut synced_to,
+                progress: &mut *progress,
+            };
+            produce(i, &mut sink)?;
+            if sink.remaining != 0 {
+                return Err(Error::ProducerShort {
+                    tensor: t.name.clone(),
+                    expected: t.nbytes,
+                    written: t.nbytes - sink.remaining,
+                });
+            }
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| io("write", &path)(e.into_error()))?;
+        if self.sync {
+            file.sync_all().map_err(io("fsync", &path))?;
+        }
+        drop(file);
+        validate(&path, plan)
+    }
+
+    /// Writes a small file (index, config) into the staging folder.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir().join(name);
+        let mut f = File::create(&path).map_err(io("create", &path))?;
+        f.write_all(bytes).map_err(io("write", &path))?;
+        if self.sync {
+            f.sync_all().map_err(io("fsync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into the staging folder under `name`.
+    pub fn copy_file(&self, src: &Path, name: &str) -> Result<()> {
+        let bytes = std::fs::read(src).map_err(io("read", src))?;
+        self.write_file(name, &bytes)
+    }
+
+    /// Renames the staging folder onto the destination. With `replace`, an existing
+    /// destination is first moved aside and removed only after the rename succeeded;
+    /// without it, an existing destination is an error.
+    pub fn commit(self, replace: bool) -> Result<PathBuf> {
+        let parent = self
+            .dir()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if self.sync {
+            let d = File::open(self.dir()).map_err(io("open", self.dir()))?;
+            d.sync_all().map_err(io("fsync", self.dir()))?;
+        }
+        let exists = self.dst.symlink_metadata().is_ok();
+        let mut old: Option<tempfile::TempDir> = None;
+        if exists {
+            if !replace {
+                return Err(Error::DestinationExists(self.dst.clone()));
+            }
+            // Move the old destination into a fresh hidden folder; it is deleted when
+            // `old` drops, after the new output is in place.
+            let holder = tempfile::Builder::new()
+                .prefix(".orient-old-")
+                .tempdir_in(&parent)
+                .map_err(io("create a folder in", &parent))?;
+            let aside = holder.path().join("old");
+            std::fs::rename(&self.dst, &aside).map_err(io("move aside", &self.dst))?;
+            old = Some(holder);
+        }
+        let staged = self.dir.keep();
+        if let Err(e) = std::fs::rename(&staged, &self.dst) {
+            // Put things back as they were, and remove the staged output.
+            if let Some(holder) = &old {
+                let _ = std::fs::rename(holder.path().join("old"), &self.dst);
+            }
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(io("rename the finished output to", &self.dst)(e));
+        }
+        if self.sync {
+            if let Ok(d) = File::open(&parent) {
+                let _ = d.sync_all();
+            }
+        }
+        drop(old);
+        Ok(self.dst)
+    }
+}
+
+/// Where a producer writes one tensor's bytes, in order. It refuses to write past the
+/// tensor's declared size.
+#[allow(missing_debug_implementations)]
+pub struct TensorSink<'a> {
+    out: &'a mut BufWriter<File>,
+    path: &'a Path,
+    tensor: &'a str,
+    remaining: u64,
+    position: &'a mut u64,
+    synced_to: &'a mut u64,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl TensorSink<'_> {
+    /// The tensor being written.
+    pub fn tensor(&self) -> &str {
+        self.tensor
+    }
+
+    /// Bytes still expected for this tensor.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Appends `bytes` to the tensor's data.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let n = bytes.len() as u64;
+        if n > self.remaining {
+            return Err(Error::ProducerOverrun {
+                tensor: self.tensor.to_string(),
+                expected: self.remaining,
+            });
+        }
+        self.out.write_all(bytes).map_err(io("write", self.path))?;
+        self.account(n)
+    }
+
+    /// Appends `len` bytes of `src` starting at byte `offset`, copied inside the kernel
+    /// (`copy_file_range`) where the filesystem allows it, else through a bounded buffer.
+    /// No tensor data passes through this process's memory on the fast path.
+    pub fn copy_from(&mut self, src: &File, src_path: &Path, offset: u64, len: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if len > self.remaining {
+            return Err(Error::ProducerOverrun {
+                tensor: self.tensor.to_string(),
+                expected: self.remaining,
+            });
+        }
+        let mut copied = 0u64;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            self.out.flush().map_err(io("write", self.path))?;
+            let dst_fd = self.out.get_ref().as_raw_fd();
+            while copied < len {
+                let mut off_in = (offset + copied) as libc::loff_t;
+                let want = (len - copied).min(1 << 30) as usize;
+                // SAFETY: both descriptors are open files owned by live `File`s; `off_in`
+                // is a valid pointer to a local; a null `off_out` means "use and advance
+                // the destination's file position", which is where the flushed
+                // BufWriter left it. The call reads no memory of ours.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        &mut off_in,
+                        dst_fd,
+                        std::ptr::null_mut(),
+                        want,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        // Not supported here (cross-device, old kernel, special file):
+                        // fall back to the buffered copy below.
+                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => break,
+                        _ => return Err(io("write", self.path)(e)),
+                    }
+                }
+                if n == 0 {
+                    return Err(io("read", src_path)(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                let n = n as u64;
+                copied += n;
+                self.account(n)?;
+            }
+        }
+        if copied < len {
+            let mut buf = vec![0u8; (len - copied).min(8 << 20) as usize]; // copy buffer, ≤ 8 MiB
+            while copied < len {
+                let n = (len - copied).min(buf.len() as u64) as usize;
+                src.read_exact_at(&mut buf[..n], offset + copied)
+                    .map_err(io("read", src_path))?;
+                self.write(&buf[..n])?;
+                copied += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Books `n` bytes written behind the BufWriter's back.
+    fn account(&mut self, n: u64) -> Result<()> {
+        self.remaining -= n;
+        *self.position += n;
+        (self.progress)(n);
+        if *self.position - *self.synced_to >= WRITEBACK_WINDOW {
+            self.start_writeback()?;
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to start writing back what has been written so far, without
+    /// waiting, so dirty pages do not pile up. Linux only; elsewhere a no-op.
+    fn start_writeback(&mut self) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            self.out.flush().map_err(io("write", self.path))?;
+            let fd = self.out.get_ref().as_raw_fd();
+            let start = *self.synced_to;
+            let len = *self.position - start;
+            // SAFETY: fd is a valid open file descriptor owned by `out`; the call only
+            // schedules writeback of a byte range and touches no memory of ours.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    fd,
+                    start as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if rc != 0 {
+                // Writeback scheduling is only an optimisation; a real write error will
+                // surface from write or fsync.
+                return Ok(());
+            }
+        }
+        *self.synced_to = *self.position;
+        Ok(())
+    }
+}
+
+/// Re-reads the header of a written shard and checks that it is exactly the planned one,
+/// parses as JSON with contiguous offsets, and that the file has the planned length.
+fn validate(path: &Path, plan: &ShardPlan) -> Result<()> {
+    let fail = |problem: String| Error::Validation {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut f = File::open(path).map_err(io("re-open", path))?;
+    let len = f.metadata().map_err(io("stat", path))?.len();
+    if len != plan.file_len() {
+        return Err(fail(format!(
+            "file is {len} bytes, expected {}",
+            plan.file_len()
+        )));
+    }
+    let mut prefix = [0u8; 8];
+    f.read_exact(&mut prefix).map_err(io("re-read", path))?;
+    let n = u64::from_le_bytes(prefix);
+    if n.checked_add(8) != Some(plan.header.len() as u64) {
+        return Err(fail(format!(
+            "header length {n} differs from the planned one"
+        )));
+    }
+    let mut header = vec![0u8; plan.header.len() - 8];
+    f.read_exact(&mut header).map_err(io("re-read", path))?;
+    if header != plan.header[8..] {
+        return Err(fail("header bytes differ from the planned header".into()));
+    }
+    let parsed: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| fail(format!("header is not JSON: {e}")))?;
+    let mut ranges: Vec<(u64, u64)> = parsed
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, v)| {
+            let o = v.get("data_offsets")?.as_array()?;
+            Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut at = 0u64;
+    for (a, b) in ranges {
+        if a != at || b < a {
+            return Err(fail(format!(
+                "data offsets are not contiguous at byte {at}"
+            )));
+        }
+        at = b;
+    }
+    if at != plan.data_len {
+        return Err(fail(format!(
+            "data offsets end at {at}, expected {}",
+            plan.data_len
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, dtype: &str, shape: &[usize], esize: u64) -> OutTensor {
+        OutTensor {
+            name: name.into(),
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+            nbytes: shape.iter().product::<usize>() as u64 * esize,
+        }
+    }
+
+    fn fill(layout: &Layout) -> impl FnMut(usize, &mut TensorSink<'_>) -> Result<()> + '_ {
+        move |i, sink| {
+            let n = layout.tensors[i].nbytes as usize;
+            let bytes: Vec<u8> = (0..n).map(|k| (k as u8).wrapping_add(i as u8)).collect();
+            // Write in two pieces to exercise chunked production.
+            sink.write(&bytes[..n / 2])?;
+            sink.write(&bytes[n / 2..])
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1000000").unwrap(), 1_000_000);
+        assert_eq!(parse_size("1.5gb").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("64 KiB").unwrap(), 65536);
+        for bad in ["", "0", "MB", "12XB", "-5", "99999999999999999999TB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn single_file_round_trips_through_the_safetensors_crate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        let tensors = vec![
+            t("b.weight", "F32", &[3, 5], 4),
+            t("a.bias", "BF16", &[7], 2),
+            t("c", "I64", &[2], 8),
+        ];
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let layout = Layout::new(tensors, &meta, DEFAULT_MAX_SHARD_SIZE).unwrap();
+        assert_eq!(layout.shards.len(), 1);
+        assert_eq!(layout.index_json(), None);
+        assert_eq!(layout.shards[0].header.len() % 8, 0);
+        let staging = Staging::create(&dst, true).unwrap();
+        let mut written = 0u64;
+        staging
+            .write_shard(&layout, 0, &mut fill(&layout), &mut |n| written += n)
+            .unwrap();
+        assert_eq!(written, 3 * 5 * 4 + 7 * 2 + 16);
+        staging.commit(false).unwrap();
+
+        let bytes = std::fs::read(dst.join(SINGLE_FILE)).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .unwrap()
+                .get("format")
+                .map(String::as_str),
+            Some("pt")
+        );
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        names.sort();
+        assert_eq!(names, ["a.bias", "b.weight", "c"]);
+        let b = st.tensor("b.weight").unwrap();
+        assert_eq!(b.shape(), &[3, 5]);
+        assert_eq!(b.dtype(), safetensors::Dtype::F32);
+        // Tensor index 1 (sorted) is b.weight: bytes k + 1.
+        let want: Vec<u8> = (0..60u8).map(|k| k.wrapping_add(1)).collect();
+        assert_eq!(b.data(), &want[..]);
+        // No staging folder left behind.
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn sharding_writes_an_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        let tensors = (0..5)
+            .map(|k| t(&format!("t{k}"), "F32", &[10], 4))
+            .collect();
+        let layout = Layout::new(tensors, &BTreeMap::new(), 100).unwrap();
+        // 40 bytes each, 100 max: [t0 t1] [t2 t3] [t4]
+        assert_eq!(layout.shards.len(), 3);
+        assert_eq!(
+            layout.shards[2].file_name,
+            "model-00003-of-00003.safetensors"
+        );
+        let staging = Staging::create(&dst, false).unwrap();
+        for s in 0..3 {
+            staging
+                .write_shard(&layout, s, &mut fill(&layout), &mut |_| {})
+                .unwrap();
+        }
+        staging
+            .write_file(INDEX_FILE, layout.index_json().unwrap().as_bytes())
+            .unwrap();
+        staging.commit(false).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dst.join(INDEX_FILE)).unwrap()).unwrap();
+        assert_eq!(index["metadata"]["total_size"], 200);
+        assert_eq!(
+            index["weight_map"]["t3"],
+            "model-00002-of-00003.safetensors"
+        );
+        for s in &layout.shards {
+            let bytes = std::fs::read(dst.join(&s.file_name)).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(st.len(), s.tensors.len());
+        }
+    }
+
+    #[test]
+    fn a_failing_producer_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        let layout = Layout::new(vec![t("x", "F32", &[4], 4)], &BTreeMap::new(), u64::MAX).unwrap();
+        let staging = Staging::create(&dst, false).unwrap();
+        // Too few bytes.
+        let err = staging
+            .write_shard(&layout, 0, &mut |_, s| s.write(&[0u8; 8]), &mut |_| {})
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ProducerShort { written: 8, .. }),
+            "{err}"
+        );
+        // Too many bytes.
+        let err = staging
+            .write_shard(&layout, 0, &mut |_, s| s.write(&[0u8; 20]), &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, Error::ProducerOverrun { .. }), "{err}");
+        drop(staging);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commit_refuses_or_replaces_an_existing_destination() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        std::fs::create_dir(&dst).unwrap();
+        std::fs::write(dst.join("old.txt"), b"old").unwrap();
+        let layout = Layout::new(vec![], &BTreeMap::new(), u64::MAX).unwrap();
+        let staging = Staging::create(&dst, false).unwrap();
+        staging
+            .write_shard(&layout, 0, &mut |_, _| Ok(()), &mut |_| {})
+            .unwrap();
+        let err = staging.commit(false).unwrap_err();
+        assert!(matches!(err, Error::DestinationExists(_)));
+        // The staging folder was dropped with the error: only `out` remains.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+
+        let staging = Staging::create(&dst, false).unwrap();
+        staging
+            .write_shard(&layout, 0, &mut |_, _| Ok(()), &mut |_| {})
+            .unwrap();
+        staging.commit(true).unwrap();
+        assert!(dst.join(SINGLE_FILE).exists());
+        assert!(!dst.join("old.txt").exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn copy_from_copies_a_file_range() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src_path = tmp.path().join("src.bin");
+        let data: Vec<u8> = (0..100_000u32).map(|k| (k % 251) as u8).collect();
+        std::fs::write(&src_path, &data).unwrap();
+        let src = File::open(&src_path).unwrap();
+        let dst = tmp.path().join("out");
+        let layout = Layout::new(
+            vec![t("a", "U8", &[10], 1), t("b", "U8", &[50_000], 1)],
+            &BTreeMap::new(),
+            u64::MAX,
+        )
+        .unwrap();
+        let staging = Staging::create(&dst, false).unwrap();
+        let mut produce = |i: usize, sink: &mut TensorSink<'_>| {
+            if i == 0 {
+                sink.write(&[7u8; 10])
+            } else {
+                sink.copy_from(&src, &src_path, 1234, 50_000)
+            }
+        };
+        staging
+            .write_shard(&layout, 0, &mut produce, &mut |_| {})
+            .unwrap();
+        staging.commit(false).unwrap();
+        let bytes = std::fs::read(dst.join(SINGLE_FILE)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("a").unwrap().data(), &[7u8; 10]);
+        assert_eq!(st.tensor("b").unwrap().data(), &data[1234..51_234]);
+    }
+
+    #[test]
+    fn parent_must_be_a_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Staging::create(&file.join("out"), false).unwrap_err();
+        assert!(matches!(err, Error::DestinationParent(_)), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let err = Layout::new(
+            vec![t("x", "F32", &[1], 4), t("x", "F32", &[1], 4)],
+            &BTreeMap::new(),
+            u64::MAX,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::DuplicateTensor(n) if n == "x"));
+    }
+}
