@@ -154,7 +154,7 @@ fn run_json_lists_top_k_at_every_position() {
 }
 
 #[test]
-fn demo_inspects_and_verifies_the_bundled_flax_qwen2() {
+fn demo_inspects_converts_and_verifies_the_bundled_flax_qwen2() {
     orient()
         .arg("demo")
         .arg("--fixtures")
@@ -163,7 +163,14 @@ fn demo_inspects_and_verifies_the_bundled_flax_qwen2() {
         .code(0)
         .stdout(predicate::str::contains("== step 1/3: inspect"))
         .stdout(predicate::str::contains("square: orientation unproven"))
+        .stdout(predicate::str::contains(
+            "== step 2/3: convert to HF layout",
+        ))
+        .stdout(predicate::str::contains(
+            "27 tensors (15 transposed, 0 cast, 0 skipped)",
+        ))
         .stdout(predicate::str::contains("== step 3/3: verify"))
+        .stdout(predicate::str::contains("qwen2-hf against reference"))
         .stdout(predicate::str::contains("80/80"))
         .stdout(predicate::str::contains("PASS"));
 }

@@ -5,10 +5,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Instant;
+
 use anyhow::Context;
 use orient::output;
+use orient_convert::convert::{self, WriteOptions};
+use orient_convert::plan;
 use orient_inspect::report::{self, Options};
-use orient_inspect::Checkpoint;
+use orient_inspect::{Checkpoint, Convention};
 
 use super::verify;
 
@@ -45,21 +49,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let inspected = report::inspect(&ckpt, &opts, &|_| {});
     output::inspect::table(&inspected, &mut out, false)?;
 
-    output::demo::step(&mut out, 2, 3, "convert to HF layout")?;
-    // TODO(lead): call the convert crate here once branch `convert` is on main, e.g.
-    //   let dir = tempfile::tempdir()?; let dst = dir.path().join("qwen2-hf");
-    //   let plan = orient_convert::plan::plan(&ckpt, &plan::Options { to: Convention::Hf,
-    //       from: plan::From::Auto, dtype: None })?;
-    //   let done = orient_convert::convert::write(&ckpt, &plan, &dst,
-    //       &WriteOptions { sync: false, ..WriteOptions::default() }, &mut |_| {})?;
-    //   output::convert::summary(&done, &mut out)?;   // whatever the convert renderer offers
-    // and verify `dst` below instead of `flax`.
-    let verified = flax.clone();
-    output::demo::say(
+    output::demo::step(
         &mut out,
-        "(conversion not wired yet: verifying the Flax checkpoint directly, which orient's \
-         forward reads as strided views)",
+        2,
+        3,
+        "convert to HF layout (in a temporary folder)",
     )?;
+    let tmp = tempfile::tempdir().context("creating a temporary folder")?;
+    let converted = tmp.path().join("qwen2-hf");
+    let plan = plan::plan(
+        &ckpt,
+        &plan::Options {
+            to: Convention::Hf,
+            from: plan::From::Auto,
+            dtype: None,
+        },
+    )?;
+    output::convert::header(&plan, &flax, &converted, &mut out)?;
+    let start = Instant::now();
+    let write_opts = WriteOptions {
+        sync: false,
+        ..WriteOptions::default()
+    };
+    let outcome = convert::write(&ckpt, &plan, &converted, &write_opts, &mut |_| {})
+        .with_context(|| format!("converting {}", flax.display()))?;
+    output::convert::summary(&plan, &outcome, start.elapsed().as_secs_f64(), &mut out)?;
 
     output::demo::step(
         &mut out,
@@ -71,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
     )?;
     let report = verify::verify(&verify::Args {
-        model: verified,
+        model: converted,
         reference: Some(reference),
         against: None,
         tokens: None,
