@@ -21,14 +21,10 @@ cargo build --release -p orient >/dev/null
 ORIENT=$PWD/target/release/orient
 
 # ---------------------------------------------------------------------------------------------
-# Models. `orient synth` is the intended generator; until it exists a small Python script writes
-# the same shapes (random N(0, 0.02) weights, HF layout, safetensors).
+# Models. `orient synth` is meant to write these; it is not implemented yet, so a small Python
+# script writes the same shapes (HF layout, safetensors). Replace it with synth when it lands.
 synth_05b() {
   local out=$BENCH_DIR/qwen2-0.5b-f32
-  [[ -f $out/model.safetensors ]] && return
-  if "$ORIENT" synth --help >/dev/null 2>&1 && ! "$ORIENT" synth "$out" --preset qwen2-0.5b --dtype f32 2>/dev/null; then
-    echo "orient synth unavailable; writing the model with Python" >&2
-  fi
   [[ -f $out/model.safetensors ]] && return
   "$PY" - "$out" <<'PYEOF'
 import sys, torch
@@ -140,8 +136,8 @@ json.dump(dict(cfg, num_hidden_layers=2), open(os.path.join(t, "config.json"), "
 PYEOF
 fi
 P200=$(prompt 200)
-echo "-- orient run, 200 tokens, whole process (/usr/bin/time: wall, peak RSS)"
-/usr/bin/time -f "wall %e s, peak RSS %M KiB" "$ORIENT" run "$M7" --tokens "$P200" --repeat 1
+echo "-- orient run, 200 tokens, whole process (/usr/bin/time: wall, CPU time, peak RSS)"
+/usr/bin/time -f "wall %e s, user %U s, sys %S s, peak RSS %M KiB" "$ORIENT" run "$M7" --tokens "$P200" --repeat 1
 echo "-- accuracy: 2-layer truncation, orient (bf16 widened per matrix) vs transformers f32 on the upcast weights"
 "$PY" - "$M7-2layers" "$P200" <<'PYEOF'
 import sys, torch
