@@ -186,3 +186,54 @@ fn buggy_qwen2_is_located_at_layer_0_attention() {
     assert_eq!(c.rows[0].diff.max_abs, 0.0);
     assert!(c.logits().unwrap().diff.max_abs > 0.1);
 }
+
+/// A table stored as the exact transpose of its expected shape (an embedding [H, V]) is read
+/// transposed, reported, and gives the same logits bit for bit.
+#[test]
+fn transposed_embedding_is_read_transposed_and_reported() {
+    use safetensors::tensor::TensorView;
+    use safetensors::SafeTensors;
+    let src = fixture("llama");
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        let (shape, data) = if name == "model.embed_tokens.weight" {
+            let (v, h) = (t.shape()[0], t.shape()[1]);
+            let mut out = vec![0u8; t.data().len()];
+            for r in 0..v {
+                for c in 0..h {
+                    let (from, to) = ((r * h + c) * 4, (c * v + r) * 4);
+                    out[to..to + 4].copy_from_slice(&t.data()[from..from + 4]);
+                }
+            }
+            (vec![h, v], out)
+        } else {
+            (t.shape().to_vec(), t.data().to_vec())
+        };
+        owned.push((name, shape, data));
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+
+    let ids = reference("llama").input_ids;
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let mut model = Model::new(&ckpt).unwrap();
+    assert!(model.notes().contains(&LoadNote::ReadTransposed {
+        name: "model.embed_tokens.weight".into(),
+        found: vec![64, 512],
+        expected: vec![512, 64],
+    }));
+    let out = model.forward(&ids, false).unwrap();
+    assert_eq!(bits(&out.logits), bits(&run("llama", &ids).logits));
+}

@@ -313,8 +313,10 @@ impl<'c> Weights<'c> {
     /// Rows `tokens` of an embedding table `[V, H]`, as f32 `[T, H]`.
     pub fn embedding_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
         let f = self.get(name)?;
-        let (n_rows, width) = match f.info.shape.as_slice() {
-            [r, c] => (*r, *c),
+        // A table is [rows, width]; one read transposed is stored [width, rows].
+        let (n_rows, width) = match (f.info.shape.as_slice(), f.stored) {
+            ([r, c], Stored::InOut) => (*c, *r),
+            ([r, c], _) => (*r, *c),
             _ => return Err(ModelError::Internal(format!("`{name}` is not 2-D"))),
         };
         let elem = f.info.dtype.bits() / 8;
@@ -324,11 +326,19 @@ impl<'c> Weights<'c> {
             if r >= n_rows {
                 return Err(ModelError::Internal(format!("row {r} outside `{name}`")));
             }
-            widen(
-                f.info.dtype,
-                &bytes[r * width * elem..(r + 1) * width * elem],
-                dst,
-            );
+            if f.stored == Stored::InOut {
+                // element (r, h) at h·n_rows + r
+                for (h, d) in dst.iter_mut().enumerate() {
+                    let at = (h * n_rows + r) * elem;
+                    widen(f.info.dtype, &bytes[at..at + elem], std::slice::from_mut(d));
+                }
+            } else {
+                widen(
+                    f.info.dtype,
+                    &bytes[r * width * elem..(r + 1) * width * elem],
+                    dst,
+                );
+            }
         }
         Ok(out)
     }
