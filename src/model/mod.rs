@@ -213,6 +213,9 @@ impl ForwardOutput {
     }
 
     /// Logits `[V]` at position `t`.
+    ///
+    /// # Panics
+    /// If `t` is not a position of the prompt (`t >= self.len()`).
     pub fn logits_at(&self, t: usize) -> &[f32] {
         &self.logits[t * self.vocab_size..(t + 1) * self.vocab_size]
     }
@@ -247,6 +250,9 @@ pub struct TopToken {
 
 impl ForwardOutput {
     /// The `k` highest logits at position `t`, best first (ties: lower id first).
+    ///
+    /// # Panics
+    /// If `t >= self.len()`, as [`ForwardOutput::logits_at`].
     pub fn top_k(&self, t: usize, k: usize) -> Vec<TopToken> {
         let row = self.logits_at(t);
         let mut order: Vec<usize> = (0..row.len()).collect();
