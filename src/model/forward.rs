@@ -153,11 +153,19 @@ pub(crate) fn forward(
         let inv = rope::inv_freq(dims.d, cfg.rope_theta, llama3.as_ref());
         Some(RopeTables::new(&inv, t))
     };
-    let window = if cfg.arch == Arch::Mistral || cfg.arch == Arch::Qwen2 || cfg.arch == Arch::Qwen3
-    {
-        cfg.sliding_window
-    } else {
-        None
+    // Mistral slides its window in every layer. Qwen2/Qwen3 (`use_sliding_window`) slide only
+    // from `max_window_layers` on, which the resolved config does not carry: a window shorter
+    // than the prompt is refused there rather than applied to the wrong layers. Within the
+    // window the mask is the plain causal one.
+    let window = match (cfg.arch, cfg.sliding_window) {
+        (Arch::Mistral, Some(w)) if w < t => Some(w),
+        (Arch::Qwen2 | Arch::Qwen3, Some(w)) if w < t => {
+            return Err(ModelError::UnsupportedSlidingWindow {
+                window: w,
+                tokens: t,
+            })
+        }
+        _ => None,
     };
     let act_ok = if gpt2 {
         cfg.hidden_act == "gelu_new"
@@ -531,4 +539,68 @@ fn attention(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// One head, D = 2, values one-hot per position: the output at position i is the
+    /// attention distribution itself, so the mask can be read off directly.
+    fn attend(t: usize, window: Option<usize>) -> Vec<f32> {
+        let dims = Dims {
+            t,
+            h: 2,
+            n_heads: 1,
+            n_kv: 1,
+            d: 2,
+            inter: 1,
+            vocab: 1,
+        };
+        let q = vec![0.0f32; t * 2]; // zero queries: uniform scores over the allowed keys
+        let k = vec![1.0f32; t * 2];
+        let mut out = vec![0.0f32; t * 2];
+        // values: position j carries (j, 1), so out[i] = (Σ p_j·j, Σ p_j)
+        let v: Vec<f32> = (0..t).flat_map(|j| [j as f32, 1.0]).collect();
+        attention(
+            Head {
+                data: &q,
+                stride: 2,
+            },
+            Head {
+                data: &k,
+                stride: 2,
+            },
+            Head {
+                data: &v,
+                stride: 2,
+            },
+            dims,
+            window,
+            &mut out,
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn causal_mask_averages_the_prefix() {
+        let out = attend(4, None);
+        // position i averages keys 0..=i: mean index i/2, weights summing to 1
+        for i in 0..4 {
+            assert!((out[2 * i] - i as f32 / 2.0).abs() < 1e-6, "{out:?}");
+            assert!((out[2 * i + 1] - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn sliding_window_keeps_the_last_w_keys() {
+        let out = attend(5, Some(2));
+        // window 2: position i averages keys i-1 and i (position 0 only itself)
+        let want = [0.0, 0.5, 1.5, 2.5, 3.5];
+        for (i, w) in want.iter().enumerate() {
+            assert!((out[2 * i] - w).abs() < 1e-6, "{out:?}");
+        }
+    }
 }

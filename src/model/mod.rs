@@ -74,6 +74,15 @@ pub enum ModelError {
     /// An activation the forward does not implement for this architecture.
     #[error("hidden activation `{0}` is not supported (llama family: silu; GPT-2: gelu_new)")]
     UnsupportedActivation(String),
+    /// A Qwen2/Qwen3 sliding window shorter than the prompt: it applies only to some layers
+    /// (`max_window_layers`), which the forward does not model.
+    #[error("the model slides a {window}-token attention window over some layers; prompts longer than the window ({tokens} tokens) are not supported for this architecture")]
+    UnsupportedSlidingWindow {
+        /// The window.
+        window: usize,
+        /// Prompt length.
+        tokens: usize,
+    },
     /// A prompt token outside the vocabulary.
     #[error("token {token} at position {position} is outside the vocabulary of {vocab}")]
     TokenOutOfRange {
