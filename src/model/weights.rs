@@ -83,7 +83,6 @@ impl<'c> Weights<'c> {
         let path = ckpt.root().display().to_string();
         let cat = Catalogue::new(cfg);
         let mut found: HashMap<String, Found<'c>> = HashMap::new();
-        let mut first_name: HashMap<String, String> = HashMap::new();
         let mut notes = Vec::new();
         let (mut n_hf, mut n_flax) = (0usize, 0usize);
         for info in ckpt.tensors() {
@@ -137,15 +136,14 @@ impl<'c> Weights<'c> {
                 }
             }
             let canonical = entry.hf.name.clone();
-            if let Some(previous) = first_name.get(&canonical) {
+            if let Some(previous) = found.get(&canonical) {
                 return Err(ModelError::DuplicateTensor {
                     path,
                     canonical,
-                    first: previous.clone(),
+                    first: previous.info.name.clone(),
                     second: info.name.clone(),
                 });
             }
-            first_name.insert(canonical.clone(), info.name.clone());
             found.insert(
                 canonical,
                 Found {
