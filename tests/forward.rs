@@ -187,34 +187,25 @@ fn buggy_qwen2_is_located_at_layer_0_attention() {
     assert!(c.logits().unwrap().diff.max_abs > 0.1);
 }
 
-/// A table stored as the exact transpose of its expected shape (an embedding [H, V]) is read
-/// transposed, reported, and gives the same logits bit for bit.
-#[test]
-fn transposed_embedding_is_read_transposed_and_reported() {
+/// Writes a copy of fixture `name` into a temporary folder after `edit` has changed its list
+/// of (name, shape, f32 bytes).
+fn edited_copy(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>),
+) -> tempfile::TempDir {
     use safetensors::tensor::TensorView;
     use safetensors::SafeTensors;
-    let src = fixture("llama");
+    let src = fixture(name);
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, t) in st.tensors() {
-        let (shape, data) = if name == "model.embed_tokens.weight" {
-            let (v, h) = (t.shape()[0], t.shape()[1]);
-            let mut out = vec![0u8; t.data().len()];
-            for r in 0..v {
-                for c in 0..h {
-                    let (from, to) = ((r * h + c) * 4, (c * v + r) * 4);
-                    out[to..to + 4].copy_from_slice(&t.data()[from..from + 4]);
-                }
-            }
-            (vec![h, v], out)
-        } else {
-            (t.shape().to_vec(), t.data().to_vec())
-        };
-        owned.push((name, shape, data));
-    }
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    edit(&mut owned);
     let views: Vec<(String, TensorView<'_>)> = owned
         .iter()
         .map(|(n, s, d)| {
@@ -225,7 +216,29 @@ fn transposed_embedding_is_read_transposed_and_reported() {
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    dir
+}
 
+/// A table stored as the exact transpose of its expected shape (an embedding [H, V]) is read
+/// transposed, reported, and gives the same logits bit for bit.
+#[test]
+fn transposed_embedding_is_read_transposed_and_reported() {
+    let dir = edited_copy("llama", |tensors| {
+        let (_, shape, data) = tensors
+            .iter_mut()
+            .find(|(n, _, _)| n == "model.embed_tokens.weight")
+            .unwrap();
+        let (v, h) = (shape[0], shape[1]);
+        let mut out = vec![0u8; data.len()];
+        for r in 0..v {
+            for c in 0..h {
+                let (from, to) = ((r * h + c) * 4, (c * v + r) * 4);
+                out[to..to + 4].copy_from_slice(&data[from..from + 4]);
+            }
+        }
+        *shape = vec![h, v];
+        *data = out;
+    });
     let ids = reference("llama").input_ids;
     let ckpt = Checkpoint::open(dir.path()).unwrap();
     let mut model = Model::new(&ckpt).unwrap();
@@ -236,4 +249,42 @@ fn transposed_embedding_is_read_transposed_and_reported() {
     }));
     let out = model.forward(&ids, false).unwrap();
     assert_eq!(bits(&out.logits), bits(&run("llama", &ids).logits));
+}
+
+/// A shape that is neither the expected one nor its transpose is an error naming the tensor.
+#[test]
+fn wrong_shape_is_refused_with_the_tensor_name() {
+    let dir = edited_copy("qwen2", |tensors| {
+        let (_, shape, _) = tensors
+            .iter_mut()
+            .find(|(n, _, _)| n == "model.layers.1.mlp.up_proj.weight")
+            .unwrap();
+        *shape = vec![88, 128]; // same element count, wrong shape
+    });
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let err = Model::new(&ckpt).unwrap_err().to_string();
+    assert!(
+        err.contains("`model.layers.1.mlp.up_proj.weight` has shape [88, 128], expected [176, 64]"),
+        "{err}"
+    );
+}
+
+/// The same weight under its HF and its Flax name is refused, naming both.
+#[test]
+fn weight_stored_twice_is_refused() {
+    let dir = edited_copy("qwen2", |tensors| {
+        let (_, shape, data) = tensors
+            .iter()
+            .find(|(n, _, _)| n == "model.layers.0.self_attn.q_proj.weight")
+            .unwrap()
+            .clone();
+        tensors.push(("model.layers.0.self_attn.q_proj.kernel".into(), shape, data));
+    });
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let err = Model::new(&ckpt).unwrap_err().to_string();
+    assert!(
+        err.contains("`model.layers.0.self_attn.q_proj.weight` is stored twice"),
+        "{err}"
+    );
+    assert!(err.contains("q_proj.kernel"), "{err}");
 }
