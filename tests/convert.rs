@@ -594,7 +594,14 @@ fn synth_is_deterministic_and_its_output_round_trips() {
             .arg("synth")
             .arg(fixture("qwen2"))
             .arg(dst)
-            .args(["--seed", "42", "--dtype", "bf16", "--max-shard-size", "300KB"])
+            .args([
+                "--seed",
+                "42",
+                "--dtype",
+                "bf16",
+                "--max-shard-size",
+                "300KB",
+            ])
             .assert()
             .success()
             .stdout(predicate::str::contains("synthesized:"));
@@ -605,8 +612,12 @@ fn synth_is_deterministic_and_its_output_round_trips() {
     let (fix, _) = load(&fixture("qwen2").join("model.safetensors"));
     // Same tensors and shapes as transformers' own qwen2 of this config.
     assert_eq!(
-        t.iter().map(|(k, v)| (k.clone(), v.1.clone())).collect::<Vec<_>>(),
-        fix.iter().map(|(k, v)| (k.clone(), v.1.clone())).collect::<Vec<_>>()
+        t.iter()
+            .map(|(k, v)| (k.clone(), v.1.clone()))
+            .collect::<Vec<_>>(),
+        fix.iter()
+            .map(|(k, v)| (k.clone(), v.1.clone()))
+            .collect::<Vec<_>>()
     );
     let flax = tmp.path().join("flax");
     let back = tmp.path().join("back");

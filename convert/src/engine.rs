@@ -133,12 +133,13 @@ pub fn write_tensors(
         .map(|s| File::open(&s.path).map_err(io("open", &s.path)))
         .collect::<Result<Vec<File>>>()?;
     let mut written = Written::default();
+    let mut scratch = Scratch::default();
     let mut produce = |i: usize, sink: &mut TensorSink<'_>| -> Result<()> {
         let name = &layout.tensors[i].name;
         let op = by_target
             .get(name.as_str())
             .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-        let stats = produce_tensor(ckpt, &files, op, tiling, sink)?;
+        let stats = produce_tensor(ckpt, &files, op, tiling, &mut scratch, sink)?;
         written.tensors += 1;
         written.bytes += layout.tensors[i].nbytes;
         if !stats.is_clean() {
@@ -168,6 +169,7 @@ fn produce_tensor(
     files: &[File],
     op: &TensorOp,
     tiling: &Tiling,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let info = ckpt
@@ -224,11 +226,14 @@ fn produce_tensor(
                 });
             };
             if info.nbytes() <= tiling.whole_bytes {
-                let s = transpose_whole(ckpt, info, rows, cols, formats, sink);
+                let s = transpose_whole(ckpt, info, rows, cols, formats, scratch, sink);
                 ckpt.release(info);
                 s?
             } else {
-                transpose_banded(file, &shard.path, info, rows, cols, formats, tiling, sink)?
+                let src = ckpt.view(info).bytes;
+                let s = transpose_banded(src, info, rows, cols, formats, tiling, sink);
+                ckpt.release(info);
+                s?
             }
         }
     };
@@ -301,36 +306,90 @@ fn transpose_whole(
     rows: usize,
     cols: usize,
     formats: Option<(FloatFormat, FloatFormat)>,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let es = info.nbytes() / (rows * cols).max(1);
     let src = ckpt.view(info).bytes;
-    let mut t = vec![0u8; src.len()]; // [cols, rows] source dtype
-    transpose::transpose(src, rows, cols, es, &mut t).map_err(|source| Error::Transpose {
+    let t = scratch.transposed(src.len()); // [cols, rows] source dtype
+    transpose::transpose(src, rows, cols, es, t).map_err(|source| Error::Transpose {
         tensor: info.name.clone(),
         source,
     })?;
     match formats {
         None => {
-            sink.write(&t)?;
+            sink.write(t)?;
             Ok(CastStats::default())
         }
         Some((from, to)) => {
-            let mut out = vec![0u8; rows * cols * to.size()]; // [cols, rows] target dtype
-            let stats = par_cast(&info.name, &t, from, &mut out, to)?;
-            drop(t);
-            sink.write(&out)?;
+            let (t, out) = scratch.both(src.len(), rows * cols * to.size()); // [cols, rows] each
+            let stats = par_cast(&info.name, t, from, out, to)?;
+            sink.write(out)?;
             Ok(stats)
         }
     }
 }
 
+/// Buffers reused from tensor to tensor, so that each tensor does not pay for fresh
+/// zeroed pages (a measurable share of a conversion's time).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Transposed tensor in the source dtype.
+    t: Vec<u8>,
+    /// Cast output.
+    out: Vec<u8>,
+}
+
+impl Scratch {
+    fn transposed(&mut self, len: usize) -> &mut [u8] {
+        if self.t.len() < len {
+            self.t.resize(len, 0);
+        }
+        &mut self.t[..len]
+    }
+
+    fn both(&mut self, t_len: usize, out_len: usize) -> (&mut [u8], &mut [u8]) {
+        if self.t.len() < t_len {
+            self.t.resize(t_len, 0);
+        }
+        if self.out.len() < out_len {
+            self.out.resize(out_len, 0);
+        }
+        (&mut self.t[..t_len], &mut self.out[..out_len])
+    }
+}
+
+/// Tells the kernel this process no longer needs the whole pages inside `bytes`, a
+/// slice of a read-only file mapping, so they leave its RSS. Advice only: errors are
+/// ignored, and the bytes stay readable (they fault back in from the page cache).
+fn release_range(bytes: &[u8]) {
+    const PAGE: usize = 4096; // a larger real page only makes the range smaller
+    let start = bytes.as_ptr() as usize;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let last = (start + bytes.len()) / PAGE * PAGE;
+    if last <= first {
+        return;
+    }
+    // SAFETY: [first, last) is page-aligned and lies inside `bytes`, which borrows a
+    // read-only, file-backed shared mapping owned by the Checkpoint (the only callers
+    // pass tensor views). MADV_DONTNEED on such a mapping only drops page-table
+    // entries: later reads fault the same file bytes back in, so no borrowed slice can
+    // observe a change.
+    unsafe {
+        libc::madvise(
+            first as *mut libc::c_void,
+            last - first,
+            libc::MADV_DONTNEED,
+        );
+    }
+}
+
 /// Transpose (± cast) of a large tensor, band of output rows by band: each band
-/// (source columns `j0..j1`) is assembled from source row chunks read with `pread`.
+/// (source columns `j0..j1`) is assembled from source row chunks of the memory map,
+/// whose pages are released as soon as a chunk has been used.
 #[allow(clippy::too_many_arguments)]
 fn transpose_banded(
-    file: &File,
-    path: &PathBuf,
+    src: &[u8],
     info: &TensorInfo,
     rows: usize,
     cols: usize,
@@ -351,7 +410,6 @@ fn transpose_banded(
             0
         }
     ]; // [band, rows] target dtype
-    let mut row_buf = vec![0u8; chunk_rows * cols * es]; // [chunk_rows, cols] source dtype
     let mut stats = CastStats::default();
     let err = |source| Error::Transpose {
         tensor: info.name.clone(),
@@ -364,9 +422,7 @@ fn transpose_banded(
         let mut i0 = 0;
         while i0 < rows {
             let n = chunk_rows.min(rows - i0);
-            let chunk = &mut row_buf[..n * cols * es];
-            file.read_exact_at(chunk, (info.range.start + i0 * cols * es) as u64)
-                .map_err(io("read", path))?;
+            let chunk = &src[i0 * cols * es..(i0 + n) * cols * es]; // [n, cols] source rows
             transpose::transpose_strided(
                 &chunk[j0 * es..],
                 cols,
@@ -377,6 +433,9 @@ fn transpose_banded(
                 es,
             )
             .map_err(err)?;
+            // Done with these source rows for this band: drop their pages from our RSS
+            // (the next band faults them back in from the page cache).
+            release_range(chunk);
             i0 += n;
         }
         match formats {
