@@ -6,15 +6,15 @@
 //! - copy (no transpose, no cast): `copy_file_range` inside the kernel, so the bytes never
 //!   enter this process (nor its RSS);
 //! - cast only: read a chunk with `pread`, cast it on all cores, write it;
-//! - transpose (± cast): a tensor up to [`Tiling::whole_bytes`] is transposed straight out of the
-//!   memory map, whose pages are released afterwards; a larger one (a 7B model's
-//!   `lm_head`) is produced in bands of output rows, each band assembled from source row
-//!   chunks read with `pread`, so memory is one band plus one row chunk.
+//! - transpose (± cast): a tensor up to [`Tiling::whole_bytes`] is transposed straight
+//!   out of the memory map into a reused buffer, and its pages are released afterwards;
+//!   a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`) is
+//!   produced in bands of output rows, each band assembled from chunks of source rows
+//!   whose mapped pages are released as soon as the chunk is used, so resident memory
+//!   is one band plus one chunk, whatever the tensor's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 
 use orient_inspect::{Checkpoint, Dtype, TensorInfo};
 use rayon::prelude::*;
@@ -215,7 +215,12 @@ fn produce_tensor(
             )?;
             CastStats::default()
         }
-        (false, Some((from, to))) => cast_stream(file, &shard.path, info, from, to, tiling, sink)?,
+        (false, Some((from, to))) => {
+            let src = ckpt.view(info).bytes;
+            let s = cast_stream(src, info, from, to, tiling, scratch, sink);
+            ckpt.release(info);
+            s?
+        }
         (true, formats) => {
             let [rows, cols] = info.shape[..] else {
                 return Err(Error::ShapeMismatch {
@@ -271,29 +276,26 @@ fn par_cast(
 
 /// Cast without transpose: chunk by chunk through `pread`.
 fn cast_stream(
-    file: &File,
-    path: &PathBuf,
+    src: &[u8],
     info: &TensorInfo,
     from: FloatFormat,
     to: FloatFormat,
     tiling: &Tiling,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let (fs, ts) = (from.size(), to.size());
     let chunk_elems = (tiling.chunk_bytes / fs).max(1);
-    let total = info.nbytes() / fs;
-    let mut src = vec![0u8; chunk_elems.min(total) * fs]; // [chunk] source elements
-    let mut dst = vec![0u8; chunk_elems.min(total) * ts]; // [chunk] target elements
+    let total = src.len() / fs;
     let mut stats = CastStats::default();
     let mut done = 0usize;
     while done < total {
         let n = chunk_elems.min(total - done);
-        let s = &mut src[..n * fs];
-        file.read_exact_at(s, (info.range.start + done * fs) as u64)
-            .map_err(io("read", path))?;
-        let d = &mut dst[..n * ts];
+        let s = &src[done * fs..(done + n) * fs]; // [n] source elements, mapped
+        let (_, d) = scratch.both(0, n * ts); // [n] target elements
         stats.merge(&par_cast(&info.name, s, from, d, to)?);
         sink.write(d)?;
+        release_range(s);
         done += n;
     }
     Ok(stats)
@@ -458,7 +460,7 @@ mod tests {
     use safetensors::tensor::TensorView as StView;
 
     /// A source file with an F32 [37, 23], a BF16 [50, 7], an F16 [9, 4] and an I64 [5].
-    fn source(dir: &std::path::Path) -> PathBuf {
+    fn source(dir: &std::path::Path) -> std::path::PathBuf {
         let w: Vec<u8> = (0..37 * 23)
             .flat_map(|k| ((k as f32) * 0.37 - 100.0).to_le_bytes())
             .collect();
