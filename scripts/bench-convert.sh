@@ -8,7 +8,10 @@
 #   - optionally (--big) a Qwen2-7B-shaped bf16 model (≈15 GB; needs ≈35 GB free disk)
 #     converted to flax, for peak RSS ≤ 1 GiB.
 #
-# Usage: scripts/bench-convert.sh [--big] [--runs N] [--dir WORKDIR] [--python PY]
+# Usage: scripts/bench-convert.sh [--big] [--big-layers N] [--runs N] [--dir WORKDIR] [--python PY]
+#   --big-layers N: layers of the 7B-shaped model (default 28, the real count). Peak RSS
+#   depends on the largest tensors (embedding, lm_head, MLP), which do not depend on N,
+#   so a smaller N checks the same bound with less disk (N=6: ≈5 GB in, ≈5 GB out).
 # Needs: cargo, hyperfine, /usr/bin/time, python3 (for the JSON summary); the Python
 # baseline needs a venv with torch + safetensors (default /work/venv-pt).
 #
@@ -19,11 +22,13 @@ set -euo pipefail
 
 RUNS=5
 BIG=0
+BIG_LAYERS=28
 WORK=${TMPDIR:-/tmp}/orient-bench
 PY=/work/venv-pt/bin/python
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --big) BIG=1 ;;
+    --big-layers) BIG_LAYERS=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --dir) WORK=$2; shift ;;
     --python) PY=$2; shift ;;
@@ -120,10 +125,10 @@ rss orient-bf16-to-f32 "$ORIENT" convert "$BF" "$OUT/f32" --dtype f32 --quiet --
 rss python "$PY" "$PYSCRIPT" "$SRCFILE" "$OUT/py.safetensors"
 
 if [[ $BIG == 1 ]]; then
-  echo "== 7B-shaped bf16 (≈15 GB)"
+  echo "== 7B-shaped bf16, $BIG_LAYERS layers (28 layers ≈ 15 GB)"
   df -h "$WORK" | tail -1
-  BIGM=$WORK/qwen2-7b-bf16
-  if [[ ! -f $BIGM/model.safetensors.index.json ]]; then
+  BIGM=$WORK/qwen2-7b-bf16-L$BIG_LAYERS
+  if [[ ! -f $BIGM/config.json ]]; then
     mkdir -p "$WORK/cfg-big"
     cat > "$WORK/cfg-big/config.json" <<'EOF'
 {
@@ -131,7 +136,7 @@ if [[ $BIG == 1 ]]; then
   "model_type": "qwen2",
   "hidden_size": 3584,
   "intermediate_size": 18944,
-  "num_hidden_layers": 28,
+  "num_hidden_layers": BIG_LAYERS,
   "num_attention_heads": 28,
   "num_key_value_heads": 4,
   "vocab_size": 152064,
@@ -143,6 +148,7 @@ if [[ $BIG == 1 ]]; then
   "torch_dtype": "bfloat16"
 }
 EOF
+    sed -i "s/BIG_LAYERS/$BIG_LAYERS/" "$WORK/cfg-big/config.json"
     /usr/bin/time -f "synth 7B: %e s, peak RSS %M KiB" "$ORIENT" synth "$WORK/cfg-big" "$BIGM" --dtype bf16 --seed 1 --no-fsync --force
   fi
   du -sh "$BIGM"
