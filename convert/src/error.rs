@@ -14,7 +14,7 @@ use crate::transpose::TransposeError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem operation failed (including a full disk).
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// What was being done ("create", "write", "rename", …).
         op: &'static str,
