@@ -6,15 +6,15 @@
 //! - copy (no transpose, no cast): `copy_file_range` inside the kernel, so the bytes never
 //!   enter this process (nor its RSS);
 //! - cast only: read a chunk with `pread`, cast it on all cores, write it;
-//! - transpose (± cast): a tensor up to [`Tiling::whole_bytes`] is transposed straight out of the
-//!   memory map, whose pages are released afterwards; a larger one (a 7B model's
-//!   `lm_head`) is produced in bands of output rows, each band assembled from source row
-//!   chunks read with `pread`, so memory is one band plus one row chunk.
+//! - transpose (± cast): a tensor up to [`Tiling::whole_bytes`] is transposed straight
+//!   out of the memory map into a reused buffer, and its pages are released afterwards;
+//!   a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`) is
+//!   produced in bands of output rows, each band assembled from chunks of source rows
+//!   whose mapped pages are released as soon as the chunk is used, so resident memory
+//!   is one band plus one chunk, whatever the tensor's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 
 use orient_inspect::{Checkpoint, Dtype, TensorInfo};
 use rayon::prelude::*;
@@ -133,12 +133,13 @@ pub fn write_tensors(
         .map(|s| File::open(&s.path).map_err(io("open", &s.path)))
         .collect::<Result<Vec<File>>>()?;
     let mut written = Written::default();
+    let mut scratch = Scratch::default();
     let mut produce = |i: usize, sink: &mut TensorSink<'_>| -> Result<()> {
         let name = &layout.tensors[i].name;
         let op = by_target
             .get(name.as_str())
             .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-        let stats = produce_tensor(ckpt, &files, op, tiling, sink)?;
+        let stats = produce_tensor(ckpt, &files, op, tiling, &mut scratch, sink)?;
         written.tensors += 1;
         written.bytes += layout.tensors[i].nbytes;
         if !stats.is_clean() {
@@ -168,6 +169,7 @@ fn produce_tensor(
     files: &[File],
     op: &TensorOp,
     tiling: &Tiling,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let info = ckpt
@@ -213,7 +215,12 @@ fn produce_tensor(
             )?;
             CastStats::default()
         }
-        (false, Some((from, to))) => cast_stream(file, &shard.path, info, from, to, tiling, sink)?,
+        (false, Some((from, to))) => {
+            let src = ckpt.view(info).bytes;
+            let s = cast_stream(src, info, from, to, tiling, scratch, sink);
+            ckpt.release(info);
+            s?
+        }
         (true, formats) => {
             let [rows, cols] = info.shape[..] else {
                 return Err(Error::ShapeMismatch {
@@ -224,11 +231,14 @@ fn produce_tensor(
                 });
             };
             if info.nbytes() <= tiling.whole_bytes {
-                let s = transpose_whole(ckpt, info, rows, cols, formats, sink);
+                let s = transpose_whole(ckpt, info, rows, cols, formats, scratch, sink);
                 ckpt.release(info);
                 s?
             } else {
-                transpose_banded(file, &shard.path, info, rows, cols, formats, tiling, sink)?
+                let src = ckpt.view(info).bytes;
+                let s = transpose_banded(src, info, rows, cols, formats, tiling, sink);
+                ckpt.release(info);
+                s?
             }
         }
     };
@@ -266,29 +276,26 @@ fn par_cast(
 
 /// Cast without transpose: chunk by chunk through `pread`.
 fn cast_stream(
-    file: &File,
-    path: &PathBuf,
+    src: &[u8],
     info: &TensorInfo,
     from: FloatFormat,
     to: FloatFormat,
     tiling: &Tiling,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let (fs, ts) = (from.size(), to.size());
     let chunk_elems = (tiling.chunk_bytes / fs).max(1);
-    let total = info.nbytes() / fs;
-    let mut src = vec![0u8; chunk_elems.min(total) * fs]; // [chunk] source elements
-    let mut dst = vec![0u8; chunk_elems.min(total) * ts]; // [chunk] target elements
+    let total = src.len() / fs;
     let mut stats = CastStats::default();
     let mut done = 0usize;
     while done < total {
         let n = chunk_elems.min(total - done);
-        let s = &mut src[..n * fs];
-        file.read_exact_at(s, (info.range.start + done * fs) as u64)
-            .map_err(io("read", path))?;
-        let d = &mut dst[..n * ts];
+        let s = &src[done * fs..(done + n) * fs]; // [n] source elements, mapped
+        let (_, d) = scratch.both(0, n * ts); // [n] target elements
         stats.merge(&par_cast(&info.name, s, from, d, to)?);
         sink.write(d)?;
+        release_range(s);
         done += n;
     }
     Ok(stats)
@@ -301,36 +308,90 @@ fn transpose_whole(
     rows: usize,
     cols: usize,
     formats: Option<(FloatFormat, FloatFormat)>,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let es = info.nbytes() / (rows * cols).max(1);
     let src = ckpt.view(info).bytes;
-    let mut t = vec![0u8; src.len()]; // [cols, rows] source dtype
-    transpose::transpose(src, rows, cols, es, &mut t).map_err(|source| Error::Transpose {
+    let t = scratch.transposed(src.len()); // [cols, rows] source dtype
+    transpose::transpose(src, rows, cols, es, t).map_err(|source| Error::Transpose {
         tensor: info.name.clone(),
         source,
     })?;
     match formats {
         None => {
-            sink.write(&t)?;
+            sink.write(t)?;
             Ok(CastStats::default())
         }
         Some((from, to)) => {
-            let mut out = vec![0u8; rows * cols * to.size()]; // [cols, rows] target dtype
-            let stats = par_cast(&info.name, &t, from, &mut out, to)?;
-            drop(t);
-            sink.write(&out)?;
+            let (t, out) = scratch.both(src.len(), rows * cols * to.size()); // [cols, rows] each
+            let stats = par_cast(&info.name, t, from, out, to)?;
+            sink.write(out)?;
             Ok(stats)
         }
     }
 }
 
+/// Buffers reused from tensor to tensor, so that each tensor does not pay for fresh
+/// zeroed pages (a measurable share of a conversion's time).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Transposed tensor in the source dtype.
+    t: Vec<u8>,
+    /// Cast output.
+    out: Vec<u8>,
+}
+
+impl Scratch {
+    fn transposed(&mut self, len: usize) -> &mut [u8] {
+        if self.t.len() < len {
+            self.t.resize(len, 0);
+        }
+        &mut self.t[..len]
+    }
+
+    fn both(&mut self, t_len: usize, out_len: usize) -> (&mut [u8], &mut [u8]) {
+        if self.t.len() < t_len {
+            self.t.resize(t_len, 0);
+        }
+        if self.out.len() < out_len {
+            self.out.resize(out_len, 0);
+        }
+        (&mut self.t[..t_len], &mut self.out[..out_len])
+    }
+}
+
+/// Tells the kernel this process no longer needs the whole pages inside `bytes`, a
+/// slice of a read-only file mapping, so they leave its RSS. Advice only: errors are
+/// ignored, and the bytes stay readable (they fault back in from the page cache).
+fn release_range(bytes: &[u8]) {
+    const PAGE: usize = 4096; // a larger real page only makes the range smaller
+    let start = bytes.as_ptr() as usize;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let last = (start + bytes.len()) / PAGE * PAGE;
+    if last <= first {
+        return;
+    }
+    // SAFETY: [first, last) is page-aligned and lies inside `bytes`, which borrows a
+    // read-only, file-backed shared mapping owned by the Checkpoint (the only callers
+    // pass tensor views). MADV_DONTNEED on such a mapping only drops page-table
+    // entries: later reads fault the same file bytes back in, so no borrowed slice can
+    // observe a change.
+    unsafe {
+        libc::madvise(
+            first as *mut libc::c_void,
+            last - first,
+            libc::MADV_DONTNEED,
+        );
+    }
+}
+
 /// Transpose (± cast) of a large tensor, band of output rows by band: each band
-/// (source columns `j0..j1`) is assembled from source row chunks read with `pread`.
+/// (source columns `j0..j1`) is assembled from source row chunks of the memory map,
+/// whose pages are released as soon as a chunk has been used.
 #[allow(clippy::too_many_arguments)]
 fn transpose_banded(
-    file: &File,
-    path: &PathBuf,
+    src: &[u8],
     info: &TensorInfo,
     rows: usize,
     cols: usize,
@@ -351,7 +412,6 @@ fn transpose_banded(
             0
         }
     ]; // [band, rows] target dtype
-    let mut row_buf = vec![0u8; chunk_rows * cols * es]; // [chunk_rows, cols] source dtype
     let mut stats = CastStats::default();
     let err = |source| Error::Transpose {
         tensor: info.name.clone(),
@@ -364,9 +424,7 @@ fn transpose_banded(
         let mut i0 = 0;
         while i0 < rows {
             let n = chunk_rows.min(rows - i0);
-            let chunk = &mut row_buf[..n * cols * es];
-            file.read_exact_at(chunk, (info.range.start + i0 * cols * es) as u64)
-                .map_err(io("read", path))?;
+            let chunk = &src[i0 * cols * es..(i0 + n) * cols * es]; // [n, cols] source rows
             transpose::transpose_strided(
                 &chunk[j0 * es..],
                 cols,
@@ -377,6 +435,9 @@ fn transpose_banded(
                 es,
             )
             .map_err(err)?;
+            // Done with these source rows for this band: drop their pages from our RSS
+            // (the next band faults them back in from the page cache).
+            release_range(chunk);
             i0 += n;
         }
         match formats {
@@ -399,7 +460,7 @@ mod tests {
     use safetensors::tensor::TensorView as StView;
 
     /// A source file with an F32 [37, 23], a BF16 [50, 7], an F16 [9, 4] and an I64 [5].
-    fn source(dir: &std::path::Path) -> PathBuf {
+    fn source(dir: &std::path::Path) -> std::path::PathBuf {
         let w: Vec<u8> = (0..37 * 23)
             .flat_map(|k| ((k as f32) * 0.37 - 100.0).to_le_bytes())
             .collect();

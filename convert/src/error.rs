@@ -14,7 +14,7 @@ use crate::transpose::TransposeError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A filesystem operation failed (including a full disk).
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// What was being done ("create", "write", "rename", …).
         op: &'static str,
@@ -122,7 +122,15 @@ pub enum Error {
         target: String,
     },
     /// The source mixes conventions or contradicts the catalogue.
-    #[error("{}: the source does not follow a single layout convention:\n{}", path.display(), problems.join("\n"))]
+    #[error(
+        "{}: the source does not follow a single layout convention:\n{}\n\
+         orient will not guess which way each tensor goes. Square projections (e.g. q_proj/o_proj \
+         when nH·D = H) cannot be checked by shape: where their non-square neighbours are \
+         transposed, assume they are too. Compare with a trusted checkpoint (`orient diff`, \
+         `orient verify --against`), or pass --from to override detection.",
+        path.display(),
+        problems.join("\n")
+    )]
     Contradictory {
         /// The checkpoint.
         path: PathBuf,

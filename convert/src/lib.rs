@@ -13,3 +13,4 @@ pub use error::{Error, Result};
 pub mod convert;
 pub mod engine;
 pub mod plan;
+pub mod synth;

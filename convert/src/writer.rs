@@ -301,6 +301,7 @@ impl Staging {
                 remaining: t.nbytes,
                 position: &mut position,
                 synced_to: &mut synced_to,
+                writeback: self.sync,
                 progress: &mut *progress,
             };
             produce(i, &mut sink)?;
@@ -397,6 +398,9 @@ pub struct TensorSink<'a> {
     remaining: u64,
     position: &'a mut u64,
     synced_to: &'a mut u64,
+    /// Start kernel writeback as data accumulates (only worth it before an fsync:
+    /// without one, writeback would just throttle us to disk speed for nothing).
+    writeback: bool,
     progress: &'a mut dyn FnMut(u64),
 }
 
@@ -495,7 +499,7 @@ impl TensorSink<'_> {
         self.remaining -= n;
         *self.position += n;
         (self.progress)(n);
-        if *self.position - *self.synced_to >= WRITEBACK_WINDOW {
+        if self.writeback && *self.position - *self.synced_to >= WRITEBACK_WINDOW {
             self.start_writeback()?;
         }
         Ok(())

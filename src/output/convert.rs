@@ -162,3 +162,23 @@ pub fn summary(plan: &Plan, outcome: &Outcome, seconds: f64, w: &mut dyn Write) 
     }
     Ok(())
 }
+
+/// The summary after `orient synth`.
+pub fn synth_summary(
+    model_type: &str,
+    outcome: &orient_convert::synth::SynthOutcome,
+    seconds: f64,
+    w: &mut dyn Write,
+) -> io::Result<()> {
+    writeln!(
+        w,
+        "synthesized: {} ({}), {} tensors, {} in {:.2} s ({}/s)",
+        outcome.dst.display(),
+        model_type,
+        outcome.tensors,
+        human_bytes(outcome.bytes),
+        seconds,
+        human_bytes((outcome.bytes as f64 / seconds.max(1e-9)) as u64)
+    )?;
+    writeln!(w, "files:       {}", outcome.files.join(", "))
+}
