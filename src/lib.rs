@@ -1,4 +1,4 @@
-//! The `orient` library: rendering of reports and (later) the model forward pass.
+//! The `orient` library: the model forward pass (`model`) and the rendering of every report (`output`).
 //! Reading and describing checkpoints lives in the `orient-inspect` crate, rewriting in
 //! `orient-convert`.
 
