@@ -76,7 +76,7 @@ pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result
         writeln!(out, "  {}", describe_note(n))?;
     }
     let mut table = Table::new();
-    table.load_preset(presets::UTF8_BORDERS_ONLY);
+    table.load_preset(presets::UTF8_FULL_CONDENSED);
     table.set_header(vec!["position", "rank", "token", "logit", "prob"]);
     for p in &report.positions {
         for (rank, t) in p.top.iter().enumerate() {

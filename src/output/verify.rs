@@ -81,7 +81,7 @@ pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<(
     notes(out, &r.against, &r.against_notes)?;
     let tol = r.comparison.tolerance;
     let mut table = Table::new();
-    table.load_preset(presets::UTF8_BORDERS_ONLY);
+    table.load_preset(presets::UTF8_FULL_CONDENSED);
     table.set_header(vec![
         "stage",
         "max |Δ|",
