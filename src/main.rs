@@ -53,11 +53,25 @@ fn main() -> ExitCode {
         Err(err) => {
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", render_error(&err));
             }
             ExitCode::from(2)
         }
     }
+}
+
+/// The context chain joined with `: `, skipping a cause whose text its parent already
+/// shows (library errors print their source inline, so `{:#}` would repeat it).
+fn render_error(err: &anyhow::Error) -> String {
+    let mut msg = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg
 }
 
 /// A closed stdout (`orient inspect … | head`) is not an error worth reporting.
@@ -73,6 +87,20 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn error_chain_is_not_repeated() {
+        let inner = anyhow::anyhow!("tensor `w`: truncated");
+        let err = inner
+            .context("model.safetensors: tensor `w`: truncated")
+            .context("cannot inspect m");
+        assert_eq!(
+            render_error(&err),
+            "cannot inspect m: model.safetensors: tensor `w`: truncated"
+        );
+        let err = anyhow::anyhow!("disk full").context("writing out");
+        assert_eq!(render_error(&err), "writing out: disk full");
+    }
 
     #[test]
     fn cli_is_well_formed() {

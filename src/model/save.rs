@@ -254,6 +254,23 @@ pub fn write(
         })?;
         views.push((name.clone(), v));
     }
-    safetensors::serialize_to_file(views, Some(metadata), path)
-        .map_err(|source| ReferenceError::Format { path: p, source })
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|source| ReferenceError::Format {
+            path: p.clone(),
+            source,
+        })?;
+    // Write beside the destination and rename, so a failure never leaves a partial file.
+    let io = |source| ReferenceError::Io {
+        path: p.clone(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
