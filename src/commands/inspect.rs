@@ -59,8 +59,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // One write per buffer, not per line: a 7B report is ~350 lines.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         output::inspect::json(&report, &mut out)?;
     } else {
