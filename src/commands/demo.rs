@@ -27,9 +27,15 @@ pub struct Args {
 
 /// Runs `orient demo`: exit 0 when the converted model matches the reference, 1 if not.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let fixtures = args
-        .fixtures
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    let fixtures = args.fixtures.unwrap_or_else(|| {
+        let bundled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        // Shown relative to the working directory when it is inside the repository,
+        // which is where `cargo run -- demo` runs.
+        std::env::current_dir()
+            .ok()
+            .and_then(|cwd| bundled.strip_prefix(cwd).ok().map(PathBuf::from))
+            .unwrap_or(bundled)
+    });
     let flax = fixtures.join("qwen2-flax");
     let reference = fixtures.join("qwen2/reference.safetensors");
     let stdout = std::io::stdout();
