@@ -5,7 +5,7 @@
 //! `torch_dtype`, GPT-2's `n_embd`/`n_head`/`n_layer`, `head_dim` absent, `null` or explicit,
 //! per-architecture `tie_word_embeddings` defaults). If every consumer (catalogue, report,
 //! forward) re-derived these it would eventually disagree with itself, so the raw file is read
-//! into [`RawConfig`] (HF's own field names, everything optional) and resolved **once** into the
+//! into `RawConfig` (HF's own field names, everything optional) and resolved **once** into the
 //! plain [`ModelConfig`] that the rest of orient uses.
 //!
 //! Defaults follow transformers' own configuration classes; each is noted where it is applied,

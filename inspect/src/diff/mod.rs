@@ -3,11 +3,11 @@
 //! Why this exists: when a port goes wrong, the question is rarely "are these different" but
 //! "how": a forgotten transpose, a RoPE permutation applied twice, a bf16 round trip, a query
 //! pre-scaled by 1/√D, Gemma's +1 on norms. [`diff`] pairs the tensors of two checkpoints through
-//! the layout [`Catalogue`] (so an HF `q_proj.weight` meets its Flax `q_proj.kernel`), then tests
+//! the layout [`Catalogue`](crate::catalogue::Catalogue) (so an HF `q_proj.weight` meets its Flax `q_proj.kernel`), then tests
 //! each pair against those transforms in a fixed order and reports the first that holds, with
 //! its constants. It returns data ([`DiffReport`]); rendering lives in the binary.
 //!
-//! The numeric work ([`numeric`]) decides on a few thousand sampled values first and confirms
+//! The numeric work (`numeric`) decides on a few thousand sampled values first and confirms
 //! the surviving candidate over the whole tensor, tile by tile, widening bf16/f16 with the shared
 //! cast kernels; pairs run in parallel (rayon) and each tensor's pages are released when done.
 
