@@ -62,6 +62,22 @@ impl<'a> TensorView<'a> {
         bytemuck::try_cast_slice(self.bytes).ok()
     }
 
+    /// BF16 data as `&[half::bf16]` without copying, when 2-byte aligned.
+    pub fn as_bf16(&self) -> Option<&'a [half::bf16]> {
+        if self.info.dtype != Dtype::BF16 {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.bytes).ok()
+    }
+
+    /// F16 data as `&[half::f16]` without copying, when 2-byte aligned.
+    pub fn as_f16(&self) -> Option<&'a [half::f16]> {
+        if self.info.dtype != Dtype::F16 {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.bytes).ok()
+    }
+
     /// Widens the data into `out` (F32 copies, F16/BF16 widen exactly, F64 rounds).
     /// Works at any alignment.
     pub fn to_f32_into(&self, out: &mut [f32]) -> Result<(), ViewError> {

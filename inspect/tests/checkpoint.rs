@@ -256,6 +256,25 @@ fn misaligned_data_is_copied_not_reinterpreted() {
 }
 
 #[test]
+fn typed_views_check_dtype_and_alignment() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let ck = Checkpoint::open(root.join("llama-bf16")).unwrap();
+    let t = ck.tensor("model.norm.weight").unwrap();
+    let v = ck.view(t);
+    let bf = v.as_bf16().unwrap();
+    assert_eq!(bf.len(), 64);
+    assert!(v.as_f16().is_none() && v.as_f32().is_none());
+    let widened = v.to_f32_vec().unwrap();
+    assert!(bf.iter().zip(&widened).all(|(b, w)| b.to_f32() == *w));
+    let ck = Checkpoint::open(root.join("llama")).unwrap();
+    let t = ck.tensor("model.norm.weight").unwrap();
+    assert_eq!(
+        ck.view(t).as_f32().unwrap(),
+        ck.view(t).to_f32_vec().unwrap().as_slice()
+    );
+}
+
+#[test]
 fn fixtures_open() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     for name in [
