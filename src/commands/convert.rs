@@ -108,8 +108,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             DtypeArg::F16 => Some(Dtype::F16),
         },
     };
-    // Plan errors name the checkpoint and the tensors already.
-    let plan = plan::plan(&ckpt, &opts)?;
+    // Some plan errors name only the tensor: say which checkpoint.
+    let plan = plan::plan(&ckpt, &opts)
+        .with_context(|| format!("cannot convert {}", args.src.display()))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.dry_run {
