@@ -22,25 +22,25 @@ use rayon::prelude::*;
 use crate::cast::{self, CastStats, FloatFormat};
 use crate::error::{io, Error, Result};
 use crate::transpose;
-use crate::writer::{Layout, OutTensor, Staging, TensorSink, INDEX_FILE};
+use crate::writer::{Layout, OutTensor, Staging, TensorSink, DEFAULT_BUFFER_BYTES, INDEX_FILE};
 
 /// Memory budgets of the streaming paths (bytes). Peak memory is about
-/// `whole_bytes × 2` or `band_bytes × 2 + chunk_bytes`, whichever is larger.
+/// `band_bytes × (WRITE_BUFFERS + 1) + chunk_bytes` (the write buffers, one band of
+/// scratch before a cast, one chunk of mapped source rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
-    /// Transposes of tensors up to this size work on the whole tensor at once.
-    pub whole_bytes: usize,
-    /// Output bytes per band when a transposed tensor is larger than `whole_bytes`.
+    /// Length of each write buffer, hence the output bytes of one band of a transposed
+    /// tensor (a tensor that fits is transposed in one go).
     pub band_bytes: usize,
-    /// Source bytes read per `pread` when streaming (row chunks and cast chunks).
+    /// Source bytes used per step when streaming (row chunks and cast chunks); their
+    /// mapped pages are released after use.
     pub chunk_bytes: usize,
 }
 
 impl Default for Tiling {
     fn default() -> Tiling {
         Tiling {
-            whole_bytes: 192 << 20,
-            band_bytes: 128 << 20,
+            band_bytes: DEFAULT_BUFFER_BYTES,
             chunk_bytes: 32 << 20,
         }
     }
@@ -149,7 +149,7 @@ pub fn write_tensors(
         Ok(())
     };
     for k in 0..layout.shards.len() {
-        staging.write_shard(&layout, k, &mut produce, progress)?;
+        staging.write_shard_with(&layout, k, tiling.band_bytes, &mut produce, progress)?;
     }
     written.files = layout.shards.iter().map(|s| s.file_name.clone()).collect();
     if let Some(index) = layout.index_json() {
@@ -217,7 +217,7 @@ fn produce_tensor(
         }
         (false, Some((from, to))) => {
             let src = ckpt.view(info).bytes;
-            let s = cast_stream(src, info, from, to, tiling, scratch, sink);
+            let s = cast_stream(src, info, from, to, tiling, sink);
             ckpt.release(info);
             s?
         }
@@ -230,16 +230,10 @@ fn produce_tensor(
                     convention: "a 2-D transpose".into(),
                 });
             };
-            if info.nbytes() <= tiling.whole_bytes {
-                let s = transpose_whole(ckpt, info, rows, cols, formats, scratch, sink);
-                ckpt.release(info);
-                s?
-            } else {
-                let src = ckpt.view(info).bytes;
-                let s = transpose_banded(src, info, rows, cols, formats, tiling, sink);
-                ckpt.release(info);
-                s?
-            }
+            let src = ckpt.view(info).bytes;
+            let s = transpose_banded(src, info, rows, cols, formats, tiling, scratch, sink);
+            ckpt.release(info);
+            s?
         }
     };
     Ok(stats)
@@ -274,90 +268,47 @@ fn par_cast(
         })
 }
 
-/// Cast without transpose: chunk by chunk through `pread`.
+/// Cast without transpose: chunk by chunk of the memory map, each cast straight into a
+/// write buffer; the chunk's mapped pages are released after use.
 fn cast_stream(
     src: &[u8],
     info: &TensorInfo,
     from: FloatFormat,
     to: FloatFormat,
     tiling: &Tiling,
-    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let (fs, ts) = (from.size(), to.size());
-    let chunk_elems = (tiling.chunk_bytes / fs).max(1);
+    let chunk_elems = (tiling.chunk_bytes / fs)
+        .min(sink.buffer_bytes() / ts)
+        .max(1);
     let total = src.len() / fs;
     let mut stats = CastStats::default();
     let mut done = 0usize;
     while done < total {
         let n = chunk_elems.min(total - done);
         let s = &src[done * fs..(done + n) * fs]; // [n] source elements, mapped
-        let (_, d) = scratch.both(0, n * ts); // [n] target elements
-        stats.merge(&par_cast(&info.name, s, from, d, to)?);
-        sink.write(d)?;
+        stats.merge(&sink.fill_with(n * ts, |d| par_cast(&info.name, s, from, d, to))?);
         release_range(s);
         done += n;
     }
     Ok(stats)
 }
 
-/// Transpose (± cast) of a tensor small enough to hold: straight from the memory map.
-fn transpose_whole(
-    ckpt: &Checkpoint,
-    info: &TensorInfo,
-    rows: usize,
-    cols: usize,
-    formats: Option<(FloatFormat, FloatFormat)>,
-    scratch: &mut Scratch,
-    sink: &mut TensorSink<'_>,
-) -> Result<CastStats> {
-    let es = info.nbytes() / (rows * cols).max(1);
-    let src = ckpt.view(info).bytes;
-    let t = scratch.transposed(src.len()); // [cols, rows] source dtype
-    transpose::transpose(src, rows, cols, es, t).map_err(|source| Error::Transpose {
-        tensor: info.name.clone(),
-        source,
-    })?;
-    match formats {
-        None => {
-            sink.write(t)?;
-            Ok(CastStats::default())
-        }
-        Some((from, to)) => {
-            let (t, out) = scratch.both(src.len(), rows * cols * to.size()); // [cols, rows] each
-            let stats = par_cast(&info.name, t, from, out, to)?;
-            sink.write(out)?;
-            Ok(stats)
-        }
-    }
-}
-
-/// Buffers reused from tensor to tensor, so that each tensor does not pay for fresh
-/// zeroed pages (a measurable share of a conversion's time).
+/// A buffer reused from tensor to tensor (a transposed band before its cast), so that
+/// each tensor does not pay for fresh zeroed pages.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// Transposed tensor in the source dtype.
+    /// [band, rows] transposed elements in the source dtype.
     t: Vec<u8>,
-    /// Cast output.
-    out: Vec<u8>,
 }
 
 impl Scratch {
-    fn transposed(&mut self, len: usize) -> &mut [u8] {
+    fn get(&mut self, len: usize) -> &mut [u8] {
         if self.t.len() < len {
             self.t.resize(len, 0);
         }
         &mut self.t[..len]
-    }
-
-    fn both(&mut self, t_len: usize, out_len: usize) -> (&mut [u8], &mut [u8]) {
-        if self.t.len() < t_len {
-            self.t.resize(t_len, 0);
-        }
-        if self.out.len() < out_len {
-            self.out.resize(out_len, 0);
-        }
-        (&mut self.t[..t_len], &mut self.out[..out_len])
     }
 }
 
@@ -386,9 +337,11 @@ fn release_range(bytes: &[u8]) {
     }
 }
 
-/// Transpose (± cast) of a large tensor, band of output rows by band: each band
-/// (source columns `j0..j1`) is assembled from source row chunks of the memory map,
-/// whose pages are released as soon as a chunk has been used.
+/// Transpose (± cast), band of output rows by band: each band (source columns
+/// `j0..j1`, as many as fit in a write buffer) is assembled from chunks of source rows
+/// of the memory map straight into the write buffer (or into scratch, then cast into
+/// it). Each chunk's mapped pages are released once used, so resident memory is the
+/// buffers plus one chunk whatever the tensor's size. Most tensors fit in one band.
 #[allow(clippy::too_many_arguments)]
 fn transpose_banded(
     src: &[u8],
@@ -397,30 +350,16 @@ fn transpose_banded(
     cols: usize,
     formats: Option<(FloatFormat, FloatFormat)>,
     tiling: &Tiling,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let es = info.nbytes() / (rows * cols).max(1);
     let out_es = formats.map_or(es, |(_, t)| t.size());
-    let band = (tiling.band_bytes / (rows * es.max(out_es)).max(1)).clamp(1, cols);
-    let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows);
-    let mut band_buf = vec![0u8; band * rows * es]; // [band, rows] source dtype
-    let mut cast_buf = vec![
-        0u8;
-        if formats.is_some() {
-            band * rows * out_es
-        } else {
-            0
-        }
-    ]; // [band, rows] target dtype
+    let band = (sink.buffer_bytes() / (rows * es.max(out_es)).max(1)).clamp(1, cols.max(1));
+    let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows.max(1));
     let mut stats = CastStats::default();
-    let err = |source| Error::Transpose {
-        tensor: info.name.clone(),
-        source,
-    };
-    let mut j0 = 0;
-    while j0 < cols {
-        let w = band.min(cols - j0);
-        let out = &mut band_buf[..w * rows * es];
+    // Source columns j0..j0+w of all rows, transposed into `out` ([w, rows], `es` each).
+    let fill_band = |j0: usize, w: usize, out: &mut [u8]| -> Result<()> {
         let mut i0 = 0;
         while i0 < rows {
             let n = chunk_rows.min(rows - i0);
@@ -434,20 +373,33 @@ fn transpose_banded(
                 w,
                 es,
             )
-            .map_err(err)?;
+            .map_err(|source| Error::Transpose {
+                tensor: info.name.clone(),
+                source,
+            })?;
             // Done with these source rows for this band: drop their pages from our RSS
-            // (the next band faults them back in from the page cache).
+            // (a next band faults them back in from the page cache).
             release_range(chunk);
             i0 += n;
         }
-        match formats {
-            None => sink.write(out)?,
+        Ok(())
+    };
+    let mut j0 = 0;
+    while j0 < cols {
+        let w = band.min(cols - j0);
+        let s = match formats {
+            None => sink.fill_with(w * rows * es, |out| {
+                fill_band(j0, w, out).map(|()| CastStats::default())
+            })?,
             Some((from, to)) => {
-                let c = &mut cast_buf[..w * rows * out_es];
-                stats.merge(&par_cast(&info.name, out, from, c, to)?);
-                sink.write(c)?;
+                let t = scratch.get(w * rows * es); // [w, rows] source dtype
+                fill_band(j0, w, t)?;
+                sink.fill_with(w * rows * out_es, |out| {
+                    par_cast(&info.name, t, from, out, to)
+                })?
             }
-        }
+        };
+        stats.merge(&s);
         j0 += w;
     }
     Ok(stats)
@@ -561,7 +513,6 @@ mod tests {
         run(&ckpt, &ops(), &Tiling::default(), &whole).unwrap();
         // Tiny budgets force the banded transpose and several pread chunks.
         let tiny = Tiling {
-            whole_bytes: 64,
             band_bytes: 300,
             chunk_bytes: 100,
         };

@@ -17,8 +17,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use crate::error::{io, Error, Result};
 
@@ -275,10 +276,29 @@ impl Staging {
     /// Writes one shard of `layout`: the header, then every tensor's bytes as produced by
     /// `produce(index, sink)`, then (with sync) an fsync, then a re-read check of the
     /// header and length. `progress` is told about every chunk of bytes written.
+    /// Buffers are [`DEFAULT_BUFFER_BYTES`] long; see [`Staging::write_shard_with`].
     pub fn write_shard(
         &self,
         layout: &Layout,
         shard: usize,
+        produce: &mut dyn FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        self.write_shard_with(layout, shard, DEFAULT_BUFFER_BYTES, produce, progress)
+    }
+
+    /// [`Staging::write_shard`] with write buffers of `buffer_bytes` each.
+    ///
+    /// The bytes are written by a separate thread: the producer fills one of
+    /// [`WRITE_BUFFERS`] buffers (transposing or casting straight into it, see
+    /// [`TensorSink::fill_with`]) while the writer thread copies the previous ones into
+    /// the file, so computation and the kernel's copy into the page cache overlap.
+    /// Memory stays bounded by `WRITE_BUFFERS × buffer_bytes`.
+    pub fn write_shard_with(
+        &self,
+        layout: &Layout,
+        shard: usize,
+        buffer_bytes: usize,
         produce: &mut dyn FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
@@ -287,35 +307,45 @@ impl Staging {
             problem: format!("no shard number {shard}"),
         })?;
         let path = self.dir().join(&plan.file_name);
-        let file = File::create(&path).map_err(io("create", &path))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&plan.header).map_err(io("write", &path))?;
-        let mut position = plan.header.len() as u64;
-        let mut synced_to = 0u64;
-        for &i in &plan.tensors {
-            let t = &layout.tensors[i];
-            let mut sink = TensorSink {
-                out: &mut out,
-                path: &path,
-                tensor: &t.name,
-                remaining: t.nbytes,
-                position: &mut position,
-                synced_to: &mut synced_to,
-                writeback: self.sync,
-                progress: &mut *progress,
+        let mut file = File::create(&path).map_err(io("create", &path))?;
+        file.write_all(&plan.header).map_err(io("write", &path))?;
+        let start = plan.header.len() as u64;
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(WRITE_BUFFERS + 1);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let writeback = self.sync;
+        let (produced, written) = std::thread::scope(|scope| {
+            let path = &path;
+            let writer =
+                scope.spawn(move || write_loop(file, path, start, writeback, job_rx, free_tx));
+            let mut pipe = Pipe {
+                jobs: job_tx,
+                free: free_rx,
+                allocated: 0,
+                buffer_bytes: buffer_bytes.max(1),
+                current: Vec::new(),
+                used: 0,
+                path: path.clone(),
             };
-            produce(i, &mut sink)?;
-            if sink.remaining != 0 {
-                return Err(Error::ProducerShort {
-                    tensor: t.name.clone(),
-                    expected: t.nbytes,
-                    written: t.nbytes - sink.remaining,
-                });
-            }
-        }
-        let file = out
-            .into_inner()
-            .map_err(|e| io("write", &path)(e.into_error()))?;
+            let produced = produce_all(layout, plan, &mut pipe, produce, progress);
+            // Hand over the last partial buffer, then close the channel so that the
+            // writer drains the queue and returns the file.
+            let produced = produced.and_then(|()| pipe.submit());
+            drop(pipe);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(Error::Validation {
+                    path: path.clone(),
+                    problem: "the writer thread panicked".into(),
+                })
+            });
+            (produced, written)
+        });
+        // A failed write makes the producer fail too (its channel closes): report the
+        // cause, which is the writer's error.
+        let file = match (produced, written) {
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(_)) => return Err(e),
+            (Ok(()), Ok(file)) => file,
+        };
         if self.sync {
             file.sync_all().map_err(io("fsync", &path))?;
         }
@@ -388,19 +418,248 @@ impl Staging {
     }
 }
 
+/// Runs `produce` for every tensor of the shard, in data order, and checks that each
+/// produced exactly its declared size.
+fn produce_all(
+    layout: &Layout,
+    plan: &ShardPlan,
+    pipe: &mut Pipe,
+    produce: &mut dyn FnMut(usize, &mut TensorSink<'_>) -> Result<()>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    for &i in &plan.tensors {
+        let t = &layout.tensors[i];
+        let mut sink = TensorSink {
+            pipe: &mut *pipe,
+            tensor: &t.name,
+            remaining: t.nbytes,
+            progress: &mut *progress,
+        };
+        produce(i, &mut sink)?;
+        if sink.remaining != 0 {
+            return Err(Error::ProducerShort {
+                tensor: t.name.clone(),
+                expected: t.nbytes,
+                written: t.nbytes - sink.remaining,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Default length of each write buffer (and so of a transposed band).
+pub const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
+/// Write buffers in circulation between a producer and the writer thread: one being
+/// filled, one being written, one queued, so neither side waits for the other when
+/// their speeds are close.
+pub const WRITE_BUFFERS: usize = 3;
+
+/// Work for the writer thread, in file order.
+enum Job {
+    /// Write the first `usize` bytes of the buffer, then hand the buffer back.
+    Data(Vec<u8>, usize),
+    /// Copy `len` bytes of `src` from byte `offset` (a duplicated descriptor, so the
+    /// job owns it).
+    Copy {
+        src: File,
+        src_path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// The producer's end of the writer thread: a pool of at most [`WRITE_BUFFERS`]
+/// buffers, the one being filled, and the job queue.
+struct Pipe {
+    jobs: mpsc::SyncSender<Job>,
+    /// Buffers the writer has finished with.
+    free: mpsc::Receiver<Vec<u8>>,
+    /// Buffers allocated so far (never more than `WRITE_BUFFERS`).
+    allocated: usize,
+    buffer_bytes: usize,
+    /// The buffer being filled (empty Vec when none is held), `buffer_bytes` long.
+    current: Vec<u8>,
+    /// Bytes of `current` already filled.
+    used: usize,
+    path: PathBuf,
+}
+
+impl Pipe {
+    /// The error a producer sees when the writer thread has stopped; the writer's own
+    /// error, which is the real cause, is the one reported.
+    fn gone(&self) -> Error {
+        io("write", &self.path)(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the writer thread stopped",
+        ))
+    }
+
+    /// Makes sure a buffer with at least `len` free bytes is held (`len ≤ buffer_bytes`).
+    fn room(&mut self, len: usize) -> Result<()> {
+        if !self.current.is_empty() && self.buffer_bytes - self.used >= len {
+            return Ok(());
+        }
+        self.submit()?;
+        self.current = match self.free.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.allocated < WRITE_BUFFERS => {
+                self.allocated += 1;
+                vec![0u8; self.buffer_bytes] // [buffer_bytes] output bytes
+            }
+            Err(_) => self.free.recv().map_err(|_| self.gone())?,
+        };
+        self.used = 0;
+        Ok(())
+    }
+
+    /// Queues the filled part of the current buffer for writing.
+    fn submit(&mut self) -> Result<()> {
+        if self.current.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.current);
+        let used = std::mem::take(&mut self.used);
+        if used == 0 {
+            // Nothing to write: keep the buffer.
+            self.current = buf;
+            return Ok(());
+        }
+        self.jobs
+            .send(Job::Data(buf, used))
+            .map_err(|_| self.gone())
+    }
+}
+
+/// The writer thread: writes buffers and copies ranges in queue order, returns each
+/// buffer to the producer, and (with `writeback`) starts kernel writeback every
+/// [`WRITEBACK_WINDOW`] bytes. Returns the file once the queue is closed.
+fn write_loop(
+    mut file: File,
+    path: &Path,
+    mut position: u64,
+    writeback: bool,
+    jobs: mpsc::Receiver<Job>,
+    free: mpsc::Sender<Vec<u8>>,
+) -> Result<File> {
+    let mut synced_to = 0u64;
+    for job in jobs {
+        match job {
+            Job::Data(buf, used) => {
+                file.write_all(&buf[..used]).map_err(io("write", path))?;
+                position += used as u64;
+                // The producer may already be gone (it failed); the buffer is then freed.
+                let _ = free.send(buf);
+            }
+            Job::Copy {
+                src,
+                src_path,
+                offset,
+                len,
+            } => {
+                copy_range(&src, &src_path, offset, len, &mut file, path)?;
+                position += len;
+            }
+        }
+        if writeback && position - synced_to >= WRITEBACK_WINDOW {
+            start_writeback(&file, synced_to, position);
+            synced_to = position;
+        }
+    }
+    Ok(file)
+}
+
+/// Appends `len` bytes of `src` from byte `offset` to `dst` (at its file position):
+/// with `copy_file_range` inside the kernel where the filesystem allows it, else
+/// through a bounded buffer.
+fn copy_range(
+    src: &File,
+    src_path: &Path,
+    offset: u64,
+    len: u64,
+    dst: &mut File,
+    dst_path: &Path,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut copied = 0u64;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        while copied < len {
+            let mut off_in = (offset + copied) as libc::loff_t;
+            let want = (len - copied).min(1 << 30) as usize;
+            // SAFETY: both descriptors are open files owned by live `File`s; `off_in` is
+            // a valid pointer to a local; a null `off_out` means "use and advance the
+            // destination's file position", which is where the previous writes left
+            // it. The call reads no memory of ours.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    want,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // Not supported here (cross-device, old kernel, special file): fall
+                    // back to the buffered copy below.
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => break,
+                    _ => return Err(io("write", dst_path)(e)),
+                }
+            }
+            if n == 0 {
+                return Err(io("read", src_path)(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            copied += n as u64;
+        }
+    }
+    if copied < len {
+        let mut buf = vec![0u8; (len - copied).min(8 << 20) as usize]; // copy buffer, ≤ 8 MiB
+        while copied < len {
+            let n = (len - copied).min(buf.len() as u64) as usize;
+            src.read_exact_at(&mut buf[..n], offset + copied)
+                .map_err(io("read", src_path))?;
+            dst.write_all(&buf[..n]).map_err(io("write", dst_path))?;
+            copied += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Asks the kernel to start writing back bytes `from..to` of `file` without waiting,
+/// so that dirty pages do not pile up before the final fsync. Linux only; elsewhere a
+/// no-op. Only an optimisation: a real write error surfaces from write or fsync.
+fn start_writeback(file: &File, from: u64, to: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor belongs to the live `file`; the call only schedules
+        // writeback of a byte range and touches no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                from as libc::off64_t,
+                (to - from) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, to);
+}
+
 /// Where a producer writes one tensor's bytes, in order. It refuses to write past the
-/// tensor's declared size.
+/// tensor's declared size. The bytes go through buffers to the shard's writer thread.
 #[allow(missing_debug_implementations)]
 pub struct TensorSink<'a> {
-    out: &'a mut BufWriter<File>,
-    path: &'a Path,
+    pipe: &'a mut Pipe,
     tensor: &'a str,
     remaining: u64,
-    position: &'a mut u64,
-    synced_to: &'a mut u64,
-    /// Start kernel writeback as data accumulates (only worth it before an fsync:
-    /// without one, writeback would just throttle us to disk speed for nothing).
-    writeback: bool,
     progress: &'a mut dyn FnMut(u64),
 }
 
@@ -415,123 +674,89 @@ impl TensorSink<'_> {
         self.remaining
     }
 
-    /// Appends `bytes` to the tensor's data.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let n = bytes.len() as u64;
+    /// The largest `len` that [`TensorSink::fill_with`] serves from a write buffer
+    /// without a temporary allocation: producers size their bands by it.
+    pub fn buffer_bytes(&self) -> usize {
+        self.pipe.buffer_bytes
+    }
+
+    /// Refuses `n` more bytes than the tensor has left.
+    fn check(&self, n: u64) -> Result<()> {
         if n > self.remaining {
             return Err(Error::ProducerOverrun {
                 tensor: self.tensor.to_string(),
                 expected: self.remaining,
             });
         }
-        self.out.write_all(bytes).map_err(io("write", self.path))?;
-        self.account(n)
+        Ok(())
+    }
+
+    /// Books `n` bytes handed to the writer.
+    fn account(&mut self, n: u64) {
+        self.remaining -= n;
+        (self.progress)(n);
+    }
+
+    /// Appends `bytes` to the tensor's data (copied into a write buffer).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.check(bytes.len() as u64)?;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let want = rest.len().min(self.pipe.buffer_bytes);
+            self.pipe.room(1)?;
+            let pipe = &mut *self.pipe;
+            let n = want.min(pipe.buffer_bytes - pipe.used);
+            pipe.current[pipe.used..pipe.used + n].copy_from_slice(&rest[..n]);
+            pipe.used += n;
+            rest = &rest[n..];
+            self.account(n as u64);
+        }
+        Ok(())
+    }
+
+    /// Appends the next `len` bytes of the tensor by letting `fill` write them in place
+    /// into a write buffer (no intermediate copy). `fill` receives exactly `len` bytes
+    /// of unspecified content and must overwrite all of them. A `len` above
+    /// [`TensorSink::buffer_bytes`] goes through a temporary buffer instead.
+    pub fn fill_with<T>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<T>,
+    ) -> Result<T> {
+        self.check(len as u64)?;
+        if len > self.pipe.buffer_bytes {
+            let mut tmp = vec![0u8; len]; // [len] output bytes
+            let r = fill(&mut tmp)?;
+            self.write(&tmp)?;
+            return Ok(r);
+        }
+        self.pipe.room(len)?;
+        let pipe = &mut *self.pipe;
+        let r = fill(&mut pipe.current[pipe.used..pipe.used + len])?;
+        pipe.used += len;
+        self.account(len as u64);
+        Ok(r)
     }
 
     /// Appends `len` bytes of `src` starting at byte `offset`, copied inside the kernel
     /// (`copy_file_range`) where the filesystem allows it, else through a bounded buffer.
     /// No tensor data passes through this process's memory on the fast path.
     pub fn copy_from(&mut self, src: &File, src_path: &Path, offset: u64, len: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        if len > self.remaining {
-            return Err(Error::ProducerOverrun {
-                tensor: self.tensor.to_string(),
-                expected: self.remaining,
-            });
-        }
-        let mut copied = 0u64;
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            self.out.flush().map_err(io("write", self.path))?;
-            let dst_fd = self.out.get_ref().as_raw_fd();
-            while copied < len {
-                let mut off_in = (offset + copied) as libc::loff_t;
-                let want = (len - copied).min(1 << 30) as usize;
-                // SAFETY: both descriptors are open files owned by live `File`s; `off_in`
-                // is a valid pointer to a local; a null `off_out` means "use and advance
-                // the destination's file position", which is where the flushed
-                // BufWriter left it. The call reads no memory of ours.
-                let n = unsafe {
-                    libc::copy_file_range(
-                        src.as_raw_fd(),
-                        &mut off_in,
-                        dst_fd,
-                        std::ptr::null_mut(),
-                        want,
-                        0,
-                    )
-                };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    match e.raw_os_error() {
-                        // Not supported here (cross-device, old kernel, special file):
-                        // fall back to the buffered copy below.
-                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => break,
-                        _ => return Err(io("write", self.path)(e)),
-                    }
-                }
-                if n == 0 {
-                    return Err(io("read", src_path)(
-                        std::io::ErrorKind::UnexpectedEof.into(),
-                    ));
-                }
-                let n = n as u64;
-                copied += n;
-                self.account(n)?;
-            }
-        }
-        if copied < len {
-            let mut buf = vec![0u8; (len - copied).min(8 << 20) as usize]; // copy buffer, ≤ 8 MiB
-            while copied < len {
-                let n = (len - copied).min(buf.len() as u64) as usize;
-                src.read_exact_at(&mut buf[..n], offset + copied)
-                    .map_err(io("read", src_path))?;
-                self.write(&buf[..n])?;
-                copied += n as u64;
-            }
-        }
-        Ok(())
-    }
-
-    /// Books `n` bytes written behind the BufWriter's back.
-    fn account(&mut self, n: u64) -> Result<()> {
-        self.remaining -= n;
-        *self.position += n;
-        (self.progress)(n);
-        if self.writeback && *self.position - *self.synced_to >= WRITEBACK_WINDOW {
-            self.start_writeback()?;
-        }
-        Ok(())
-    }
-
-    /// Asks the kernel to start writing back what has been written so far, without
-    /// waiting, so dirty pages do not pile up. Linux only; elsewhere a no-op.
-    fn start_writeback(&mut self) -> Result<()> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            self.out.flush().map_err(io("write", self.path))?;
-            let fd = self.out.get_ref().as_raw_fd();
-            let start = *self.synced_to;
-            let len = *self.position - start;
-            // SAFETY: fd is a valid open file descriptor owned by `out`; the call only
-            // schedules writeback of a byte range and touches no memory of ours.
-            let rc = unsafe {
-                libc::sync_file_range(
-                    fd,
-                    start as libc::off64_t,
-                    len as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if rc != 0 {
-                // Writeback scheduling is only an optimisation; a real write error will
-                // surface from write or fsync.
-                return Ok(());
-            }
-        }
-        *self.synced_to = *self.position;
+        self.check(len)?;
+        let src = src
+            .try_clone()
+            .map_err(io("duplicate the descriptor of", src_path))?;
+        self.pipe.submit()?;
+        self.pipe
+            .jobs
+            .send(Job::Copy {
+                src,
+                src_path: src_path.to_path_buf(),
+                offset,
+                len,
+            })
+            .map_err(|_| self.pipe.gone())?;
+        self.account(len);
         Ok(())
     }
 }
