@@ -25,8 +25,8 @@ use crate::transpose;
 use crate::writer::{Layout, OutTensor, Staging, TensorSink, DEFAULT_BUFFER_BYTES, INDEX_FILE};
 
 /// Memory budgets of the streaming paths (bytes). Peak memory is about
-/// `band_bytes × (WRITE_BUFFERS + 1) + chunk_bytes` (the write buffers, one band of
-/// scratch before a cast, one chunk of mapped source rows).
+/// `band_bytes × (WRITE_BUFFERS + 1) + chunk_bytes + resident_bytes` (the write
+/// buffers, one band of scratch before a cast, the mapped source rows in use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
     /// Length of each write buffer, hence the output bytes of one band of a transposed
@@ -35,6 +35,9 @@ pub struct Tiling {
     /// Source bytes used per step when streaming (row chunks and cast chunks); their
     /// mapped pages are released after use.
     pub chunk_bytes: usize,
+    /// Mapped source bytes a transpose done in several bands keeps resident from one
+    /// band to the next, so that they are not faulted in again (see `transpose_banded`).
+    pub resident_bytes: usize,
 }
 
 impl Default for Tiling {
@@ -42,6 +45,7 @@ impl Default for Tiling {
         Tiling {
             band_bytes: DEFAULT_BUFFER_BYTES,
             chunk_bytes: 32 << 20,
+            resident_bytes: 256 << 20,
         }
     }
 }
@@ -340,8 +344,9 @@ fn release_range(bytes: &[u8]) {
 /// Transpose (± cast), band of output rows by band: each band (source columns
 /// `j0..j1`, as many as fit in a write buffer) is assembled from chunks of source rows
 /// of the memory map straight into the write buffer (or into scratch, then cast into
-/// it). Each chunk's mapped pages are released once used, so resident memory is the
-/// buffers plus one chunk whatever the tensor's size. Most tensors fit in one band.
+/// it). Mapped source pages are released once used, except for the last
+/// `resident_bytes` of them, so resident memory is the buffers plus that window plus one
+/// chunk whatever the tensor's size. Most tensors fit in one band.
 #[allow(clippy::too_many_arguments)]
 fn transpose_banded(
     src: &[u8],
@@ -358,14 +363,26 @@ fn transpose_banded(
     let band = (sink.buffer_bytes() / (rows * es.max(out_es)).max(1)).clamp(1, cols.max(1));
     let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows.max(1));
     let mut stats = CastStats::default();
-    // Source columns j0..j0+w of all rows, transposed into `out` ([w, rows], `es` each).
-    let fill_band = |j0: usize, w: usize, out: &mut [u8]| -> Result<()> {
-        let mut i0 = 0;
-        while i0 < rows {
-            let n = chunk_rows.min(rows - i0);
-            let chunk = &src[i0 * cols * es..(i0 + n) * cols * es]; // [n, cols] source rows
+    let chunk_len = chunk_rows * cols * es;
+    let n_chunks = rows.div_ceil(chunk_rows);
+    // Chunks left mapped from one band to the next: bands walk the chunks alternately
+    // forwards and backwards, so the chunks a band used last are the ones the next band
+    // uses first, and only the others are faulted in again.
+    let keep = (tiling.resident_bytes / chunk_len.max(1)).min(n_chunks);
+    let chunk = |c: usize| -> (usize, &[u8]) {
+        let i0 = c * chunk_rows;
+        let n = chunk_rows.min(rows - i0);
+        (i0, &src[i0 * cols * es..(i0 + n) * cols * es]) // [n, cols] source rows
+    };
+    // Band `b`: source columns j0..j0+w of all rows, transposed into `out` ([w, rows],
+    // `es` each).
+    let fill_band = |b: usize, j0: usize, w: usize, out: &mut [u8]| -> Result<()> {
+        let order = |p: usize| if b % 2 == 0 { p } else { n_chunks - 1 - p };
+        for p in 0..n_chunks {
+            let (i0, rows_chunk) = chunk(order(p));
+            let n = rows_chunk.len() / (cols * es);
             transpose::transpose_strided(
-                &chunk[j0 * es..],
+                &rows_chunk[j0 * es..],
                 cols,
                 &mut out[i0 * es..],
                 rows,
@@ -377,23 +394,25 @@ fn transpose_banded(
                 tensor: info.name.clone(),
                 source,
             })?;
-            // Done with these source rows for this band: drop their pages from our RSS
-            // (a next band faults them back in from the page cache).
-            release_range(chunk);
-            i0 += n;
+            // Bound the mapped source: drop from our RSS the pages of the chunk used
+            // `keep` steps ago (the next band faults them back in from the page cache).
+            if let Some(old) = p.checked_sub(keep) {
+                release_range(chunk(order(old)).1);
+            }
         }
         Ok(())
     };
     let mut j0 = 0;
+    let mut b = 0;
     while j0 < cols {
         let w = band.min(cols - j0);
         let s = match formats {
             None => sink.fill_with(w * rows * es, |out| {
-                fill_band(j0, w, out).map(|()| CastStats::default())
+                fill_band(b, j0, w, out).map(|()| CastStats::default())
             })?,
             Some((from, to)) => {
                 let t = scratch.get(w * rows * es); // [w, rows] source dtype
-                fill_band(j0, w, t)?;
+                fill_band(b, j0, w, t)?;
                 sink.fill_with(w * rows * out_es, |out| {
                     par_cast(&info.name, t, from, out, to)
                 })?
@@ -401,6 +420,7 @@ fn transpose_banded(
         };
         stats.merge(&s);
         j0 += w;
+        b += 1;
     }
     Ok(stats)
 }
@@ -515,6 +535,7 @@ mod tests {
         let tiny = Tiling {
             band_bytes: 300,
             chunk_bytes: 100,
+            resident_bytes: 200,
         };
         let written = run(&ckpt, &ops(), &tiny, &banded).unwrap();
         assert_eq!(written.tensors, 6);
