@@ -361,6 +361,9 @@ fn transpose_banded(
     let es = info.nbytes() / (rows * cols).max(1);
     let out_es = formats.map_or(es, |(_, t)| t.size());
     let band = (sink.buffer_bytes() / (rows * es.max(out_es)).max(1)).clamp(1, cols.max(1));
+    if band < cols && cols * es.max(out_es) <= sink.buffer_bytes() {
+        return transpose_columns(src, info, rows, cols, formats, scratch, sink);
+    }
     let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows.max(1));
     let mut stats = CastStats::default();
     let chunk_len = chunk_rows * cols * es;
@@ -421,6 +424,56 @@ fn transpose_banded(
         stats.merge(&s);
         j0 += w;
         b += 1;
+    }
+    Ok(stats)
+}
+
+/// Transpose (± cast) of a tensor too large for one band of whole output rows (a Flax
+/// `lm_head` `[H, V]` from a `[V, H]` embedding): chunk of source rows by chunk, each
+/// chunk `[n, cols]` transposed into a `[cols, n]` column block of the output, which the
+/// writer scatters to its rows ([`TensorSink::fill_columns`]). The source is read once,
+/// in order, and each chunk's mapped pages are released right after use; building whole
+/// output rows instead would read (and fault in) the whole source once per band.
+fn transpose_columns(
+    src: &[u8],
+    info: &TensorInfo,
+    rows: usize,
+    cols: usize,
+    formats: Option<(FloatFormat, FloatFormat)>,
+    scratch: &mut Scratch,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let es = info.nbytes() / (rows * cols).max(1);
+    let out_es = formats.map_or(es, |(_, t)| t.size());
+    // Source rows per block: its output and its pre-cast scratch each fit a buffer.
+    let block = (sink.buffer_bytes() / (cols * es.max(out_es)).max(1)).clamp(1, rows.max(1));
+    let err = |source| Error::Transpose {
+        tensor: info.name.clone(),
+        source,
+    };
+    let mut stats = CastStats::default();
+    let mut i0 = 0;
+    while i0 < rows {
+        let n = block.min(rows - i0);
+        let chunk = &src[i0 * cols * es..(i0 + n) * cols * es]; // [n, cols] source rows
+        let s = match formats {
+            None => sink.fill_columns(cols, rows * es, n * es, |out| {
+                // out: [cols, n] source dtype
+                transpose::transpose(chunk, n, cols, es, out).map_err(err)?;
+                Ok(CastStats::default())
+            })?,
+            Some((from, to)) => {
+                let t = scratch.get(n * cols * es); // [cols, n] source dtype
+                transpose::transpose(chunk, n, cols, es, t).map_err(err)?;
+                // out: [cols, n] target dtype
+                sink.fill_columns(cols, rows * out_es, n * out_es, |out| {
+                    par_cast(&info.name, t, from, out, to)
+                })?
+            }
+        };
+        stats.merge(&s);
+        release_range(chunk);
+        i0 += n;
     }
     Ok(stats)
 }
@@ -539,10 +592,24 @@ mod tests {
         };
         let written = run(&ckpt, &ops(), &tiny, &banded).unwrap();
         assert_eq!(written.tensors, 6);
+        // Buffers shorter than a source row force bands of output rows (with the
+        // resident window) instead of column blocks.
+        let narrow = tmp.path().join("narrow");
+        let tinier = Tiling {
+            band_bytes: 40,
+            chunk_bytes: 100,
+            resident_bytes: 200,
+        };
+        run(&ckpt, &ops(), &tinier, &narrow).unwrap();
         let a = std::fs::read(whole.join("model.safetensors")).unwrap();
         let b = std::fs::read(banded.join("model.safetensors")).unwrap();
+        let c = std::fs::read(narrow.join("model.safetensors")).unwrap();
         assert_eq!(
             a, b,
+            "column-block and whole-tensor paths must agree byte for byte"
+        );
+        assert_eq!(
+            a, c,
             "banded and whole-tensor paths must agree byte for byte"
         );
 

@@ -309,14 +309,12 @@ impl Staging {
         let path = self.dir().join(&plan.file_name);
         let mut file = File::create(&path).map_err(io("create", &path))?;
         file.write_all(&plan.header).map_err(io("write", &path))?;
-        let start = plan.header.len() as u64;
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(WRITE_BUFFERS + 1);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         let writeback = self.sync;
         let (produced, written) = std::thread::scope(|scope| {
             let path = &path;
-            let writer =
-                scope.spawn(move || write_loop(file, path, start, writeback, job_rx, free_tx));
+            let writer = scope.spawn(move || write_loop(file, path, writeback, job_rx, free_tx));
             let mut pipe = Pipe {
                 jobs: job_tx,
                 free: free_rx,
@@ -324,6 +322,8 @@ impl Staging {
                 buffer_bytes: buffer_bytes.max(1),
                 current: Vec::new(),
                 used: 0,
+                current_at: 0,
+                next: plan.header.len() as u64,
                 path: path.clone(),
             };
             let produced = produce_all(layout, plan, &mut pipe, produce, progress);
@@ -432,7 +432,9 @@ fn produce_all(
         let mut sink = TensorSink {
             pipe: &mut *pipe,
             tensor: &t.name,
+            total: t.nbytes,
             remaining: t.nbytes,
+            columns: None,
             progress: &mut *progress,
         };
         produce(i, &mut sink)?;
@@ -454,17 +456,29 @@ pub const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
 /// their speeds are close.
 pub const WRITE_BUFFERS: usize = 3;
 
-/// Work for the writer thread, in file order.
+/// Work for the writer thread. Every job names the absolute file offset it writes at.
 enum Job {
-    /// Write the first `usize` bytes of the buffer, then hand the buffer back.
-    Data(Vec<u8>, usize),
-    /// Copy `len` bytes of `src` from byte `offset` (a duplicated descriptor, so the
-    /// job owns it).
+    /// Write the first `used` bytes of `buf` at `at`, then hand the buffer back.
+    Data { buf: Vec<u8>, used: usize, at: u64 },
+    /// Write `count` runs of `width` bytes (`buf` holds them back to back) at `at`,
+    /// `at + stride`, `at + 2·stride`, …: one column block of a tensor seen as `count`
+    /// rows of `stride` bytes. `pooled` buffers are handed back.
+    Scatter {
+        buf: Vec<u8>,
+        width: usize,
+        count: usize,
+        stride: u64,
+        at: u64,
+        pooled: bool,
+    },
+    /// Copy `len` bytes of `src` from byte `offset` to `at` (a duplicated descriptor,
+    /// so the job owns it).
     Copy {
         src: File,
         src_path: PathBuf,
         offset: u64,
         len: u64,
+        at: u64,
     },
 }
 
@@ -481,6 +495,10 @@ struct Pipe {
     current: Vec<u8>,
     /// Bytes of `current` already filled.
     used: usize,
+    /// File offset of `current[0]`.
+    current_at: u64,
+    /// File offset of the next sequential byte.
+    next: u64,
     path: PathBuf,
 }
 
@@ -500,16 +518,23 @@ impl Pipe {
             return Ok(());
         }
         self.submit()?;
-        self.current = match self.free.try_recv() {
-            Ok(b) => b,
+        self.current = self.take()?;
+        self.used = 0;
+        self.current_at = self.next;
+        Ok(())
+    }
+
+    /// A free pool buffer (`buffer_bytes` long): a returned one, a new one while fewer
+    /// than [`WRITE_BUFFERS`] exist, else the next one the writer hands back.
+    fn take(&mut self) -> Result<Vec<u8>> {
+        match self.free.try_recv() {
+            Ok(b) => Ok(b),
             Err(_) if self.allocated < WRITE_BUFFERS => {
                 self.allocated += 1;
-                vec![0u8; self.buffer_bytes] // [buffer_bytes] output bytes
+                Ok(vec![0u8; self.buffer_bytes]) // [buffer_bytes] output bytes
             }
-            Err(_) => self.free.recv().map_err(|_| self.gone())?,
-        };
-        self.used = 0;
-        Ok(())
+            Err(_) => self.free.recv().map_err(|_| self.gone()),
+        }
     }
 
     /// Queues the filled part of the current buffer for writing.
@@ -524,60 +549,83 @@ impl Pipe {
             self.current = buf;
             return Ok(());
         }
+        let at = self.current_at;
         self.jobs
-            .send(Job::Data(buf, used))
+            .send(Job::Data { buf, used, at })
             .map_err(|_| self.gone())
     }
 }
 
-/// The writer thread: writes buffers and copies ranges in queue order, returns each
-/// buffer to the producer, and (with `writeback`) starts kernel writeback every
-/// [`WRITEBACK_WINDOW`] bytes. Returns the file once the queue is closed.
+/// The writer thread: writes buffers and copies ranges in queue order, each at its
+/// offset, returns each pool buffer to the producer, and (with `writeback`) starts
+/// kernel writeback every [`WRITEBACK_WINDOW`] bytes. Returns the file once the queue
+/// is closed.
 fn write_loop(
-    mut file: File,
+    file: File,
     path: &Path,
-    mut position: u64,
     writeback: bool,
     jobs: mpsc::Receiver<Job>,
     free: mpsc::Sender<Vec<u8>>,
 ) -> Result<File> {
+    use std::os::unix::fs::FileExt;
     let mut synced_to = 0u64;
+    let mut high = 0u64; // end of the furthest byte written
     for job in jobs {
         match job {
-            Job::Data(buf, used) => {
-                file.write_all(&buf[..used]).map_err(io("write", path))?;
-                position += used as u64;
+            Job::Data { buf, used, at } => {
+                file.write_all_at(&buf[..used], at)
+                    .map_err(io("write", path))?;
+                high = high.max(at + used as u64);
                 // The producer may already be gone (it failed); the buffer is then freed.
                 let _ = free.send(buf);
+            }
+            Job::Scatter {
+                buf,
+                width,
+                count,
+                stride,
+                at,
+                pooled,
+            } => {
+                for (k, run) in buf.chunks_exact(width.max(1)).take(count).enumerate() {
+                    let to = at + k as u64 * stride;
+                    file.write_all_at(run, to).map_err(io("write", path))?;
+                    high = high.max(to + width as u64);
+                }
+                if pooled {
+                    let _ = free.send(buf);
+                }
             }
             Job::Copy {
                 src,
                 src_path,
                 offset,
                 len,
+                at,
             } => {
-                copy_range(&src, &src_path, offset, len, &mut file, path)?;
-                position += len;
+                copy_range(&src, &src_path, offset, len, &file, path, at)?;
+                high = high.max(at + len);
             }
         }
-        if writeback && position - synced_to >= WRITEBACK_WINDOW {
-            start_writeback(&file, synced_to, position);
-            synced_to = position;
+        if writeback && high.saturating_sub(synced_to) >= WRITEBACK_WINDOW {
+            start_writeback(&file, synced_to, high);
+            synced_to = high;
         }
     }
     Ok(file)
 }
 
-/// Appends `len` bytes of `src` from byte `offset` to `dst` (at its file position):
-/// with `copy_file_range` inside the kernel where the filesystem allows it, else
-/// through a bounded buffer.
+/// Copies `len` bytes of `src` from byte `offset` to byte `at` of `dst`: with
+/// `copy_file_range` inside the kernel where the filesystem allows it, else through a
+/// bounded buffer.
 fn copy_range(
     src: &File,
     src_path: &Path,
     offset: u64,
     len: u64,
-    dst: &mut File,
+    dst: &File,
     dst_path: &Path,
+    at: u64,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let mut copied = 0u64;
@@ -586,17 +634,17 @@ fn copy_range(
         use std::os::fd::AsRawFd;
         while copied < len {
             let mut off_in = (offset + copied) as libc::loff_t;
+            let mut off_out = (at + copied) as libc::loff_t;
             let want = (len - copied).min(1 << 30) as usize;
-            // SAFETY: both descriptors are open files owned by live `File`s; `off_in` is
-            // a valid pointer to a local; a null `off_out` means "use and advance the
-            // destination's file position", which is where the previous writes left
-            // it. The call reads no memory of ours.
+            // SAFETY: both descriptors are open files owned by live `File`s; `off_in` and
+            // `off_out` are valid pointers to locals (explicit offsets: the file
+            // positions are neither used nor moved). The call reads no memory of ours.
             let n = unsafe {
                 libc::copy_file_range(
                     src.as_raw_fd(),
                     &mut off_in,
                     dst.as_raw_fd(),
-                    std::ptr::null_mut(),
+                    &mut off_out,
                     want,
                     0,
                 )
@@ -624,7 +672,8 @@ fn copy_range(
             let n = (len - copied).min(buf.len() as u64) as usize;
             src.read_exact_at(&mut buf[..n], offset + copied)
                 .map_err(io("read", src_path))?;
-            dst.write_all(&buf[..n]).map_err(io("write", dst_path))?;
+            dst.write_all_at(&buf[..n], at + copied)
+                .map_err(io("write", dst_path))?;
             copied += n as u64;
         }
     }
@@ -659,8 +708,23 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 pub struct TensorSink<'a> {
     pipe: &'a mut Pipe,
     tensor: &'a str,
+    /// The tensor's declared size.
+    total: u64,
     remaining: u64,
+    /// Set while the tensor is being written by column blocks.
+    columns: Option<Columns>,
     progress: &'a mut dyn FnMut(u64),
+}
+
+/// A tensor being written by column blocks ([`TensorSink::fill_columns`]).
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    rows: usize,
+    row_bytes: usize,
+    /// Bytes of every row written so far.
+    done: usize,
+    /// File offset of the tensor's first byte.
+    start: u64,
 }
 
 impl TensorSink<'_> {
@@ -680,8 +744,12 @@ impl TensorSink<'_> {
         self.pipe.buffer_bytes
     }
 
-    /// Refuses `n` more bytes than the tensor has left.
+    /// Refuses `n` more bytes than the tensor has left, and sequential bytes in the
+    /// middle of column blocks.
     fn check(&self, n: u64) -> Result<()> {
+        if self.columns.is_some() {
+            return Err(self.columns_error("sequential bytes in the middle of column blocks"));
+        }
         if n > self.remaining {
             return Err(Error::ProducerOverrun {
                 tensor: self.tensor.to_string(),
@@ -689,6 +757,13 @@ impl TensorSink<'_> {
             });
         }
         Ok(())
+    }
+
+    fn columns_error(&self, problem: &str) -> Error {
+        Error::ProducerColumns {
+            tensor: self.tensor.to_string(),
+            problem: problem.to_string(),
+        }
     }
 
     /// Books `n` bytes handed to the writer.
@@ -708,6 +783,7 @@ impl TensorSink<'_> {
             let n = want.min(pipe.buffer_bytes - pipe.used);
             pipe.current[pipe.used..pipe.used + n].copy_from_slice(&rest[..n]);
             pipe.used += n;
+            pipe.next += n as u64;
             rest = &rest[n..];
             self.account(n as u64);
         }
@@ -734,6 +810,81 @@ impl TensorSink<'_> {
         let pipe = &mut *self.pipe;
         let r = fill(&mut pipe.current[pipe.used..pipe.used + len])?;
         pipe.used += len;
+        pipe.next += len as u64;
+        self.account(len as u64);
+        Ok(r)
+    }
+
+    /// Writes the tensor, seen as `rows` rows of `row_bytes` bytes, one column block at
+    /// a time: `fill` receives a `[rows, width]` buffer (row-major, unspecified content
+    /// to overwrite) that becomes bytes `done..done + width` of every row, where `done`
+    /// is the width written by the previous calls. The whole tensor must be written
+    /// this way, with the same `rows` and `row_bytes`, until `done == row_bytes`.
+    ///
+    /// Why: a transpose whose output rows are long (a Flax `lm_head`, `[H, V]`) is a
+    /// sequence of column blocks, one per chunk of source rows, so the source is read
+    /// once, in order, instead of once per band of output rows. The writer puts each
+    /// row's piece at its offset.
+    pub fn fill_columns<T>(
+        &mut self,
+        rows: usize,
+        row_bytes: usize,
+        width: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<T>,
+    ) -> Result<T> {
+        let total = rows
+            .checked_mul(row_bytes)
+            .ok_or_else(|| Error::SizeOverflow(self.tensor.to_string()))?;
+        let mut c = match self.columns {
+            Some(c) if c.rows == rows && c.row_bytes == row_bytes => c,
+            Some(_) => return Err(self.columns_error("the row count or length changed")),
+            None if self.remaining == self.total && total as u64 == self.total => {
+                self.pipe.submit()?;
+                Columns {
+                    rows,
+                    row_bytes,
+                    done: 0,
+                    start: self.pipe.next,
+                }
+            }
+            None => {
+                return Err(self.columns_error(
+                    "rows × row length is not the tensor's size, or bytes were already written",
+                ))
+            }
+        };
+        if width > row_bytes - c.done {
+            return Err(self.columns_error("a block reaches past the end of the rows"));
+        }
+        let len = rows
+            .checked_mul(width)
+            .ok_or_else(|| Error::SizeOverflow(self.tensor.to_string()))?;
+        let pooled = len <= self.pipe.buffer_bytes;
+        let mut buf = if pooled {
+            self.pipe.take()?
+        } else {
+            vec![0u8; len] // [rows, width] output bytes, larger than a pool buffer
+        };
+        let r = fill(&mut buf[..len])?;
+        let at = c.start + c.done as u64;
+        self.pipe
+            .jobs
+            .send(Job::Scatter {
+                buf,
+                width,
+                count: rows,
+                stride: row_bytes as u64,
+                at,
+                pooled,
+            })
+            .map_err(|_| self.pipe.gone())?;
+        c.done += width;
+        self.columns = if c.done == row_bytes {
+            self.pipe.next = c.start + total as u64;
+            None
+        } else {
+            Some(c)
+        };
         self.account(len as u64);
         Ok(r)
     }
@@ -747,6 +898,7 @@ impl TensorSink<'_> {
             .try_clone()
             .map_err(io("duplicate the descriptor of", src_path))?;
         self.pipe.submit()?;
+        let at = self.pipe.next;
         self.pipe
             .jobs
             .send(Job::Copy {
@@ -754,8 +906,10 @@ impl TensorSink<'_> {
                 src_path: src_path.to_path_buf(),
                 offset,
                 len,
+                at,
             })
             .map_err(|_| self.pipe.gone())?;
+        self.pipe.next += len;
         self.account(len);
         Ok(())
     }
