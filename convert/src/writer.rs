@@ -1175,6 +1175,95 @@ mod tests {
     }
 
     #[test]
+    fn column_blocks_land_in_every_row() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        // [3, 4] U8 between two sequential tensors, written as a 1-wide and a 3-wide
+        // column block with 5-byte buffers (the 3-wide block, 9 bytes, is larger).
+        let layout = Layout::new(
+            vec![
+                t("a", "U8", &[2], 1),
+                t("b", "U8", &[3, 4], 1),
+                t("c", "U8", &[3], 1),
+            ],
+            &BTreeMap::new(),
+            u64::MAX,
+        )
+        .unwrap();
+        let staging = Staging::create(&dst, false).unwrap();
+        let mut produce = |i: usize, sink: &mut TensorSink<'_>| match i {
+            0 => sink.write(&[1, 2]),
+            1 => {
+                sink.fill_columns(3, 4, 1, |out| {
+                    out.copy_from_slice(&[10, 20, 30]);
+                    Ok(())
+                })?;
+                // Sequential bytes in the middle of column blocks are refused.
+                let err = sink.write(&[0]).unwrap_err();
+                assert!(matches!(err, Error::ProducerColumns { .. }), "{err}");
+                sink.fill_columns(3, 4, 3, |out| {
+                    out.copy_from_slice(&[11, 12, 13, 21, 22, 23, 31, 32, 33]);
+                    Ok(())
+                })
+            }
+            _ => sink.write(&[7, 8, 9]),
+        };
+        staging
+            .write_shard_with(&layout, 0, 5, &mut produce, &mut |_| {})
+            .unwrap();
+        staging.commit(false).unwrap();
+        let bytes = std::fs::read(dst.join(SINGLE_FILE)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("a").unwrap().data(), &[1, 2]);
+        assert_eq!(
+            st.tensor("b").unwrap().data(),
+            &[10, 11, 12, 13, 20, 21, 22, 23, 30, 31, 32, 33]
+        );
+        assert_eq!(st.tensor("c").unwrap().data(), &[7, 8, 9]);
+    }
+
+    #[test]
+    fn column_blocks_must_tile_the_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout =
+            Layout::new(vec![t("b", "U8", &[3, 4], 1)], &BTreeMap::new(), u64::MAX).unwrap();
+        let staging = Staging::create(&tmp.path().join("out"), false).unwrap();
+        // Rows × row length must be the tensor's size.
+        let err = staging
+            .write_shard(
+                &layout,
+                0,
+                &mut |_, s| s.fill_columns(2, 4, 4, |_| Ok(())),
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::ProducerColumns { .. }), "{err}");
+        // A block may not reach past the end of the rows.
+        let err = staging
+            .write_shard(
+                &layout,
+                0,
+                &mut |_, s| s.fill_columns(3, 4, 5, |_| Ok(())),
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::ProducerColumns { .. }), "{err}");
+        // Stopping early leaves the tensor short.
+        let err = staging
+            .write_shard(
+                &layout,
+                0,
+                &mut |_, s| s.fill_columns(3, 4, 2, |_| Ok(())),
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ProducerShort { written: 6, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn parent_must_be_a_folder() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("file");
