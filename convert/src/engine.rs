@@ -1,17 +1,25 @@
 //! Executes a list of per-tensor operations against an open checkpoint, streaming.
 //!
 //! Why it is built this way: the converted model may be larger than RAM, so no tensor is
-//! ever gathered whole unless it is small. Each output tensor is produced by the cheapest
-//! path that keeps memory bounded:
+//! ever gathered whole unless it is small, and the work must overlap the kernel's copy
+//! of the output into the page cache, which costs about as much as the transposes. Each
+//! output tensor is produced by the cheapest path that keeps memory bounded, straight
+//! into the write buffers that the shard's writer thread drains (see
+//! [`crate::writer::Staging::write_shard_with`]):
 //! - copy (no transpose, no cast): `copy_file_range` inside the kernel, so the bytes never
 //!   enter this process (nor its RSS);
-//! - cast only: read a chunk with `pread`, cast it on all cores, write it;
-//! - transpose (± cast): a tensor up to [`Tiling::whole_bytes`] is transposed straight
-//!   out of the memory map into a reused buffer, and its pages are released afterwards;
-//!   a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`) is
-//!   produced in bands of output rows, each band assembled from chunks of source rows
-//!   whose mapped pages are released as soon as the chunk is used, so resident memory
-//!   is one band plus one chunk, whatever the tensor's size.
+//! - cast only: chunks of the memory map cast on all cores into a write buffer;
+//! - transpose (± cast) of a tensor whose output fits one buffer (every projection of a
+//!   0.5B–7B model): in one go, from the memory map into the buffer;
+//! - a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`):
+//!   chunk of source rows by chunk, each transposed into a column block of the output
+//!   that the writer scatters to its rows, so the source is read once, in order, and each
+//!   chunk's mapped pages are released right after use;
+//! - only when a single source row exceeds a buffer: bands of whole output rows, each
+//!   assembled from all source rows, keeping a window of them mapped between bands.
+//!
+//! Resident memory is the write buffers plus one chunk of mapped source (plus the window
+//! in the last case), whatever the model's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

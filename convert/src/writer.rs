@@ -9,6 +9,11 @@
 //! renamed onto the destination in one step. Any error, including a full disk, drops the
 //! staging folder and leaves nothing behind.
 //!
+//! Speed: producers fill a small pool of write buffers in place while a writer thread
+//! writes the previous ones (`pwrite` at explicit offsets, so a producer may also hand
+//! over column blocks of a tensor that land in every row), so computing the output and
+//! copying it into the page cache overlap, and every produced byte is copied once.
+//!
 //! Layout rules: tensor names sorted, data contiguous in that order, the JSON header
 //! padded with spaces to a multiple of 8 so data starts 8-byte aligned, `__metadata__`
 //! first. Outputs above the shard limit are split into `model-0000k-of-0000n.safetensors`
