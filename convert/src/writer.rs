@@ -592,7 +592,10 @@ fn write_loop(
                 at,
                 pooled,
             } => {
-                for (k, run) in buf.chunks_exact(width.max(1)).take(count).enumerate() {
+                // `buf` holds at least `count` runs (the sink sized it); a zero width
+                // writes nothing.
+                let runs = buf.get(..width.saturating_mul(count)).unwrap_or_default();
+                for (k, run) in runs.chunks(width.max(1)).enumerate() {
                     let to = at + k as u64 * stride;
                     file.write_all_at(run, to).map_err(io("write", path))?;
                     high = high.max(to + width as u64);
