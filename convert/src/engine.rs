@@ -1,17 +1,25 @@
 //! Executes a list of per-tensor operations against an open checkpoint, streaming.
 //!
 //! Why it is built this way: the converted model may be larger than RAM, so no tensor is
-//! ever gathered whole unless it is small. Each output tensor is produced by the cheapest
-//! path that keeps memory bounded:
+//! ever gathered whole unless it is small, and the work must overlap the kernel's copy
+//! of the output into the page cache, which costs about as much as the transposes. Each
+//! output tensor is produced by the cheapest path that keeps memory bounded, straight
+//! into the write buffers that the shard's writer thread drains (see
+//! [`crate::writer::Staging::write_shard_with`]):
 //! - copy (no transpose, no cast): `copy_file_range` inside the kernel, so the bytes never
 //!   enter this process (nor its RSS);
-//! - cast only: read a chunk with `pread`, cast it on all cores, write it;
-//! - transpose (± cast): a tensor up to [`Tiling::whole_bytes`] is transposed straight
-//!   out of the memory map into a reused buffer, and its pages are released afterwards;
-//!   a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`) is
-//!   produced in bands of output rows, each band assembled from chunks of source rows
-//!   whose mapped pages are released as soon as the chunk is used, so resident memory
-//!   is one band plus one chunk, whatever the tensor's size.
+//! - cast only: chunks of the memory map cast on all cores into a write buffer;
+//! - transpose (± cast) of a tensor whose output fits one buffer (every projection of a
+//!   0.5B–7B model): in one go, from the memory map into the buffer;
+//! - a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`):
+//!   chunk of source rows by chunk, each transposed into a column block of the output
+//!   that the writer scatters to its rows, so the source is read once, in order, and each
+//!   chunk's mapped pages are released right after use;
+//! - only when a single source row exceeds a buffer: bands of whole output rows, each
+//!   assembled from all source rows, keeping a window of them mapped between bands.
+//!
+//! Resident memory is the write buffers plus one chunk of mapped source (plus the window
+//! in the last case), whatever the model's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -22,26 +30,30 @@ use rayon::prelude::*;
 use crate::cast::{self, CastStats, FloatFormat};
 use crate::error::{io, Error, Result};
 use crate::transpose;
-use crate::writer::{Layout, OutTensor, Staging, TensorSink, INDEX_FILE};
+use crate::writer::{Layout, OutTensor, Staging, TensorSink, DEFAULT_BUFFER_BYTES, INDEX_FILE};
 
 /// Memory budgets of the streaming paths (bytes). Peak memory is about
-/// `whole_bytes × 2` or `band_bytes × 2 + chunk_bytes`, whichever is larger.
+/// `band_bytes × (WRITE_BUFFERS + 1) + chunk_bytes + resident_bytes` (the write
+/// buffers, one band of scratch before a cast, the mapped source rows in use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
-    /// Transposes of tensors up to this size work on the whole tensor at once.
-    pub whole_bytes: usize,
-    /// Output bytes per band when a transposed tensor is larger than `whole_bytes`.
+    /// Length of each write buffer, hence the output bytes of one band of a transposed
+    /// tensor (a tensor that fits is transposed in one go).
     pub band_bytes: usize,
-    /// Source bytes read per `pread` when streaming (row chunks and cast chunks).
+    /// Source bytes used per step when streaming (row chunks and cast chunks); their
+    /// mapped pages are released after use.
     pub chunk_bytes: usize,
+    /// Mapped source bytes a transpose done in several bands keeps resident from one
+    /// band to the next, so that they are not faulted in again (see `transpose_banded`).
+    pub resident_bytes: usize,
 }
 
 impl Default for Tiling {
     fn default() -> Tiling {
         Tiling {
-            whole_bytes: 192 << 20,
-            band_bytes: 128 << 20,
+            band_bytes: DEFAULT_BUFFER_BYTES,
             chunk_bytes: 32 << 20,
+            resident_bytes: 256 << 20,
         }
     }
 }
@@ -149,7 +161,7 @@ pub fn write_tensors(
         Ok(())
     };
     for k in 0..layout.shards.len() {
-        staging.write_shard(&layout, k, &mut produce, progress)?;
+        staging.write_shard_with(&layout, k, tiling.band_bytes, &mut produce, progress)?;
     }
     written.files = layout.shards.iter().map(|s| s.file_name.clone()).collect();
     if let Some(index) = layout.index_json() {
@@ -217,7 +229,7 @@ fn produce_tensor(
         }
         (false, Some((from, to))) => {
             let src = ckpt.view(info).bytes;
-            let s = cast_stream(src, info, from, to, tiling, scratch, sink);
+            let s = cast_stream(src, info, from, to, tiling, sink);
             ckpt.release(info);
             s?
         }
@@ -230,16 +242,10 @@ fn produce_tensor(
                     convention: "a 2-D transpose".into(),
                 });
             };
-            if info.nbytes() <= tiling.whole_bytes {
-                let s = transpose_whole(ckpt, info, rows, cols, formats, scratch, sink);
-                ckpt.release(info);
-                s?
-            } else {
-                let src = ckpt.view(info).bytes;
-                let s = transpose_banded(src, info, rows, cols, formats, tiling, sink);
-                ckpt.release(info);
-                s?
-            }
+            let src = ckpt.view(info).bytes;
+            let s = transpose_banded(src, info, rows, cols, formats, tiling, scratch, sink);
+            ckpt.release(info);
+            s?
         }
     };
     Ok(stats)
@@ -274,90 +280,47 @@ fn par_cast(
         })
 }
 
-/// Cast without transpose: chunk by chunk through `pread`.
+/// Cast without transpose: chunk by chunk of the memory map, each cast straight into a
+/// write buffer; the chunk's mapped pages are released after use.
 fn cast_stream(
     src: &[u8],
     info: &TensorInfo,
     from: FloatFormat,
     to: FloatFormat,
     tiling: &Tiling,
-    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let (fs, ts) = (from.size(), to.size());
-    let chunk_elems = (tiling.chunk_bytes / fs).max(1);
+    let chunk_elems = (tiling.chunk_bytes / fs)
+        .min(sink.buffer_bytes() / ts)
+        .max(1);
     let total = src.len() / fs;
     let mut stats = CastStats::default();
     let mut done = 0usize;
     while done < total {
         let n = chunk_elems.min(total - done);
         let s = &src[done * fs..(done + n) * fs]; // [n] source elements, mapped
-        let (_, d) = scratch.both(0, n * ts); // [n] target elements
-        stats.merge(&par_cast(&info.name, s, from, d, to)?);
-        sink.write(d)?;
+        stats.merge(&sink.fill_with(n * ts, |d| par_cast(&info.name, s, from, d, to))?);
         release_range(s);
         done += n;
     }
     Ok(stats)
 }
 
-/// Transpose (± cast) of a tensor small enough to hold: straight from the memory map.
-fn transpose_whole(
-    ckpt: &Checkpoint,
-    info: &TensorInfo,
-    rows: usize,
-    cols: usize,
-    formats: Option<(FloatFormat, FloatFormat)>,
-    scratch: &mut Scratch,
-    sink: &mut TensorSink<'_>,
-) -> Result<CastStats> {
-    let es = info.nbytes() / (rows * cols).max(1);
-    let src = ckpt.view(info).bytes;
-    let t = scratch.transposed(src.len()); // [cols, rows] source dtype
-    transpose::transpose(src, rows, cols, es, t).map_err(|source| Error::Transpose {
-        tensor: info.name.clone(),
-        source,
-    })?;
-    match formats {
-        None => {
-            sink.write(t)?;
-            Ok(CastStats::default())
-        }
-        Some((from, to)) => {
-            let (t, out) = scratch.both(src.len(), rows * cols * to.size()); // [cols, rows] each
-            let stats = par_cast(&info.name, t, from, out, to)?;
-            sink.write(out)?;
-            Ok(stats)
-        }
-    }
-}
-
-/// Buffers reused from tensor to tensor, so that each tensor does not pay for fresh
-/// zeroed pages (a measurable share of a conversion's time).
+/// A buffer reused from tensor to tensor (a transposed band before its cast), so that
+/// each tensor does not pay for fresh zeroed pages.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// Transposed tensor in the source dtype.
+    /// [band, rows] transposed elements in the source dtype.
     t: Vec<u8>,
-    /// Cast output.
-    out: Vec<u8>,
 }
 
 impl Scratch {
-    fn transposed(&mut self, len: usize) -> &mut [u8] {
+    fn get(&mut self, len: usize) -> &mut [u8] {
         if self.t.len() < len {
             self.t.resize(len, 0);
         }
         &mut self.t[..len]
-    }
-
-    fn both(&mut self, t_len: usize, out_len: usize) -> (&mut [u8], &mut [u8]) {
-        if self.t.len() < t_len {
-            self.t.resize(t_len, 0);
-        }
-        if self.out.len() < out_len {
-            self.out.resize(out_len, 0);
-        }
-        (&mut self.t[..t_len], &mut self.out[..out_len])
     }
 }
 
@@ -386,9 +349,12 @@ fn release_range(bytes: &[u8]) {
     }
 }
 
-/// Transpose (± cast) of a large tensor, band of output rows by band: each band
-/// (source columns `j0..j1`) is assembled from source row chunks of the memory map,
-/// whose pages are released as soon as a chunk has been used.
+/// Transpose (± cast), band of output rows by band: each band (source columns
+/// `j0..j1`, as many as fit in a write buffer) is assembled from chunks of source rows
+/// of the memory map straight into the write buffer (or into scratch, then cast into
+/// it). Mapped source pages are released once used, except for the last
+/// `resident_bytes` of them, so resident memory is the buffers plus that window plus one
+/// chunk whatever the tensor's size. Most tensors fit in one band.
 #[allow(clippy::too_many_arguments)]
 fn transpose_banded(
     src: &[u8],
@@ -397,36 +363,37 @@ fn transpose_banded(
     cols: usize,
     formats: Option<(FloatFormat, FloatFormat)>,
     tiling: &Tiling,
+    scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
     let es = info.nbytes() / (rows * cols).max(1);
     let out_es = formats.map_or(es, |(_, t)| t.size());
-    let band = (tiling.band_bytes / (rows * es.max(out_es)).max(1)).clamp(1, cols);
-    let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows);
-    let mut band_buf = vec![0u8; band * rows * es]; // [band, rows] source dtype
-    let mut cast_buf = vec![
-        0u8;
-        if formats.is_some() {
-            band * rows * out_es
-        } else {
-            0
-        }
-    ]; // [band, rows] target dtype
+    let band = (sink.buffer_bytes() / (rows * es.max(out_es)).max(1)).clamp(1, cols.max(1));
+    if band < cols && cols * es.max(out_es) <= sink.buffer_bytes() {
+        return transpose_columns(src, info, rows, cols, formats, scratch, sink);
+    }
+    let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows.max(1));
     let mut stats = CastStats::default();
-    let err = |source| Error::Transpose {
-        tensor: info.name.clone(),
-        source,
+    let chunk_len = chunk_rows * cols * es;
+    let n_chunks = rows.div_ceil(chunk_rows);
+    // Chunks left mapped from one band to the next: bands walk the chunks alternately
+    // forwards and backwards, so the chunks a band used last are the ones the next band
+    // uses first, and only the others are faulted in again.
+    let keep = (tiling.resident_bytes / chunk_len.max(1)).min(n_chunks);
+    let chunk = |c: usize| -> (usize, &[u8]) {
+        let i0 = c * chunk_rows;
+        let n = chunk_rows.min(rows - i0);
+        (i0, &src[i0 * cols * es..(i0 + n) * cols * es]) // [n, cols] source rows
     };
-    let mut j0 = 0;
-    while j0 < cols {
-        let w = band.min(cols - j0);
-        let out = &mut band_buf[..w * rows * es];
-        let mut i0 = 0;
-        while i0 < rows {
-            let n = chunk_rows.min(rows - i0);
-            let chunk = &src[i0 * cols * es..(i0 + n) * cols * es]; // [n, cols] source rows
+    // Band `b`: source columns j0..j0+w of all rows, transposed into `out` ([w, rows],
+    // `es` each).
+    let fill_band = |b: usize, j0: usize, w: usize, out: &mut [u8]| -> Result<()> {
+        let order = |p: usize| if b % 2 == 0 { p } else { n_chunks - 1 - p };
+        for p in 0..n_chunks {
+            let (i0, rows_chunk) = chunk(order(p));
+            let n = rows_chunk.len() / (cols * es);
             transpose::transpose_strided(
-                &chunk[j0 * es..],
+                &rows_chunk[j0 * es..],
                 cols,
                 &mut out[i0 * es..],
                 rows,
@@ -434,21 +401,87 @@ fn transpose_banded(
                 w,
                 es,
             )
-            .map_err(err)?;
-            // Done with these source rows for this band: drop their pages from our RSS
-            // (the next band faults them back in from the page cache).
-            release_range(chunk);
-            i0 += n;
-        }
-        match formats {
-            None => sink.write(out)?,
-            Some((from, to)) => {
-                let c = &mut cast_buf[..w * rows * out_es];
-                stats.merge(&par_cast(&info.name, out, from, c, to)?);
-                sink.write(c)?;
+            .map_err(|source| Error::Transpose {
+                tensor: info.name.clone(),
+                source,
+            })?;
+            // Bound the mapped source: drop from our RSS the pages of the chunk used
+            // `keep` steps ago (the next band faults them back in from the page cache).
+            if let Some(old) = p.checked_sub(keep) {
+                release_range(chunk(order(old)).1);
             }
         }
+        Ok(())
+    };
+    let mut j0 = 0;
+    let mut b = 0;
+    while j0 < cols {
+        let w = band.min(cols - j0);
+        let s = match formats {
+            None => sink.fill_with(w * rows * es, |out| {
+                fill_band(b, j0, w, out).map(|()| CastStats::default())
+            })?,
+            Some((from, to)) => {
+                let t = scratch.get(w * rows * es); // [w, rows] source dtype
+                fill_band(b, j0, w, t)?;
+                sink.fill_with(w * rows * out_es, |out| {
+                    par_cast(&info.name, t, from, out, to)
+                })?
+            }
+        };
+        stats.merge(&s);
         j0 += w;
+        b += 1;
+    }
+    Ok(stats)
+}
+
+/// Transpose (± cast) of a tensor too large for one band of whole output rows (a Flax
+/// `lm_head` `[H, V]` from a `[V, H]` embedding): chunk of source rows by chunk, each
+/// chunk `[n, cols]` transposed into a `[cols, n]` column block of the output, which the
+/// writer scatters to its rows ([`TensorSink::fill_columns`]). The source is read once,
+/// in order, and each chunk's mapped pages are released right after use; building whole
+/// output rows instead would read (and fault in) the whole source once per band.
+fn transpose_columns(
+    src: &[u8],
+    info: &TensorInfo,
+    rows: usize,
+    cols: usize,
+    formats: Option<(FloatFormat, FloatFormat)>,
+    scratch: &mut Scratch,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let es = info.nbytes() / (rows * cols).max(1);
+    let out_es = formats.map_or(es, |(_, t)| t.size());
+    // Source rows per block: its output and its pre-cast scratch each fit a buffer.
+    let block = (sink.buffer_bytes() / (cols * es.max(out_es)).max(1)).clamp(1, rows.max(1));
+    let err = |source| Error::Transpose {
+        tensor: info.name.clone(),
+        source,
+    };
+    let mut stats = CastStats::default();
+    let mut i0 = 0;
+    while i0 < rows {
+        let n = block.min(rows - i0);
+        let chunk = &src[i0 * cols * es..(i0 + n) * cols * es]; // [n, cols] source rows
+        let s = match formats {
+            None => sink.fill_columns(cols, rows * es, n * es, |out| {
+                // out: [cols, n] source dtype
+                transpose::transpose(chunk, n, cols, es, out).map_err(err)?;
+                Ok(CastStats::default())
+            })?,
+            Some((from, to)) => {
+                let t = scratch.get(n * cols * es); // [cols, n] source dtype
+                transpose::transpose(chunk, n, cols, es, t).map_err(err)?;
+                // out: [cols, n] target dtype
+                sink.fill_columns(cols, rows * out_es, n * out_es, |out| {
+                    par_cast(&info.name, t, from, out, to)
+                })?
+            }
+        };
+        stats.merge(&s);
+        release_range(chunk);
+        i0 += n;
     }
     Ok(stats)
 }
@@ -561,16 +594,30 @@ mod tests {
         run(&ckpt, &ops(), &Tiling::default(), &whole).unwrap();
         // Tiny budgets force the banded transpose and several pread chunks.
         let tiny = Tiling {
-            whole_bytes: 64,
             band_bytes: 300,
             chunk_bytes: 100,
+            resident_bytes: 200,
         };
         let written = run(&ckpt, &ops(), &tiny, &banded).unwrap();
         assert_eq!(written.tensors, 6);
+        // Buffers shorter than a source row force bands of output rows (with the
+        // resident window) instead of column blocks.
+        let narrow = tmp.path().join("narrow");
+        let tinier = Tiling {
+            band_bytes: 40,
+            chunk_bytes: 100,
+            resident_bytes: 200,
+        };
+        run(&ckpt, &ops(), &tinier, &narrow).unwrap();
         let a = std::fs::read(whole.join("model.safetensors")).unwrap();
         let b = std::fs::read(banded.join("model.safetensors")).unwrap();
+        let c = std::fs::read(narrow.join("model.safetensors")).unwrap();
         assert_eq!(
             a, b,
+            "column-block and whole-tensor paths must agree byte for byte"
+        );
+        assert_eq!(
+            a, c,
             "banded and whole-tensor paths must agree byte for byte"
         );
 

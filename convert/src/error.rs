@@ -58,6 +58,17 @@ pub enum Error {
         /// Bytes declared in the header.
         expected: u64,
     },
+    /// The producer of a tensor mixed column-block writes with sequential writes, or
+    /// changed the shape of its column blocks midway.
+    #[error(
+        "tensor `{tensor}`: producer wrote column blocks that do not tile the tensor ({problem})"
+    )]
+    ProducerColumns {
+        /// The tensor being written.
+        tensor: String,
+        /// What was inconsistent.
+        problem: String,
+    },
     /// The producer of a tensor wrote fewer bytes than the header promised.
     #[error(
         "tensor `{tensor}`: producer wrote {written} of the {expected} bytes its header declares"
