@@ -229,7 +229,8 @@ fn produce_tensor(
         }
         (false, Some((from, to))) => {
             let src = ckpt.view(info).bytes;
-            let s = cast_stream(src, info, from, to, tiling, sink);
+            let release = |part: &[u8]| ckpt.release_part(info, part);
+            let s = cast_stream(src, info, &release, from, to, tiling, sink);
             ckpt.release(info);
             s?
         }
@@ -243,7 +244,10 @@ fn produce_tensor(
                 });
             };
             let src = ckpt.view(info).bytes;
-            let s = transpose_banded(src, info, rows, cols, formats, tiling, scratch, sink);
+            let release = |part: &[u8]| ckpt.release_part(info, part);
+            let s = transpose_banded(
+                src, info, &release, rows, cols, formats, tiling, scratch, sink,
+            );
             ckpt.release(info);
             s?
         }
@@ -285,6 +289,7 @@ fn par_cast(
 fn cast_stream(
     src: &[u8],
     info: &TensorInfo,
+    release: &dyn Fn(&[u8]),
     from: FloatFormat,
     to: FloatFormat,
     tiling: &Tiling,
@@ -301,7 +306,7 @@ fn cast_stream(
         let n = chunk_elems.min(total - done);
         let s = &src[done * fs..(done + n) * fs]; // [n] source elements, mapped
         stats.merge(&sink.fill_with(n * ts, |d| par_cast(&info.name, s, from, d, to))?);
-        release_range(s);
+        release(s);
         done += n;
     }
     Ok(stats)
@@ -324,31 +329,6 @@ impl Scratch {
     }
 }
 
-/// Tells the kernel this process no longer needs the whole pages inside `bytes`, a
-/// slice of a read-only file mapping, so they leave its RSS. Advice only: errors are
-/// ignored, and the bytes stay readable (they fault back in from the page cache).
-fn release_range(bytes: &[u8]) {
-    const PAGE: usize = 4096; // a larger real page only makes the range smaller
-    let start = bytes.as_ptr() as usize;
-    let first = start.div_ceil(PAGE) * PAGE;
-    let last = (start + bytes.len()) / PAGE * PAGE;
-    if last <= first {
-        return;
-    }
-    // SAFETY: [first, last) is page-aligned and lies inside `bytes`, which borrows a
-    // read-only, file-backed shared mapping owned by the Checkpoint (the only callers
-    // pass tensor views). MADV_DONTNEED on such a mapping only drops page-table
-    // entries: later reads fault the same file bytes back in, so no borrowed slice can
-    // observe a change.
-    unsafe {
-        libc::madvise(
-            first as *mut libc::c_void,
-            last - first,
-            libc::MADV_DONTNEED,
-        );
-    }
-}
-
 /// Transpose (± cast), band of output rows by band: each band (source columns
 /// `j0..j1`, as many as fit in a write buffer) is assembled from chunks of source rows
 /// of the memory map straight into the write buffer (or into scratch, then cast into
@@ -359,6 +339,7 @@ fn release_range(bytes: &[u8]) {
 fn transpose_banded(
     src: &[u8],
     info: &TensorInfo,
+    release: &dyn Fn(&[u8]),
     rows: usize,
     cols: usize,
     formats: Option<(FloatFormat, FloatFormat)>,
@@ -370,7 +351,7 @@ fn transpose_banded(
     let out_es = formats.map_or(es, |(_, t)| t.size());
     let band = (sink.buffer_bytes() / (rows * es.max(out_es)).max(1)).clamp(1, cols.max(1));
     if band < cols && cols * es.max(out_es) <= sink.buffer_bytes() {
-        return transpose_columns(src, info, rows, cols, formats, scratch, sink);
+        return transpose_columns(src, info, release, rows, cols, formats, scratch, sink);
     }
     let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows.max(1));
     let mut stats = CastStats::default();
@@ -408,7 +389,7 @@ fn transpose_banded(
             // Bound the mapped source: drop from our RSS the pages of the chunk used
             // `keep` steps ago (the next band faults them back in from the page cache).
             if let Some(old) = p.checked_sub(keep) {
-                release_range(chunk(order(old)).1);
+                release(chunk(order(old)).1);
             }
         }
         Ok(())
@@ -442,9 +423,11 @@ fn transpose_banded(
 /// writer scatters to its rows ([`TensorSink::fill_columns`]). The source is read once,
 /// in order, and each chunk's mapped pages are released right after use; building whole
 /// output rows instead would read (and fault in) the whole source once per band.
+#[allow(clippy::too_many_arguments)]
 fn transpose_columns(
     src: &[u8],
     info: &TensorInfo,
+    release: &dyn Fn(&[u8]),
     rows: usize,
     cols: usize,
     formats: Option<(FloatFormat, FloatFormat)>,
@@ -480,7 +463,7 @@ fn transpose_columns(
             }
         };
         stats.merge(&s);
-        release_range(chunk);
+        release(chunk);
         i0 += n;
     }
     Ok(stats)

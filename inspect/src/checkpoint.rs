@@ -286,13 +286,36 @@ impl Checkpoint {
     /// readable: a later access faults it back in from the file. Errors are ignored
     /// (this is advice).
     pub fn release(&self, t: &TensorInfo) {
+        self.advise_dont_need(t.shard, t.range.clone());
+    }
+
+    /// Like [`Checkpoint::release`], for part of a tensor: `part` must be a sub-slice of
+    /// `self.view(t).bytes` (a chunk a streaming reader is done with). Anything else is
+    /// ignored, so no memory outside the mapping can ever be advised away.
+    pub fn release_part(&self, t: &TensorInfo, part: &[u8]) {
         let Some(shard) = self.shards.get(t.shard) else {
             return;
         };
+        let base = shard.map.as_ptr() as usize;
+        let start = (part.as_ptr() as usize).wrapping_sub(base);
+        let Some(end) = start.checked_add(part.len()) else {
+            return;
+        };
+        if start < t.range.start || end > t.range.end {
+            return;
+        }
+        self.advise_dont_need(t.shard, start..end);
+    }
+
+    /// MADV_DONTNEED on the whole pages inside `range` (byte offsets in the shard's map).
+    fn advise_dont_need(&self, shard: usize, range: Range<usize>) {
+        let Some(shard) = self.shards.get(shard) else {
+            return;
+        };
         let page = page_size();
-        // Only whole pages inside the tensor, so neighbours in use are not dropped.
-        let start = t.range.start.div_ceil(page) * page;
-        let end = (t.range.end / page) * page;
+        // Only whole pages inside the range, so neighbours in use are not dropped.
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end.min(shard.map.len()) / page) * page;
         if end <= start {
             return;
         }

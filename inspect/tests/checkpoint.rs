@@ -256,6 +256,29 @@ fn misaligned_data_is_copied_not_reinterpreted() {
 }
 
 #[test]
+fn released_pages_stay_readable_and_foreign_memory_is_never_advised() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    // One tensor of 64 KiB so that whole pages lie inside it.
+    let header = r#"{"w":{"dtype":"U8","shape":[65536],"data_offsets":[0,65536]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend((0..65536u32).map(|i| (i % 251) as u8));
+    std::fs::write(&p, &bytes).unwrap();
+    let ck = Checkpoint::open(&p).unwrap();
+    let t = ck.tensor("w").unwrap();
+    let before = ck.view(t).bytes.to_vec();
+    ck.release_part(t, &ck.view(t).bytes[5000..40000]);
+    ck.release(t);
+    assert_eq!(ck.view(t).bytes, before.as_slice());
+    // A heap buffer is not part of the mapping: MADV_DONTNEED would zero it, so it must
+    // be ignored.
+    let heap = vec![7u8; 1 << 16];
+    ck.release_part(t, &heap);
+    assert!(heap.iter().all(|&b| b == 7));
+}
+
+#[test]
 fn typed_views_check_dtype_and_alignment() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     let ck = Checkpoint::open(root.join("llama-bf16")).unwrap();
