@@ -349,7 +349,7 @@ pub fn cast(
 
 /// Validates lengths; returns the element count.
 fn check(src: &[u8], from: FloatFormat, dst: &[u8], to: FloatFormat) -> Result<usize, CastError> {
-    if src.len() % from.size() != 0 {
+    if !src.len().is_multiple_of(from.size()) {
         return Err(CastError::RaggedSource {
             len: src.len(),
             from,

@@ -369,7 +369,13 @@ fn transpose_banded(
     // Band `b`: source columns j0..j0+w of all rows, transposed into `out` ([w, rows],
     // `es` each).
     let fill_band = |b: usize, j0: usize, w: usize, out: &mut [u8]| -> Result<()> {
-        let order = |p: usize| if b % 2 == 0 { p } else { n_chunks - 1 - p };
+        let order = |p: usize| {
+            if b.is_multiple_of(2) {
+                p
+            } else {
+                n_chunks - 1 - p
+            }
+        };
         for p in 0..n_chunks {
             let (i0, rows_chunk) = chunk(order(p));
             let n = rows_chunk.len() / (cols * es);
