@@ -2,7 +2,7 @@
 //! Flax), streaming, from the layout catalogue. Refuses to guess, never writes into the
 //! source, and leaves nothing behind on failure.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -122,8 +122,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::convert::header(&plan, &args.src, &args.dst, &mut out)?;
         out.flush()?;
     }
-    let bar = (!args.quiet && std::io::stderr().is_terminal())
-        .then(|| output::progress::bytes_bar(plan.output_bytes().unwrap_or(0), "converting"));
+    let progress = output::progress::BytesProgress::new(
+        !args.quiet,
+        plan.output_bytes().unwrap_or(0),
+        "converting",
+    );
     let write_opts = WriteOptions {
         max_shard_size,
         force: args.force,
@@ -132,13 +135,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let start = Instant::now();
     let result = convert::write(&ckpt, &plan, &args.dst, &write_opts, &mut |n| {
-        if let Some(bar) = &bar {
-            bar.inc(n);
-        }
+        progress.inc(n)
     });
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let outcome = result.with_context(|| {
         format!(
             "converting {} to {} failed; nothing was written",

@@ -1,7 +1,7 @@
 //! `orient inspect PATH`: list every tensor with its layout convention, expected shape
 //! and status. Reads headers only, unless `--stats` asks for the data.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,18 +47,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         group_layers: args.group_layers,
         stats: args.stats,
     };
-    let bar = (args.stats && std::io::stderr().is_terminal()).then(|| {
-        let total = ck.tensors().iter().map(|t| t.nbytes() as u64).sum();
-        output::progress::bytes_bar(total, "reading")
-    });
-    let report = report::inspect(&ck, &opts, &|n| {
-        if let Some(bar) = &bar {
-            bar.inc(n);
-        }
-    });
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let total = ck.tensors().iter().map(|t| t.nbytes() as u64).sum();
+    let progress = output::progress::BytesProgress::new(args.stats, total, "reading");
+    let report = report::inspect(&ck, &opts, &|n| progress.inc(n));
+    progress.finish();
     // One write per buffer, not per line: a 7B report is ~350 lines.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {

@@ -2,7 +2,7 @@
 //! config the catalogue knows, deterministic per seed, streamed and sharded. Lets tests
 //! and benchmarks build 7B-shaped models without a download.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -83,17 +83,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(t, _)| t.nbytes)
         .sum();
-    let bar = (!args.quiet && std::io::stderr().is_terminal())
-        .then(|| output::progress::bytes_bar(total, "synthesizing"));
+    let progress = output::progress::BytesProgress::new(!args.quiet, total, "synthesizing");
     let start = Instant::now();
-    let result = synth::synthesize(&cfg, &text, &args.out, &opts, &mut |n| {
-        if let Some(bar) = &bar {
-            bar.inc(n);
-        }
-    });
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let result = synth::synthesize(&cfg, &text, &args.out, &opts, &mut |n| progress.inc(n));
+    progress.finish();
     let outcome = result.with_context(|| {
         format!(
             "synthesizing {} failed; nothing was written",
