@@ -620,18 +620,8 @@ fn tensor_stats(ck: &Checkpoint, t: &TensorInfo) -> Option<Stats> {
         let mut buf = vec![0f32; TILE];
         for chunk in view.bytes.chunks(TILE * size) {
             let n = chunk.len() / size;
-            let tile = crate::view::TensorView {
-                info: &TensorInfo {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: vec![n],
-                    shard: t.shard,
-                    range: 0..chunk.len(),
-                },
-                bytes: chunk,
-            };
-            // Cannot fail: the dtype is computable and the buffer is sized to the tile.
-            if tile.to_f32_into(&mut buf[..n]).is_err() {
+            // Cannot fail: the dtype is computable.
+            if !crate::view::widen_into(t.dtype, chunk, &mut buf[..n]) {
                 return None;
             }
             for &v in &buf[..n] {

@@ -89,28 +89,14 @@ impl<'a> TensorView<'a> {
                 want,
             });
         }
-        match self.info.dtype {
-            Dtype::F32 => match self.as_f32() {
-                Some(src) => out.copy_from_slice(src),
-                None => cast::f32_bytes_to_f32(self.bytes, out),
-            },
-            Dtype::BF16 => match self.as_u16() {
-                Some(src) => cast::bf16_to_f32(src, out),
-                None => cast::bf16_bytes_to_f32(self.bytes, out),
-            },
-            Dtype::F16 => match self.as_u16() {
-                Some(src) => cast::f16_to_f32(src, out),
-                None => cast::f16_bytes_to_f32(self.bytes, out),
-            },
-            Dtype::F64 => cast::f64_bytes_to_f32(self.bytes, out),
-            dtype => {
-                return Err(ViewError::Unsupported {
-                    name: self.info.name.clone(),
-                    dtype,
-                })
-            }
+        if widen_into(self.info.dtype, self.bytes, out) {
+            Ok(())
+        } else {
+            Err(ViewError::Unsupported {
+                name: self.info.name.clone(),
+                dtype: self.info.dtype,
+            })
         }
-        Ok(())
     }
 
     /// Widens the data into a new vector.
@@ -127,4 +113,30 @@ impl<'a> TensorView<'a> {
             None => self.to_f32_vec().map(std::borrow::Cow::Owned),
         }
     }
+}
+
+/// Widens `bytes` of `dtype` (F32, F16, BF16 or F64) into `out`, using the zero-copy
+/// slice kernels when the bytes are aligned and the byte-wise ones otherwise. Returns
+/// false, writing nothing, for any other dtype.
+///
+/// # Panics
+/// If `out` does not hold exactly the number of elements in `bytes`.
+pub fn widen_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> bool {
+    match dtype {
+        Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(src) => out.copy_from_slice(src),
+            Err(_) => cast::f32_bytes_to_f32(bytes, out),
+        },
+        Dtype::BF16 => match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+            Ok(src) => cast::bf16_to_f32(src, out),
+            Err(_) => cast::bf16_bytes_to_f32(bytes, out),
+        },
+        Dtype::F16 => match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+            Ok(src) => cast::f16_to_f32(src, out),
+            Err(_) => cast::f16_bytes_to_f32(bytes, out),
+        },
+        Dtype::F64 => cast::f64_bytes_to_f32(bytes, out),
+        _ => return false,
+    }
+    true
 }

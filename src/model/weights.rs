@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use orient_inspect::{
-    cast, Catalogue, Checkpoint, Convention, Dtype, ModelConfig, Orientation, Role, TensorInfo,
+    Catalogue, Checkpoint, Convention, Dtype, ModelConfig, Orientation, Role, TensorInfo,
 };
 use rayon::prelude::*;
 
@@ -373,12 +373,8 @@ impl<'c> Weights<'c> {
 /// Widens little-endian `dtype` elements in `src` into `dst` (same element count), with the
 /// inspect crate's kernels. Only the dtypes accepted by [`Weights::locate`] reach here.
 fn widen(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
-    match dtype {
-        Dtype::BF16 => cast::bf16_bytes_to_f32(src, dst),
-        Dtype::F16 => cast::f16_bytes_to_f32(src, dst),
-        Dtype::F64 => cast::f64_bytes_to_f32(src, dst),
-        _ => cast::f32_bytes_to_f32(src, dst),
-    }
+    let widened = orient_inspect::view::widen_into(dtype, src, dst);
+    debug_assert!(widened, "{dtype} reached widen()");
 }
 
 /// [`widen`] split over rayon's threads.
