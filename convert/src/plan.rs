@@ -637,6 +637,34 @@ fn detect(
     }
 }
 
+/// Folds `model.layers.0.x:T`, `model.layers.1.x:T`, … into `model.layers.{0-27}.x:T`, so
+/// the per-tensor summary stays a few lines long whatever the depth of the model. Entries
+/// keep their first position; layers that differ in their operations stay apart.
+fn compact_layers(entries: &[String]) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut plain: Vec<(usize, String)> = Vec::new();
+    for entry in entries {
+        match orient_inspect::report::layer_pattern(entry) {
+            Some((pattern, layer)) => match groups.iter_mut().find(|(p, _)| *p == pattern) {
+                Some((_, layers)) => layers.push(layer),
+                None => groups.push((pattern, vec![layer])),
+            },
+            None => plain.push((groups.len() + plain.len(), entry.clone())),
+        }
+    }
+    let mut out: Vec<String> = groups
+        .into_iter()
+        .map(|(pattern, layers)| {
+            let ranges = orient_inspect::report::compact_ranges(&layers);
+            pattern.replacen("{i}", &format!("{{{ranges}}}"), 1)
+        })
+        .collect();
+    for (at, entry) in plain {
+        out.insert(at.min(out.len()), entry);
+    }
+    out
+}
+
 /// `__metadata__` of the output: `format`, and provenance under `orient.*`.
 fn provenance(
     source: Convention,
@@ -662,6 +690,7 @@ fn provenance(
             summary.push(format!("{}:{}", op.target, parts.join(",")));
         }
     }
+    let summary = compact_layers(&summary);
     let dropped: Vec<String> = rows
         .iter()
         .filter(|r| matches!(r.action, Action::Skip(_)))
@@ -684,5 +713,32 @@ impl fmt::Display for Action {
             Action::Write { op } => write!(f, "write op {op}"),
             Action::Skip(why) => write!(f, "skip: {why}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provenance_folds_layers() {
+        let e = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = compact_layers(&e(&[
+            "lm_head.kernel:T",
+            "model.layers.0.q.kernel:T",
+            "model.layers.1.q.kernel:T",
+            "model.layers.3.q.kernel:T",
+            "model.norm.weight:bf16",
+            "model.layers.2.q.kernel:T,bf16",
+        ]));
+        assert_eq!(
+            got,
+            e(&[
+                "lm_head.kernel:T",
+                "model.layers.{0-1,3}.q.kernel:T",
+                "model.norm.weight:bf16",
+                "model.layers.{2}.q.kernel:T,bf16",
+            ])
+        );
     }
 }

@@ -520,8 +520,9 @@ fn detect_convention(
     }
 }
 
-/// Replaces the first all-digit dotted segment (the layer index) with `{i}`.
-fn layer_pattern(name: &str) -> Option<(String, usize)> {
+/// Replaces the first all-digit dotted segment (the layer index) with `{i}`, and returns
+/// the pattern with that index; `None` for names without one.
+pub fn layer_pattern(name: &str) -> Option<(String, usize)> {
     let mut out = Vec::new();
     let mut layer = None;
     for seg in name.split('.') {

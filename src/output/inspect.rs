@@ -155,7 +155,20 @@ fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
     if s.metadata.is_empty() {
         writeln!(w, "metadata:      (none)")?;
     } else {
-        let md: Vec<String> = s.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Long values (a provenance summary) are cut here; --json has them whole.
+        const LONG: usize = 160;
+        let md: Vec<String> = s
+            .metadata
+            .iter()
+            .map(|(k, v)| match v.char_indices().nth(LONG) {
+                Some((cut, _)) => format!(
+                    "{k}={}… ({} chars; --json shows all)",
+                    &v[..cut],
+                    v.chars().count()
+                ),
+                None => format!("{k}={v}"),
+            })
+            .collect();
         writeln!(w, "metadata:      {}", md.join(", "))?;
     }
     for note in &s.notes {
