@@ -85,10 +85,7 @@ pub fn check_destination(src: &Path, dst: &Path, force: bool) -> Result<()> {
     let name = dst
         .file_name()
         .ok_or_else(|| Error::DestinationParent(dst.to_path_buf()))?;
-    let parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = orient_inspect::checkpoint::parent_dir(dst).to_path_buf();
     let parent_c = parent
         .canonicalize()
         .map_err(|_| Error::DestinationParent(parent.clone()))?;

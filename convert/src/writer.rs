@@ -254,10 +254,7 @@ impl Staging {
         let name = dst
             .file_name()
             .ok_or_else(|| Error::DestinationParent(dst.to_path_buf()))?;
-        let parent = match dst.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let parent = orient_inspect::checkpoint::parent_dir(dst).to_path_buf();
         if !parent.is_dir() {
             return Err(Error::DestinationParent(parent));
         }

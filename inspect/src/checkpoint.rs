@@ -139,10 +139,7 @@ impl Checkpoint {
                 (path.to_owned(), Target::File(lone_safetensors(path)?))
             }
         } else {
-            let root = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                _ => PathBuf::from("."),
-            };
+            let root = parent_dir(path).to_owned();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name.ends_with(".index.json") {
                 (root, Target::Index(path.to_owned()))
@@ -331,6 +328,15 @@ impl Checkpoint {
                 end - start,
             );
         }
+    }
+}
+
+/// The folder holding `path`: its parent, or `.` for a bare file name (where
+/// `Path::parent` gives an empty path).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 

@@ -378,17 +378,6 @@ struct RawRope {
     original_max_position_embeddings: Option<usize>,
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Deserializes `T` (all-optional fields) from an object; on failure, finds the field at fault
 /// by deserializing each member alone, so the error can name it.
 fn deserialize_named<T>(
@@ -452,7 +441,7 @@ pub fn parse_config(text: &str) -> Result<ConfigOutcome, ConfigError> {
     let value: Value = serde_json::from_str(text).map_err(ConfigError::InvalidJson)?;
     let Value::Object(map) = &value else {
         return Err(ConfigError::NotAnObject {
-            found: kind_of(&value),
+            found: crate::header::json_kind(&value),
         });
     };
     let raw: RawConfig = deserialize_named(map, "")?;
@@ -653,7 +642,10 @@ fn resolve_rope(
             if !(v.is_object() || v.is_null()) {
                 return Err(ConfigError::InvalidField {
                     field: name.to_string(),
-                    message: format!("expected an object or null, found {}", kind_of(v)),
+                    message: format!(
+                        "expected an object or null, found {}",
+                        crate::header::json_kind(v)
+                    ),
                 });
             }
         }

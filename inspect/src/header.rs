@@ -315,7 +315,8 @@ fn parse_metadata(value: Value) -> Result<BTreeMap<String, String>, HeaderError>
         .collect()
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// How a JSON value is described in error messages ("a number", "an object", …).
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

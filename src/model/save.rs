@@ -264,10 +264,7 @@ pub fn write(
         path: p.clone(),
         source,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = orient_inspect::checkpoint::parent_dir(path);
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
