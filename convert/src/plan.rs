@@ -295,15 +295,7 @@ pub fn plan(ckpt: &Checkpoint, opts: &Options) -> Result<Plan> {
             lm_head = Some((t, m.entry));
             continue;
         }
-        let transpose = e.transposed_between && source != opts.to;
-        let op = make_op(t, e, opts, &t.name, transpose)?;
-        rows.push(Row {
-            source: t.name.clone(),
-            shape: t.shape.clone(),
-            dtype: t.dtype,
-            action: Action::Write { op: ops.len() },
-        });
-        ops.push(op);
+        push_write(&mut rows, &mut ops, t, e, opts, source)?;
     }
 
     // Required tensors that are absent.
@@ -357,6 +349,28 @@ fn check_shape(t: &TensorInfo, e: &Entry, source: Convention) -> Result<()> {
             convention: source.name().into(),
         });
     }
+    Ok(())
+}
+
+/// Plans `t` (the source of catalogue entry `e`) as written: its operation (transposed
+/// when the two conventions differ for that entry) and the plan row pointing at it.
+fn push_write(
+    rows: &mut Vec<Row>,
+    ops: &mut Vec<TensorOp>,
+    t: &TensorInfo,
+    e: &Entry,
+    opts: &Options,
+    source: Convention,
+) -> Result<()> {
+    let transpose = e.transposed_between && source != opts.to;
+    let op = make_op(t, e, opts, &t.name, transpose)?;
+    rows.push(Row {
+        source: t.name.clone(),
+        shape: t.shape.clone(),
+        dtype: t.dtype,
+        action: Action::Write { op: ops.len() },
+    });
+    ops.push(op);
     Ok(())
 }
 
@@ -430,15 +444,7 @@ fn plan_lm_head(
     let target_name = lm_entry.form(opts.to).name.clone();
     match (lm_head, needed) {
         (Some((t, _)), true) => {
-            let transpose = lm_entry.transposed_between && source != opts.to;
-            let op = make_op(t, lm_entry, opts, &t.name, transpose)?;
-            rows.push(Row {
-                source: t.name.clone(),
-                shape: t.shape.clone(),
-                dtype: t.dtype,
-                action: Action::Write { op: ops.len() },
-            });
-            ops.push(op);
+            push_write(rows, ops, t, lm_entry, opts, source)?;
         }
         (None, true) if cfg.tie_word_embeddings => {
             // The embedding is [V, H] in both conventions; lm_head is [V, H] in HF and
