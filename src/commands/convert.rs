@@ -70,6 +70,14 @@ pub struct Args {
     /// Print the plan (one row per tensor) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How the output is written.
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Flags shared by the commands that write a checkpoint (`convert`, `synth`).
+#[derive(Debug, clap::Args)]
+pub struct WriteArgs {
     /// Replace an existing destination.
     #[arg(long)]
     pub force: bool,
@@ -91,7 +99,7 @@ fn convention(l: Layout) -> Convention {
 /// Runs `orient convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
-    convert::check_destination(&args.src, &args.dst, args.force)?;
+    convert::check_destination(&args.src, &args.dst, args.write.force)?;
     let ckpt = Checkpoint::open(&args.src)
         .with_context(|| format!("cannot read {}", args.src.display()))?;
     let opts = Options {
@@ -118,19 +126,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
-    if !args.quiet {
+    if !args.write.quiet {
         output::convert::header(&plan, &args.src, &args.dst, &mut out)?;
         out.flush()?;
     }
     let progress = output::progress::BytesProgress::new(
-        !args.quiet,
+        !args.write.quiet,
         plan.output_bytes().unwrap_or(0),
         "converting",
     );
     let write_opts = WriteOptions {
         max_shard_size,
-        force: args.force,
-        sync: !args.no_fsync,
+        force: args.write.force,
+        sync: !args.write.no_fsync,
         ..WriteOptions::default()
     };
     let start = Instant::now();
@@ -146,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     let seconds = start.elapsed().as_secs_f64();
-    if !args.quiet {
+    if !args.write.quiet {
         output::convert::summary(&plan, &outcome, seconds, &mut out)?;
         out.flush()?;
     }

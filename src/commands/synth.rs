@@ -40,15 +40,9 @@ pub struct Args {
     /// Split the output into shards of at most SIZE (default 5GB).
     #[arg(long, value_name = "SIZE")]
     pub max_shard_size: Option<String>,
-    /// Replace an existing destination.
-    #[arg(long)]
-    pub force: bool,
-    /// No progress bar and no summary.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Skip the fsync before the final rename.
-    #[arg(long)]
-    pub no_fsync: bool,
+    /// How the output is written.
+    #[command(flatten)]
+    pub write: super::convert::WriteArgs,
 }
 
 /// Runs `orient synth`.
@@ -76,14 +70,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         seed: args.seed,
         max_shard_size: args.max_shard_size.as_deref().map(parse_size).transpose()?,
-        force: args.force,
-        sync: !args.no_fsync,
+        force: args.write.force,
+        sync: !args.write.no_fsync,
     };
     let total: u64 = synth::tensors(&cfg, opts.dtype)?
         .iter()
         .map(|(t, _)| t.nbytes)
         .sum();
-    let progress = output::progress::BytesProgress::new(!args.quiet, total, "synthesizing");
+    let progress = output::progress::BytesProgress::new(!args.write.quiet, total, "synthesizing");
     let start = Instant::now();
     let result = synth::synthesize(&cfg, &text, &args.out, &opts, &mut |n| progress.inc(n));
     progress.finish();
@@ -93,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.out.display()
         )
     })?;
-    if !args.quiet {
+    if !args.write.quiet {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         output::convert::synth_summary(
