@@ -42,6 +42,20 @@ pub enum Arch {
     Gpt2,
 }
 
+/// Every architecture orient knows, with its `model_type` and the class names transformers writes
+/// into `architectures`: the one table every "known architectures" list derives from.
+const ARCHS: &[(Arch, &str, &[&str])] = &[
+    (Arch::Llama, "llama", &["LlamaForCausalLM", "LlamaModel"]),
+    (
+        Arch::Mistral,
+        "mistral",
+        &["MistralForCausalLM", "MistralModel"],
+    ),
+    (Arch::Qwen2, "qwen2", &["Qwen2ForCausalLM", "Qwen2Model"]),
+    (Arch::Qwen3, "qwen3", &["Qwen3ForCausalLM", "Qwen3Model"]),
+    (Arch::Gpt2, "gpt2", &["GPT2LMHeadModel", "GPT2Model"]),
+];
+
 impl Arch {
     /// Every known architecture, in a fixed order.
     pub const ALL: [Arch; 5] = [
@@ -54,37 +68,31 @@ impl Arch {
 
     /// The architecture for a `model_type` string, exactly as transformers spells it.
     pub fn from_model_type(model_type: &str) -> Option<Arch> {
-        match model_type {
-            "llama" => Some(Arch::Llama),
-            "mistral" => Some(Arch::Mistral),
-            "qwen2" => Some(Arch::Qwen2),
-            "qwen3" => Some(Arch::Qwen3),
-            "gpt2" => Some(Arch::Gpt2),
-            _ => None,
-        }
+        ARCHS
+            .iter()
+            .find(|(_, t, _)| *t == model_type)
+            .map(|(a, _, _)| *a)
     }
 
     /// The architecture for a class name from `architectures` (e.g. `LlamaForCausalLM`).
     pub fn from_class_name(class: &str) -> Option<Arch> {
-        match class {
-            "LlamaForCausalLM" | "LlamaModel" => Some(Arch::Llama),
-            "MistralForCausalLM" | "MistralModel" => Some(Arch::Mistral),
-            "Qwen2ForCausalLM" | "Qwen2Model" => Some(Arch::Qwen2),
-            "Qwen3ForCausalLM" | "Qwen3Model" => Some(Arch::Qwen3),
-            "GPT2LMHeadModel" | "GPT2Model" => Some(Arch::Gpt2),
-            _ => None,
-        }
+        ARCHS
+            .iter()
+            .find(|(_, _, classes)| classes.contains(&class))
+            .map(|(a, _, _)| *a)
     }
 
     /// The canonical `model_type` string of this architecture.
     pub fn model_type(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-            Arch::Gpt2 => "gpt2",
-        }
+        ARCHS
+            .iter()
+            .find(|(a, _, _)| *a == self)
+            .map_or("", |(_, t, _)| t)
+    }
+
+    /// Every known `model_type`, in table order (for messages listing what is supported).
+    pub fn names() -> Vec<&'static str> {
+        ARCHS.iter().map(|(_, t, _)| *t).collect()
     }
 
     /// True for the decoder family that shares llama's tensor names (llama, mistral, qwen2, qwen3).
@@ -208,6 +216,15 @@ impl ModelConfig {
     /// False for GPT-2 (learned position table), true for the llama family.
     pub fn uses_rope(&self) -> bool {
         self.arch.is_llama_family()
+    }
+
+    /// Rotary dimensions per head: the whole head for the llama family, 0 without RoPE.
+    pub fn rotary_dim(&self) -> usize {
+        if self.uses_rope() {
+            self.head_dim
+        } else {
+            0
+        }
     }
 }
 

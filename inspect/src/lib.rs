@@ -18,6 +18,7 @@ pub mod diff;
 pub mod dtype;
 pub mod error;
 pub mod header;
+pub mod layout;
 pub mod report;
 pub mod view;
 
