@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = report::inspect(&ck, &opts, &|n| progress.inc(n));
     progress.finish();
     // One write per buffer, not per line: a 7B report is ~350 lines.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::BufWriter::new(output::stdout());
     if args.json {
         output::inspect::json(&report, &mut out)?;
     } else {
