@@ -58,13 +58,15 @@ fn main() -> ExitCode {
     finish(result, &mut orient::output::stderr())
 }
 
-/// The exit code of a command's outcome; an error is written to `stderr`, and a failure
-/// to write it is ignored.
+/// The exit code of a command's outcome; an error is written to `stderr` (escaped, for a
+/// terminal), and a failure to write it is ignored.
 fn finish(result: anyhow::Result<ExitCode>, stderr: &mut dyn Write) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            let _ = writeln!(stderr, "error: {}", render_error(&err));
+            let message = render_error(&err);
+            let message = orient::output::escape::escape_text(&message);
+            let _ = writeln!(stderr, "error: {message}");
             let _ = stderr.flush();
             ExitCode::from(2)
         }
@@ -132,7 +134,15 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_stderr_still_exits_2() {
+    fn an_error_is_escaped_and_a_closed_stderr_still_exits_2() {
+        let err =
+            anyhow::anyhow!("tensor `a\x1b]0;pwned\x07\u{202e}b`: unknown dtype\nsecond line");
+        let mut stderr = Vec::new();
+        assert_eq!(finish(Err(err), &mut stderr), ExitCode::from(2));
+        assert_eq!(
+            String::from_utf8(stderr).unwrap_or_default(),
+            "error: tensor `a\\x1b]0;pwned\\x07\\u{202e}b`: unknown dtype\nsecond line\n"
+        );
         let err = anyhow::anyhow!("no such file");
         assert_eq!(finish(Err(err), &mut Closed), ExitCode::from(2));
     }
