@@ -1,11 +1,13 @@
 //! Exit codes that hold whoever reads the output: a closed stdout stops the printing but
 //! not the work, and its verdict (0, 1 or 2) stands; a closed stderr never turns an error
-//! into a panic.
+//! into a panic; and under `inspect --filter`, `--check` judges the rows the summary says.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+
+use serde_json::Value;
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -196,4 +198,61 @@ fn errors_exit_2_without_a_panic_when_stderr_is_closed() {
     let (status, stdout) = with_closed_stderr(&["inspect", &fixture("qwen2"), "--check"]);
     assert_eq!(code(status), 0);
     assert!(stdout.contains("status:        ok 27"), "{stdout}");
+}
+
+fn inspect(args: &[&str]) -> (i32, String) {
+    let out = orient().arg("inspect").args(args).output().unwrap();
+    (code(out.status), String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn check_under_a_filter_judges_the_listed_rows_and_the_summary_says_so() {
+    let buggy = fixture("qwen2-buggy");
+    // The norms are all fine, though the file has 10 transposed tensors: the summary
+    // shows both sets, and --check judges the one the filter kept.
+    let (code_norm, out) = inspect(&[&buggy, "--filter", "*norm*", "--check"]);
+    assert_eq!(code_norm, 0, "{out}");
+    assert!(
+        out.contains("status:        ok 17, transposed 10 (whole checkpoint)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("filtered:      ok 5 in the 5 rows matching `*norm*` (what --check judges)\n"),
+        "{out}"
+    );
+
+    let (code_mlp, out) = inspect(&[&buggy, "--filter", "*mlp*", "--check"]);
+    assert_eq!(code_mlp, 1, "{out}");
+    assert!(
+        out.contains("filtered:      transposed 6 in the 6 rows matching `*mlp*`"),
+        "{out}"
+    );
+
+    let (code_none, out) = inspect(&[&buggy, "--filter", "*no_such*", "--check"]);
+    assert_eq!(code_none, 0, "{out}");
+    assert!(out.contains("no row matches `*no_such*`"), "{out}");
+
+    // Without a filter nothing changes: one status line, judged whole.
+    let (code_all, out) = inspect(&[&buggy, "--check"]);
+    assert_eq!(code_all, 1);
+    assert!(
+        out.contains("status:        ok 17, transposed 10\n"),
+        "{out}"
+    );
+    assert!(!out.contains("filtered:"), "{out}");
+
+    // The JSON says the same.
+    let (_, json) = inspect(&[&buggy, "--filter", "*mlp*", "--json"]);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let f = &v["summary"]["filtered"];
+    assert_eq!(f["glob"], "*mlp*");
+    assert_eq!(f["rows"], 6);
+    assert_eq!(f["status_counts"], serde_json::json!({"transposed": 6}));
+    assert_eq!(
+        v["summary"]["status_counts"],
+        serde_json::json!({"ok": 17, "transposed": 10})
+    );
+    let (_, json) = inspect(&[&buggy, "--json"]);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert!(v["summary"].get("filtered").is_none());
 }

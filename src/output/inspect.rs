@@ -150,12 +150,36 @@ fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
         .map(|(d, b)| format!("{d} {}", human_bytes(*b)))
         .collect();
     writeln!(w, "bytes:         {}", bytes.join(", "))?;
-    let counts: Vec<String> = s
-        .status_counts
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    writeln!(w, "status:        {}", counts.join(", "))?;
+    let counts = |c: &std::collections::BTreeMap<&str, usize>| {
+        let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        parts.join(", ")
+    };
+    match &s.filtered {
+        None => writeln!(w, "status:        {}", counts(&s.status_counts))?,
+        // Both sets, each named: --check judges the rows the filter kept.
+        Some(f) => {
+            writeln!(
+                w,
+                "status:        {} (whole checkpoint)",
+                counts(&s.status_counts)
+            )?;
+            let glob = escape(&f.glob);
+            if f.rows == 0 {
+                writeln!(
+                    w,
+                    "filtered:      no row matches `{glob}` (--check has nothing to judge)"
+                )?;
+            } else {
+                writeln!(
+                    w,
+                    "filtered:      {} in the {} row{} matching `{glob}` (what --check judges)",
+                    counts(&f.status_counts),
+                    f.rows,
+                    if f.rows == 1 { "" } else { "s" }
+                )?;
+            }
+        }
+    }
     if s.metadata.is_empty() {
         writeln!(w, "metadata:      (none)")?;
     } else {
