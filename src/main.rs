@@ -2,7 +2,15 @@
 //!
 //! Errors are reported here, once, with their context chain. Exit codes:
 //! 0 success, 1 a check failed (`inspect --check`, `verify`, `diff`), 2 an error.
+//!
+//! A closed stdout is not an error at all: the commands print through
+//! [`orient::output::stdout`], which stops printing and lets the work and its exit code
+//! stand (see [`orient::output::stdio`]). So every error that reaches here is real, even
+//! one that wraps an `io::ErrorKind::BrokenPipe` from somewhere else, and exits 2. The
+//! message itself is written with a fallible write whose failure is ignored: a closed
+//! stderr must not turn exit 2 into a panic.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -47,14 +55,19 @@ fn main() -> ExitCode {
         Command::Diff(args) => commands::diff::run(args),
         Command::Demo(args) => commands::demo::run(args),
     };
+    finish(result, &mut orient::output::stderr())
+}
+
+/// The exit code of a command's outcome; an error is written to `stderr` (escaped, for a
+/// terminal), and a failure to write it is ignored.
+fn finish(result: anyhow::Result<ExitCode>, stderr: &mut dyn Write) -> ExitCode {
     match result {
         Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("error: {}", render_error(&err));
-            }
+            let message = render_error(&err);
+            let message = orient::output::escape::escape_text(&message);
+            let _ = writeln!(stderr, "error: {message}");
+            let _ = stderr.flush();
             ExitCode::from(2)
         }
     }
@@ -74,15 +87,6 @@ fn render_error(err: &anyhow::Error) -> String {
     msg
 }
 
-/// A closed stdout (`orient inspect … | head`) is not an error worth reporting.
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +104,47 @@ mod tests {
         );
         let err = anyhow::anyhow!("disk full").context("writing out");
         assert_eq!(render_error(&err), "writing out: disk full");
+    }
+
+    /// Writes nothing, always failing: a closed stderr.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_broken_pipe_inside_the_work_is_an_error_not_a_quiet_success() {
+        // E.g. the converter's writer thread gone: not stdout's closed pipe.
+        let pipe = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the writer thread stopped");
+        let err = anyhow::Error::new(pipe).context("writing shard 1");
+        let mut stderr = Vec::new();
+        assert_eq!(finish(Err(err), &mut stderr), ExitCode::from(2));
+        let text = String::from_utf8(stderr).unwrap_or_default();
+        assert_eq!(text, "error: writing shard 1: the writer thread stopped\n");
+        assert_eq!(
+            finish(Ok(ExitCode::from(1)), &mut Closed),
+            ExitCode::from(1)
+        );
+    }
+
+    #[test]
+    fn an_error_is_escaped_and_a_closed_stderr_still_exits_2() {
+        let err =
+            anyhow::anyhow!("tensor `a\x1b]0;pwned\x07\u{202e}b`: unknown dtype\nsecond line");
+        let mut stderr = Vec::new();
+        assert_eq!(finish(Err(err), &mut stderr), ExitCode::from(2));
+        assert_eq!(
+            String::from_utf8(stderr).unwrap_or_default(),
+            "error: tensor `a\\x1b]0;pwned\\x07\\u{202e}b`: unknown dtype\nsecond line\n"
+        );
+        let err = anyhow::anyhow!("no such file");
+        assert_eq!(finish(Err(err), &mut Closed), ExitCode::from(2));
     }
 
     #[test]

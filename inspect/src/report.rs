@@ -153,14 +153,30 @@ pub struct Summary {
     pub total_params: u64,
     /// Bytes of data per dtype.
     pub bytes_by_dtype: BTreeMap<String, u64>,
-    /// Row counts per status (missing rows included).
+    /// Row counts per status over the whole checkpoint (missing rows included), whatever
+    /// the filter.
     pub status_counts: BTreeMap<&'static str, usize>,
+    /// With a filter: the rows it kept and their statuses. `--check` judges these rows,
+    /// so under a filter these counts, not `status_counts`, decide its exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<Filtered>,
     /// Number of square projections whose orientation no shape check can prove.
     pub square_ambiguous: usize,
     /// `__metadata__` merged over shards.
     pub metadata: BTreeMap<String, String>,
     /// Observations a user must see (tied lm_head present/absent, unknown roles, …).
     pub notes: Vec<String>,
+}
+
+/// What a filter kept (see [`Summary::filtered`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Filtered {
+    /// The glob as given.
+    pub glob: String,
+    /// Rows it kept (missing rows included).
+    pub rows: usize,
+    /// Row counts per status among them.
+    pub status_counts: BTreeMap<&'static str, usize>,
 }
 
 /// The whole report.
@@ -178,7 +194,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// True when every row is `ok`: what `--check` asks.
+    /// True when every row is `ok`: what `--check` asks. Under a filter, only the rows
+    /// it kept (those listed) are judged.
     pub fn all_ok(&self) -> bool {
         self.tensors.iter().all(|r| r.status == Status::Ok)
     }
@@ -187,7 +204,8 @@ impl Report {
 /// Options of [`inspect`].
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Keep only tensors whose name matches this glob (summary totals stay whole).
+    /// Keep only tensors whose name matches this glob. The summary's totals stay whole;
+    /// [`Summary::filtered`] counts what was kept.
     pub filter: Option<GlobMatcher>,
     /// Also build per-layer groups.
     pub group_layers: bool,
@@ -300,9 +318,18 @@ pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync))
         *status_counts.entry(r.status.name()).or_insert(0) += 1;
     }
 
-    if let Some(filter) = &opts.filter {
+    let filtered = opts.filter.as_ref().map(|filter| {
         rows.retain(|r| filter.is_match(&r.name));
-    }
+        let mut status_counts = BTreeMap::new();
+        for r in &rows {
+            *status_counts.entry(r.status.name()).or_insert(0) += 1;
+        }
+        Filtered {
+            glob: filter.glob().glob().to_owned(),
+            rows: rows.len(),
+            status_counts,
+        }
+    });
     if opts.stats {
         let stats: Vec<Option<Stats>> = rows
             .par_iter()
@@ -352,6 +379,7 @@ pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync))
             total_params,
             bytes_by_dtype,
             status_counts,
+            filtered,
             square_ambiguous: square,
             metadata: ck.metadata().clone(),
             notes,

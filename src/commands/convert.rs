@@ -119,8 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Some plan errors name only the tensor: say which checkpoint.
     let plan = plan::plan(&ckpt, &opts)
         .with_context(|| format!("cannot convert {}", args.src.display()))?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = output::stdout();
     if args.dry_run {
         output::convert::plan_table(&plan, &args.src, &args.dst, &mut out)?;
         out.flush()?;

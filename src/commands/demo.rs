@@ -38,8 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     let flax = fixtures.join("qwen2-flax");
     let reference = fixtures.join("qwen2/reference.safetensors");
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = output::stdout();
 
     output::demo::step(&mut out, 1, 3, &format!("inspect {}", flax.display()))?;
     output::demo::say(

@@ -2,7 +2,7 @@
 //! each pair. The comparison is [`orient_inspect::diff`]; this file parses flags, shows progress
 //! on a terminal, and hands the report to [`orient::output::diff`].
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -82,9 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         expect,
     };
 
-    let bar = std::io::stderr()
-        .is_terminal()
-        .then(orient::output::diff::progress_bar);
+    let bar = orient::output::stdio::stderr_is_terminal().then(orient::output::diff::progress_bar);
     let progress = |r: &diff::PairResult, total: usize| {
         if let Some(bar) = &bar {
             bar.set_length(total as u64);
@@ -97,8 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
 
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = orient::output::stdout();
     if args.json {
         orient::output::diff::render_json(&report, args.only_differences, &mut out)?;
     } else {

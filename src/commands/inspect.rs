@@ -19,7 +19,9 @@ pub struct Args {
     /// Print the report as JSON (schema in README.md) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Only list tensors whose name matches this glob, e.g. `*self_attn*` (totals stay whole).
+    /// Only list tensors whose name matches this glob, e.g. `*self_attn*`. The summary keeps
+    /// the whole checkpoint's totals and statuses, and adds a `filtered:` line with the
+    /// statuses of the listed rows (what --check judges).
     #[arg(long, value_name = "GLOB")]
     pub filter: Option<String>,
     /// Collapse `layers.{0..N}` into one row per tensor kind, with the layers it covers.
@@ -28,7 +30,8 @@ pub struct Args {
     /// Read the data: per-tensor min/max/mean/std and NaN/Inf counts (in parallel).
     #[arg(long)]
     pub stats: bool,
-    /// Exit with status 1 unless every tensor's status is `ok`.
+    /// Exit with status 1 unless every listed tensor's status is `ok`. With --filter, only
+    /// the rows the filter keeps are judged (the `filtered:` line of the summary).
     #[arg(long)]
     pub check: bool,
 }
@@ -52,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = report::inspect(&ck, &opts, &|n| progress.inc(n));
     progress.finish();
     // One write per buffer, not per line: a 7B report is ~350 lines.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::BufWriter::new(output::stdout());
     if args.json {
         output::inspect::json(&report, &mut out)?;
     } else {

@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokens: out.len(),
             flops: 2.0 * model.parameters() as f64 * out.len() as f64,
         };
-        render::render_timings(&timings, &mut std::io::stderr().lock())?;
+        render::render_timings(&timings, &mut orient::output::stderr())?;
     }
     let saved = match &args.save {
         Some(path) => {
@@ -114,8 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .collect(),
         saved,
     };
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
+    let mut lock = orient::output::stdout();
     render::render(&report, args.json, &mut lock)?;
     lock.flush()?;
     Ok(ExitCode::SUCCESS)

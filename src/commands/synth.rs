@@ -88,8 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     if !args.write.quiet {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        let mut out = output::stdout();
         output::convert::synth_summary(
             &cfg.model_type,
             &outcome,

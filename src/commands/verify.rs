@@ -47,8 +47,7 @@ pub struct Args {
 /// Runs `orient verify`: exit 0 within tolerance, 1 not.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = verify(&args)?;
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
+    let mut lock = orient::output::stdout();
     render::render(&report, args.json, &mut lock)?;
     lock.flush()?;
     Ok(if report.passed {

@@ -7,10 +7,12 @@ use comfy_table::{presets, Cell, ContentArrangement, Table};
 use orient_convert::convert::Outcome;
 use orient_convert::plan::{Action, Plan};
 
+use crate::output::escape::{cell, escape, path, Escaping};
 use crate::output::inspect::{human_bytes, shape, thousands};
 
 /// The header lines: source, detected/explicit convention, target, notes.
 pub fn header(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io::Result<()> {
+    let w = &mut Escaping::new(w);
     let how = if plan.explicit_from {
         "from --from"
     } else {
@@ -19,8 +21,8 @@ pub fn header(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io::Res
     writeln!(
         w,
         "source:  {} ({}, {} layout, {})",
-        src.display(),
-        plan.config.model_type,
+        path(src),
+        escape(&plan.config.model_type),
         plan.source.name(),
         how
     )?;
@@ -29,16 +31,11 @@ pub fn header(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io::Res
             Ok(c) => c.name().to_string(),
             Err(why) => why.clone(),
         };
-        writeln!(w, "detect:  {det}")?;
+        writeln!(w, "detect:  {}", escape(&det))?;
     }
-    writeln!(
-        w,
-        "target:  {} ({} layout)",
-        dst.display(),
-        plan.target.name()
-    )?;
+    writeln!(w, "target:  {} ({} layout)", path(dst), plan.target.name())?;
     for note in &plan.notes {
-        writeln!(w, "note:    {note}")?;
+        writeln!(w, "note:    {}", escape(note))?;
     }
     Ok(())
 }
@@ -46,6 +43,7 @@ pub fn header(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io::Res
 /// The plan: one row per source tensor (plus rows for tensors built from another one).
 pub fn plan_table(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io::Result<()> {
     header(plan, src, dst, w)?;
+    let w = &mut Escaping::new(w);
     let mut t = Table::new();
     t.load_preset(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled);
@@ -57,18 +55,18 @@ pub fn plan_table(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io:
                     continue;
                 };
                 t.add_row(vec![
-                    Cell::new(&row.source),
-                    Cell::new(&op.target),
-                    Cell::new(op.describe()),
+                    cell(&row.source),
+                    cell(&op.target),
+                    cell(op.describe()),
                     Cell::new(shapes(&op.source_shape, &op.target_shape)),
                     Cell::new(dtypes(op.source_dtype.name(), op.target_dtype.name())),
                 ]);
             }
             Action::Skip(why) => {
                 t.add_row(vec![
-                    Cell::new(&row.source),
+                    cell(&row.source),
                     Cell::new("-"),
-                    Cell::new(format!("skip: {why}")),
+                    cell(format!("skip: {why}")),
                     Cell::new(shape(&row.shape)),
                     Cell::new(row.dtype.name()),
                 ]);
@@ -77,9 +75,9 @@ pub fn plan_table(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io:
     }
     for op in plan.ops.iter().filter(|o| o.tied) {
         t.add_row(vec![
-            Cell::new(format!("({})", op.source)),
-            Cell::new(&op.target),
-            Cell::new(op.describe()),
+            cell(format!("({})", op.source)),
+            cell(&op.target),
+            cell(op.describe()),
             Cell::new(shapes(&op.source_shape, &op.target_shape)),
             Cell::new(dtypes(op.source_dtype.name(), op.target_dtype.name())),
         ]);
@@ -121,6 +119,7 @@ fn dtypes(a: &str, b: &str) -> String {
 
 /// The summary after a conversion. `seconds` is the wall time of the write.
 pub fn summary(plan: &Plan, outcome: &Outcome, seconds: f64, w: &mut dyn Write) -> io::Result<()> {
+    let w = &mut Escaping::new(w);
     let wr = &outcome.written;
     let skipped = plan
         .rows
@@ -138,9 +137,9 @@ pub fn summary(plan: &Plan, outcome: &Outcome, seconds: f64, w: &mut dyn Write) 
         seconds,
         human_bytes((wr.bytes as f64 / seconds.max(1e-9)) as u64)
     )?;
-    writeln!(w, "files:   {}", wr.files.join(", "))?;
+    writeln!(w, "files:   {}", escape(&wr.files.join(", ")))?;
     if !outcome.copied.is_empty() {
-        writeln!(w, "copied:  {}", outcome.copied.join(", "))?;
+        writeln!(w, "copied:  {}", escape(&outcome.copied.join(", ")))?;
     }
     let c = &wr.cast_total;
     if plan.ops.iter().any(|o| o.casts()) {
@@ -155,8 +154,11 @@ pub fn summary(plan: &Plan, outcome: &Outcome, seconds: f64, w: &mut dyn Write) 
         for (name, s) in &wr.lossy_casts {
             writeln!(
                 w,
-                "  {name}: {} overflowed, {} flushed, {} subnormal",
-                s.overflowed, s.flushed_to_zero, s.subnormal
+                "  {}: {} overflowed, {} flushed, {} subnormal",
+                escape(name),
+                s.overflowed,
+                s.flushed_to_zero,
+                s.subnormal
             )?;
         }
     }
@@ -170,15 +172,16 @@ pub fn synth_summary(
     seconds: f64,
     w: &mut dyn Write,
 ) -> io::Result<()> {
+    let w = &mut Escaping::new(w);
     writeln!(
         w,
         "synthesized: {} ({}), {} tensors, {} in {:.2} s ({}/s)",
-        outcome.dst.display(),
-        model_type,
+        path(&outcome.dst),
+        escape(model_type),
         outcome.tensors,
         human_bytes(outcome.bytes),
         seconds,
         human_bytes((outcome.bytes as f64 / seconds.max(1e-9)) as u64)
     )?;
-    writeln!(w, "files:       {}", outcome.files.join(", "))
+    writeln!(w, "files:       {}", escape(&outcome.files.join(", ")))
 }

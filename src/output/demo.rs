@@ -3,15 +3,17 @@
 
 use std::io::{self, Write};
 
+use crate::output::escape::escape;
+
 /// `== step n/total: title`, preceded by a blank line after the first step.
 pub fn step(out: &mut dyn Write, n: usize, total: usize, title: &str) -> io::Result<()> {
     if n > 1 {
         writeln!(out)?;
     }
-    writeln!(out, "== step {n}/{total}: {title}")
+    writeln!(out, "== step {n}/{total}: {}", escape(title))
 }
 
 /// A line of commentary under a step.
 pub fn say(out: &mut dyn Write, text: &str) -> io::Result<()> {
-    writeln!(out, "{text}")
+    writeln!(out, "{}", escape(text))
 }

@@ -11,6 +11,8 @@ use std::io::{self, Write};
 use comfy_table::{presets, Cell, ContentArrangement, Table};
 use orient_inspect::diff::{DiffReport, PairResult, Verdict};
 
+use crate::output::escape::{cell, escape, Escaping};
+
 /// A bar counting compared pairs (the caller shows it only when stderr is a terminal and sets
 /// its length once the pairing is known).
 pub fn progress_bar() -> indicatif::ProgressBar {
@@ -170,18 +172,23 @@ pub fn render_table(
     only_differences: bool,
     out: &mut dyn Write,
 ) -> io::Result<()> {
+    let out = &mut Escaping::new(out);
     writeln!(
         out,
         "A: {} ({}, {} tensors)",
-        report.a.root, report.a.config, report.a.tensors
+        escape(&report.a.root),
+        escape(&report.a.config),
+        report.a.tensors
     )?;
     writeln!(
         out,
         "B: {} ({}, {} tensors)",
-        report.b.root, report.b.config, report.b.tensors
+        escape(&report.b.root),
+        escape(&report.b.config),
+        report.b.tensors
     )?;
     for w in &report.warnings {
-        writeln!(out, "warning: {w}")?;
+        writeln!(out, "warning: {}", escape(w))?;
     }
 
     let shown: Vec<&PairResult> = report
@@ -201,9 +208,9 @@ pub fn render_table(
             .set_header(vec!["", "tensor", "A", "B", "verdict", "detail"]);
         for p in shown {
             let name = if p.a.name == p.b.name {
-                p.a.name.clone()
+                escape(&p.a.name).into_owned()
             } else {
-                format!("{}\n→ {}", p.a.name, p.b.name)
+                format!("{}\n→ {}", escape(&p.a.name), escape(&p.b.name))
             };
             table.add_row(vec![
                 Cell::new(if p.explained { "✓" } else { "✗" }),
@@ -211,7 +218,7 @@ pub fn render_table(
                 Cell::new(side(p.a.dtype, &p.a.shape)),
                 Cell::new(side(p.b.dtype, &p.b.shape)),
                 Cell::new(p.verdict.as_ref().map_or("error", Verdict::name)),
-                Cell::new(detail(p)),
+                cell(detail(p)),
             ]);
         }
         writeln!(out, "{table}")?;
@@ -224,9 +231,10 @@ pub fn render_table(
                 .map_or(String::new(), |w| format!(" (allowed: {w})"));
             writeln!(
                 out,
-                "only in {label}: {} {}{why}",
-                o.name,
-                side(o.dtype, &o.shape)
+                "only in {label}: {} {}{}",
+                escape(&o.name),
+                side(o.dtype, &o.shape),
+                escape(&why)
             )?;
         }
     }
@@ -240,7 +248,7 @@ pub fn render_table(
     }
     for (r, n) in &reasons {
         let pairs = if *n == 1 { "pair" } else { "pairs" };
-        writeln!(out, "✗ {n} {pairs}: {r}")?;
+        writeln!(out, "✗ {n} {pairs}: {}", escape(r))?;
     }
 
     let s = &report.summary;
@@ -281,9 +289,8 @@ pub fn render_json(
         let mut r = report.clone();
         r.pairs
             .retain(|p| !matches!(p.verdict, Some(Verdict::Identical { .. })) || !p.explained);
-        serde_json::to_writer_pretty(&mut *out, &r)?;
+        crate::output::json::write_pretty(out, &r)
     } else {
-        serde_json::to_writer_pretty(&mut *out, report)?;
+        crate::output::json::write_pretty(out, report)
     }
-    writeln!(out)
 }

@@ -5,14 +5,16 @@ use std::io::{self, Write};
 use comfy_table::{presets, Cell, ContentArrangement, Table};
 use orient_inspect::report::{GroupRow, Report, Stats, Status, TensorRow};
 
+use crate::output::escape::{cell, escape, Escaping};
+
 /// Writes the report as pretty JSON (the schema documented in README.md).
 pub fn json(report: &Report, w: &mut dyn Write) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut *w, report)?;
-    writeln!(w)
+    crate::output::json::write_pretty(w, report)
 }
 
 /// Writes the tensor table (or the per-layer groups) followed by the summary.
 pub fn table(report: &Report, w: &mut dyn Write, with_stats: bool) -> io::Result<()> {
+    let w = &mut Escaping::new(w);
     let mut t = Table::new();
     t.load_preset(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled);
@@ -44,7 +46,7 @@ pub fn table(report: &Report, w: &mut dyn Write, with_stats: bool) -> io::Result
 
 fn group_cells(g: &GroupRow, with_stats: bool) -> Vec<Cell> {
     let mut cells = row_cells(&g.row, g.params, with_stats);
-    cells[0] = Cell::new(&g.pattern);
+    cells[0] = cell(&g.pattern);
     let layers = if g.layers.is_empty() {
         String::new()
     } else {
@@ -56,7 +58,7 @@ fn group_cells(g: &GroupRow, with_stats: bool) -> Vec<Cell> {
 
 fn row_cells(r: &TensorRow, params: u64, with_stats: bool) -> Vec<Cell> {
     let mut cells = vec![
-        Cell::new(&r.name),
+        cell(&r.name),
         Cell::new(r.dtype.map_or("-".to_owned(), |d| d.to_string())),
         Cell::new(r.shape.as_deref().map_or("-".to_owned(), shape)),
         Cell::new(if r.status == Status::Missing {
@@ -67,7 +69,7 @@ fn row_cells(r: &TensorRow, params: u64, with_stats: bool) -> Vec<Cell> {
         Cell::new(r.role.map_or("?", role_name)),
         Cell::new(r.layout.unwrap_or("?")),
         Cell::new(r.expected_shape.as_deref().map_or("?".to_owned(), shape)),
-        Cell::new(status_text(r)),
+        cell(status_text(r)),
     ];
     if with_stats {
         let s = r.stats.as_ref();
@@ -115,7 +117,7 @@ fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
     writeln!(
         w,
         "path:          {} ({}, {} shard{})",
-        s.path,
+        escape(&s.path),
         s.layout,
         s.shards,
         if s.shards == 1 { "" } else { "s" }
@@ -129,10 +131,12 @@ fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
     writeln!(
         w,
         "convention:    {} ({})",
-        s.convention.kind, s.convention.reason
+        s.convention.kind,
+        escape(&s.convention.reason)
     )?;
     if !s.convention.offending.is_empty() {
-        writeln!(w, "  offending:   {}", s.convention.offending.join(", "))?;
+        let offending: Vec<_> = s.convention.offending.iter().map(|n| escape(n)).collect();
+        writeln!(w, "  offending:   {}", offending.join(", "))?;
     }
     writeln!(
         w,
@@ -146,12 +150,36 @@ fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
         .map(|(d, b)| format!("{d} {}", human_bytes(*b)))
         .collect();
     writeln!(w, "bytes:         {}", bytes.join(", "))?;
-    let counts: Vec<String> = s
-        .status_counts
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    writeln!(w, "status:        {}", counts.join(", "))?;
+    let counts = |c: &std::collections::BTreeMap<&str, usize>| {
+        let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        parts.join(", ")
+    };
+    match &s.filtered {
+        None => writeln!(w, "status:        {}", counts(&s.status_counts))?,
+        // Both sets, each named: --check judges the rows the filter kept.
+        Some(f) => {
+            writeln!(
+                w,
+                "status:        {} (whole checkpoint)",
+                counts(&s.status_counts)
+            )?;
+            let glob = escape(&f.glob);
+            if f.rows == 0 {
+                writeln!(
+                    w,
+                    "filtered:      no row matches `{glob}` (--check has nothing to judge)"
+                )?;
+            } else {
+                writeln!(
+                    w,
+                    "filtered:      {} in the {} row{} matching `{glob}` (what --check judges)",
+                    counts(&f.status_counts),
+                    f.rows,
+                    if f.rows == 1 { "" } else { "s" }
+                )?;
+            }
+        }
+    }
     if s.metadata.is_empty() {
         writeln!(w, "metadata:      (none)")?;
     } else {
@@ -162,17 +190,18 @@ fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
             .iter()
             .map(|(k, v)| match v.char_indices().nth(LONG) {
                 Some((cut, _)) => format!(
-                    "{k}={}… ({} chars; --json shows all)",
-                    &v[..cut],
+                    "{}={}… ({} chars; --json shows all)",
+                    escape(k),
+                    escape(&v[..cut]),
                     v.chars().count()
                 ),
-                None => format!("{k}={v}"),
+                None => format!("{}={}", escape(k), escape(v)),
             })
             .collect();
         writeln!(w, "metadata:      {}", md.join(", "))?;
     }
     for note in &s.notes {
-        writeln!(w, "note:          {note}")?;
+        writeln!(w, "note:          {}", escape(note))?;
     }
     Ok(())
 }

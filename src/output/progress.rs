@@ -1,8 +1,6 @@
 //! Progress bars on stderr, drawn only when stderr is a terminal, so that pipes, logs and
 //! tests see nothing of them.
 
-use std::io::IsTerminal;
-
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A byte-counting bar with throughput and ETA, or nothing when not wanted or when
@@ -13,7 +11,9 @@ pub struct BytesProgress(Option<ProgressBar>);
 impl BytesProgress {
     /// A bar of `total` bytes labelled `what`, shown when `wanted` and stderr is a terminal.
     pub fn new(wanted: bool, total: u64, what: &str) -> BytesProgress {
-        BytesProgress((wanted && std::io::stderr().is_terminal()).then(|| bytes_bar(total, what)))
+        BytesProgress(
+            (wanted && super::stdio::stderr_is_terminal()).then(|| bytes_bar(total, what)),
+        )
     }
 
     /// Counts `n` more bytes done.

@@ -11,6 +11,7 @@ use comfy_table::{presets, Cell, CellAlignment, Table};
 use serde::Serialize;
 
 use crate::model::{LoadNote, TopToken};
+use crate::output::escape::{escape, Escaping};
 
 /// The candidates at one position.
 #[derive(Clone, Debug, Serialize)]
@@ -40,9 +41,9 @@ pub struct RunReport {
     pub saved: Option<String>,
 }
 
-/// One sentence per load note, for people.
+/// One sentence per load note, for people (tensor names escaped).
 pub fn describe_note(n: &LoadNote) -> String {
-    match n {
+    let text = match n {
         LoadNote::ReadTransposed {
             name,
             found,
@@ -58,19 +59,23 @@ pub fn describe_note(n: &LoadNote) -> String {
         LoadNote::UntiedButNoLmHead => {
             "config says untied, but there is no lm_head: the token embedding is used".to_string()
         }
-    }
+    };
+    escape(&text).into_owned()
 }
 
 /// Renders the report as a table (or JSON with `json`).
 pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result<()> {
     if json {
-        serde_json::to_writer_pretty(&mut *out, report)?;
-        return writeln!(out);
+        return crate::output::json::write_pretty(out, report);
     }
+    let out = &mut Escaping::new(out);
     writeln!(
         out,
         "{} ({}, {} layout), {} tokens",
-        report.model, report.model_type, report.convention, report.tokens
+        escape(&report.model),
+        escape(&report.model_type),
+        report.convention,
+        report.tokens
     )?;
     for n in report.notes.iter().filter(|n| !matches!(n, LoadNote::Tied)) {
         writeln!(out, "  {}", describe_note(n))?;
@@ -91,7 +96,11 @@ pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result
     }
     writeln!(out, "{table}")?;
     if let Some(path) = &report.saved {
-        writeln!(out, "saved input_ids, logits and hidden states to {path}")?;
+        writeln!(
+            out,
+            "saved input_ids, logits and hidden states to {}",
+            escape(path)
+        )?;
     }
     Ok(())
 }
@@ -111,6 +120,7 @@ pub struct Timings {
 
 /// One line per forward plus best and median, with GFLOP/s.
 pub fn render_timings(t: &Timings, out: &mut dyn Write) -> io::Result<()> {
+    let out = &mut Escaping::new(out);
     writeln!(out, "load: {:.3} s", t.load.as_secs_f64())?;
     for (i, d) in t.forwards.iter().enumerate() {
         writeln!(

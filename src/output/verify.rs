@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::model::compare::{Comparison, Stage};
 use crate::model::LoadNote;
+use crate::output::escape::{escape, Escaping};
 use crate::output::run::describe_note;
 
 /// Everything `orient verify` reports.
@@ -59,7 +60,7 @@ fn notes(out: &mut dyn Write, who: &str, notes: &[LoadNote]) -> io::Result<()> {
     if shown.is_empty() {
         return Ok(());
     }
-    writeln!(out, "{who}:")?;
+    writeln!(out, "{}:", escape(who))?;
     for n in shown {
         writeln!(out, "  {}", describe_note(n))?;
     }
@@ -69,13 +70,17 @@ fn notes(out: &mut dyn Write, who: &str, notes: &[LoadNote]) -> io::Result<()> {
 /// Renders the report as a table and a verdict (or JSON with `json`).
 pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<()> {
     if json {
-        serde_json::to_writer_pretty(&mut *out, r)?;
-        return writeln!(out);
+        return crate::output::json::write_pretty(out, r);
     }
+    let out = &mut Escaping::new(out);
     writeln!(
         out,
         "verify {} against {} {} on {} tokens ({})",
-        r.model, r.against_kind, r.against, r.tokens, r.prompt
+        escape(&r.model),
+        r.against_kind,
+        escape(&r.against),
+        r.tokens,
+        escape(&r.prompt)
     )?;
     notes(out, &r.model, &r.notes)?;
     notes(out, &r.against, &r.against_notes)?;
