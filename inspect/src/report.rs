@@ -9,12 +9,16 @@
 //! whose 3584×3584 q/o projections were transposed on load) looks exactly like `ok`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use globset::{Glob, GlobMatcher};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::catalogue::{Catalogue, Convention, Entry, NameMatch, Role};
+use crate::layout::arch::Role;
+use crate::layout::catalogue::{Catalogue, ConvId, Hit};
+use crate::layout::convention::Convention;
+use crate::layout::resolve::{Detection, Verdict};
 use crate::checkpoint::{Checkpoint, ConfigStatus, Source, TensorInfo};
 use crate::dtype::Dtype;
 
@@ -83,14 +87,14 @@ pub struct TensorRow {
     pub params: u64,
     /// Role from the catalogue (`null` when unknown).
     pub role: Option<Role>,
-    /// The convention the name belongs to (`null` when unknown or spelled the same in both).
-    pub convention: Option<Convention>,
+    /// The convention the name belongs to (`null` when unknown or spelled alike in several).
+    pub convention: Option<String>,
     /// The layout that convention implies, in words, e.g. `hf Linear [out,in]`.
-    pub layout: Option<&'static str>,
+    pub layout: Option<String>,
     /// The shape the config implies for this name.
     pub expected_shape: Option<Vec<usize>>,
-    /// The expected shape as a formula of the config, e.g. `[nH·D, H]`.
-    pub shape_formula: Option<&'static str>,
+    /// The canonical shape as a formula of the config, e.g. `[nH·D, H]`.
+    pub shape_formula: Option<String>,
     /// The verdict.
     pub status: Status,
     /// A square projection: the shape cannot prove its orientation.
@@ -123,8 +127,8 @@ pub struct GroupRow {
 /// The convention a checkpoint's names and shapes say it follows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DetectedConvention {
-    /// `hf`, `flax`, `mixed` or `unknown`.
-    pub kind: &'static str,
+    /// A convention's name (`hf`, `flax`, a user layout's), `mixed` or `unknown`.
+    pub kind: String,
     /// Tensors that contradict the majority: names of the other convention, and tensors
     /// stored transposed relative to what their names say.
     pub offending: Vec<String>,
@@ -211,6 +215,9 @@ pub struct Options {
     pub group_layers: bool,
     /// Read the data and compute statistics.
     pub stats: bool,
+    /// User layouts (`--layout FILE`), tried beside the built-ins; the last one is the
+    /// convention the tensors are checked against.
+    pub layouts: Vec<Arc<Convention>>,
 }
 
 /// A `--filter` glob that is not valid.
@@ -235,68 +242,61 @@ pub fn compile_filter(glob: &str) -> Result<GlobMatcher, FilterError> {
 
 /// Builds the report. With `opts.stats`, reads tensor data in parallel and calls
 /// `progress(bytes)` as each tensor finishes; otherwise touches headers only.
-pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync)) -> Report {
-    let catalogue = ck.config().map(Catalogue::new);
-    let matches: Vec<Option<NameMatch>> = ck
-        .tensors()
-        .iter()
-        .map(|t| catalogue.as_ref().and_then(|c| c.resolve(&t.name)))
-        .collect();
-    let convention = detect_convention(ck, catalogue.as_ref(), &matches);
+pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync)) -> Result<Report, crate::layout::catalogue::CatalogueError> {
+    let catalogue = ck
+        .config()
+        .map(|cfg| Catalogue::for_model(cfg, &opts.layouts))
+        .transpose()?;
     let mut notes = Vec::new();
-
-    let mut rows: Vec<TensorRow> = ck
-        .tensors()
-        .iter()
-        .zip(&matches)
-        .map(|(t, m)| tensor_row(t, catalogue.as_ref(), *m))
-        .collect();
-
-    if let Some(cat) = &catalogue {
-        let present: HashSet<usize> = matches.iter().flatten().map(|m| m.entry).collect();
-        let target = if convention.kind == "flax" {
-            Convention::Flax
-        } else {
-            Convention::Hf
-        };
-        for (i, e) in cat.entries().iter().enumerate() {
-            if present.contains(&i) {
-                if e.role == Role::LmHead && e.optional.is_some() {
-                    notes.push(format!(
-                        "`{}` is present although tie_word_embeddings is true: transformers ties it to the embedding and ignores the stored values",
-                        e.form(target).name
-                    ));
-                }
-                continue;
-            }
-            if let Some(why) = e.optional {
-                if e.role == Role::LmHead {
-                    notes.push(format!("`{}` is absent: {why}", e.form(target).name));
-                }
-                continue;
-            }
-            rows.push(missing_row(e, target));
-        }
-        if let Some(cfg) = ck.config() {
-            let lm_head_missing = rows
+    let (convention, mut rows) = match &catalogue {
+        Some(cat) => {
+            let candidates: Vec<ConvId> = (0..cat.conventions().len()).collect();
+            let tensors: Vec<(&str, &[usize])> = ck
+                .tensors()
                 .iter()
-                .any(|r| r.status == Status::Missing && r.role == Some(Role::LmHead));
-            if lm_head_missing && !cfg.tie_word_embeddings {
-                notes.push(
-                    "config says tie_word_embeddings=false but lm_head is absent: transformers would initialise it randomly".to_owned(),
-                );
-            }
+                .map(|t| (t.name.as_str(), t.shape.as_slice()))
+                .collect();
+            let detection = cat.detect(&tensors, &candidates);
+            let convention = describe_detection(cat, &detection, ck);
+            // The convention rows are checked in: a user layout when given, else the detected
+            // one (HF when undecided).
+            let target = match (opts.layouts.last(), &detection.verdict) {
+                (Some(l), _) => cat.convention_id(&l.name).unwrap_or(0),
+                (None, Verdict::One(c)) => *c,
+                _ => 0,
+            };
+            let names: Vec<&str> = tensors.iter().map(|(n, _)| *n).collect();
+            let binding = cat.bind(&names, target);
+            let mut rows: Vec<TensorRow> = ck
+                .tensors()
+                .iter()
+                .zip(&binding.hits)
+                .map(|(t, h)| tensor_row(t, Some(cat), *h))
+                .collect();
+            missing_rows(cat, &binding.entry_form, target, &mut rows, &mut notes);
+            (convention, rows)
         }
-    } else {
-        notes.push(match ck.config_status() {
-            ConfigStatus::Missing => "no config.json: roles and expected shapes are unknown".to_owned(),
-            ConfigStatus::UnknownArch { model_type, .. } => format!(
-                "architecture `{}` is not in the layout catalogue (llama, mistral, qwen2, qwen3, gpt2): roles and expected shapes are unknown",
-                model_type.as_deref().unwrap_or("?")
-            ),
-            ConfigStatus::Known(_) => String::new(),
-        });
-    }
+        None => {
+            notes.push(match ck.config_status() {
+                ConfigStatus::Missing => "no config.json: roles and expected shapes are unknown".to_owned(),
+                ConfigStatus::UnknownArch { model_type, .. } => format!(
+                    "architecture `{}` is not in the layout catalogue ({}): roles and expected shapes are unknown",
+                    model_type.as_deref().unwrap_or("?"),
+                    crate::config::Arch::names().join(", ")
+                ),
+                ConfigStatus::Known(_) => String::new(),
+            });
+            let rows = ck.tensors().iter().map(|t| tensor_row(t, None, None)).collect();
+            (
+                DetectedConvention {
+                    kind: "unknown".to_owned(),
+                    offending: Vec::new(),
+                    reason: "no layout catalogue for this checkpoint".to_owned(),
+                },
+                rows,
+            )
+        }
+    };
 
     let square = rows.iter().filter(|r| r.square_ambiguous).count();
     if square > 0 {
@@ -364,7 +364,7 @@ pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync))
             ),
         ),
     };
-    Report {
+    Ok(Report {
         schema_version: SCHEMA_VERSION,
         tensors: rows,
         groups,
@@ -384,10 +384,10 @@ pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync))
             metadata: ck.metadata().clone(),
             notes,
         },
-    }
+    })
 }
 
-fn tensor_row(t: &TensorInfo, cat: Option<&Catalogue>, m: Option<NameMatch>) -> TensorRow {
+fn tensor_row(t: &TensorInfo, cat: Option<&Catalogue>, hit: Option<Hit>) -> TensorRow {
     let mut row = TensorRow {
         name: t.name.clone(),
         dtype: Some(t.dtype),
@@ -409,43 +409,102 @@ fn tensor_row(t: &TensorInfo, cat: Option<&Catalogue>, m: Option<NameMatch>) -> 
         note: None,
         stats: None,
     };
-    let (Some(cat), Some(m)) = (cat, m) else {
+    let (Some(cat), Some(h)) = (cat, hit) else {
         return row;
     };
-    let entry = &cat.entries()[m.entry];
-    let form = entry.form(m.convention);
+    let form = &cat.forms()[h.form];
+    let Some(stored) = form.stored.get(h.member).and_then(|m| m.get(h.part)) else {
+        return row;
+    };
+    let entry_index = form
+        .entries
+        .get(h.member)
+        .and_then(|m| m.get(h.part).or(m.first()))
+        .or_else(|| form.entries.first().and_then(|m| m.first()))
+        .copied()
+        .unwrap_or(0);
+    let entry = &cat.entries()[entry_index];
+    // A name every convention spells alike says nothing about the convention.
+    let shared = cat.hits(&t.name).iter().any(|o| {
+        let f = &cat.forms()[o.form];
+        f.convention != form.convention && f.entries == form.entries
+    });
     row.role = Some(entry.role);
-    row.convention = (!m.shared).then_some(m.convention);
-    row.layout = Some(form.orientation.describe());
-    row.expected_shape = Some(form.shape.clone());
-    row.shape_formula = Some(entry.shape_formula);
+    row.convention = (!shared).then(|| cat.conventions()[form.convention].name.clone());
+    row.layout = Some(form.layout.clone());
+    row.expected_shape = Some(stored.shape.clone());
+    row.shape_formula = Some(entry.shape_formula.clone());
     row.layer = entry.layer;
-    row.status = shape_status(&t.shape, &form.shape);
-    row.square_ambiguous = row.status == Status::Ok && entry.is_square_ambiguous();
+    row.status = shape_status(&t.shape, &stored.shape);
+    row.square_ambiguous = row.status == Status::Ok && entry.is_square_ambiguous() && form.is_one_to_one();
     if entry.role == Role::Buffer {
         row.note = Some("causal-mask buffer, not a weight".to_owned());
     }
     row
 }
 
-fn missing_row(e: &Entry, c: Convention) -> TensorRow {
-    let form = e.form(c);
-    TensorRow {
-        name: form.name.clone(),
-        dtype: None,
-        shape: None,
-        params: 0,
-        role: Some(e.role),
-        convention: (e.hf.name != e.flax.name).then_some(c),
-        layout: Some(form.orientation.describe()),
-        expected_shape: Some(form.shape.clone()),
-        shape_formula: Some(e.shape_formula),
-        status: Status::Missing,
-        square_ambiguous: false,
-        layer: e.layer,
-        shard: None,
-        note: None,
-        stats: None,
+/// Rows for the tensors convention `c` expects and the checkpoint lacks, and the notes
+/// about a tied lm_head.
+fn missing_rows(
+    cat: &Catalogue,
+    entry_form: &[Option<usize>],
+    c: ConvId,
+    rows: &mut Vec<TensorRow>,
+    notes: &mut Vec<String>,
+) {
+    let mut reported: HashSet<usize> = HashSet::new();
+    for (i, e) in cat.entries().iter().enumerate() {
+        let Some(form) = cat.form_of(i, c) else { continue };
+        let stored_name = || {
+            form.single()
+                .map_or_else(|| e.name.clone(), |s| s.name.clone())
+        };
+        if entry_form[i].is_some() {
+            if e.tied && cat.optional(i, c).is_some() && e.optional.is_some() {
+                notes.push(format!(
+                    "`{}` is present although tie_word_embeddings is true: transformers ties it to the embedding and ignores the stored values",
+                    stored_name()
+                ));
+            }
+            continue;
+        }
+        if let Some(why) = cat.optional(i, c) {
+            if e.role == Role::LmHead {
+                notes.push(format!("`{}` is absent: {why}", stored_name()));
+            }
+            continue;
+        }
+        let Some(f) = cat.form_index(i, c) else { continue };
+        if !reported.insert(f) {
+            continue;
+        }
+        for st in form.stored_tensors() {
+            rows.push(TensorRow {
+                name: st.name.clone(),
+                dtype: None,
+                shape: None,
+                params: 0,
+                role: Some(e.role),
+                convention: Some(cat.conventions()[c].name.clone()),
+                layout: Some(form.layout.clone()),
+                expected_shape: Some(st.shape.clone()),
+                shape_formula: Some(e.shape_formula.clone()),
+                status: Status::Missing,
+                square_ambiguous: false,
+                layer: e.layer,
+                shard: None,
+                note: None,
+                stats: None,
+            });
+        }
+    }
+    let lm_head_missing = rows
+        .iter()
+        .any(|r| r.status == Status::Missing && r.role == Some(Role::LmHead));
+    if lm_head_missing && !cat.config().tie_word_embeddings {
+        notes.push(
+            "config says tie_word_embeddings=false but lm_head is absent: transformers would initialise it randomly".to_owned(),
+        );
     }
 }
 
@@ -465,67 +524,62 @@ pub fn shape_status(actual: &[usize], expected: &[usize]) -> Status {
     }
 }
 
-/// Decides hf / flax / mixed from the names (tensors spelled the same in both conventions
-/// say nothing) and from non-square shapes: an HF-named projection stored `[in, out]` is
-/// Flax-oriented whatever its name says, which is how a buggy loader's output looks.
-fn detect_convention(
-    ck: &Checkpoint,
-    cat: Option<&Catalogue>,
-    matches: &[Option<NameMatch>],
-) -> DetectedConvention {
-    let Some(cat) = cat else {
-        return DetectedConvention {
-            kind: "unknown",
-            offending: Vec::new(),
-            reason: "no layout catalogue for this checkpoint".to_owned(),
-        };
+/// The detector's conclusion in words: the convention, or `mixed` with the tensors that
+/// contradict the majority (names of another convention, and tensors stored transposed
+/// relative to what their names say).
+fn describe_detection(cat: &Catalogue, d: &Detection, ck: &Checkpoint) -> DetectedConvention {
+    let display = |c: ConvId| cat.conventions()[c].display.clone();
+    let name = |k: usize| ck.tensors()[k].name.clone();
+    let others = |c: ConvId| {
+        d.candidates
+            .iter()
+            .filter(|&&o| o != c)
+            .map(|&o| display(o))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let mut hf = Vec::new();
-    let mut flax = Vec::new();
-    let mut transposed = Vec::new();
-    for (t, m) in ck.tensors().iter().zip(matches) {
-        let Some(m) = m else { continue };
-        let form = cat.form(m.entry, m.convention);
-        if shape_status(&t.shape, &form.shape) == Status::Transposed {
-            transposed.push(t.name.clone());
-        }
-        if m.shared {
-            continue;
-        }
-        match m.convention {
-            Convention::Hf => hf.push(t.name.clone()),
-            Convention::Flax => flax.push(t.name.clone()),
-        }
-    }
-    let (kind, mut offending, reason) = match (hf.is_empty(), flax.is_empty()) {
-        (true, true) => (
-            "unknown",
+    let only = |c: ConvId| d.only_names.iter().find(|(o, _)| *o == c).map_or(0, |(_, n)| *n);
+    let transposed: Vec<String> = d.evidence.iter().filter(|e| e.transposed).map(|e| name(e.tensor)).collect();
+    // Conventions that tensors' names point to, by count.
+    let mut by_names: Vec<(ConvId, usize)> = d.only_names.iter().copied().filter(|(_, n)| *n > 0).collect();
+    by_names.sort_by_key(|(c, n)| (std::cmp::Reverse(*n), *c));
+    let (kind, mut offending, reason) = match (&d.verdict, by_names.as_slice()) {
+        (Verdict::One(c), _) if transposed.is_empty() => (
+            cat.conventions()[*c].name.clone(),
             Vec::new(),
-            "no tensor name belongs to one convention only".to_owned(),
+            format!("{} names are {}-only spellings, none {}", only(*c), display(*c), others(*c)),
         ),
-        (false, true) => (
-            "hf",
+        (_, []) => (
+            "unknown".to_owned(),
             Vec::new(),
-            format!("{} names are HF-only spellings, none Flax", hf.len()),
-        ),
-        (true, false) => (
-            "flax",
-            Vec::new(),
-            format!("{} names are Flax-only spellings, none HF", flax.len()),
-        ),
-        (false, false) => {
-            let (major, minor, minor_kind) = if hf.len() >= flax.len() {
-                (hf.len(), flax, "Flax")
-            } else {
-                (flax.len(), hf, "HF")
-            };
-            (
-                "mixed",
-                minor.clone(),
-                format!(
-                    "{major} names of the majority convention, {} {minor_kind} names",
-                    minor.len()
+            match &d.verdict {
+                Verdict::Ambiguous(cs) => format!(
+                    "the tensors fit several conventions equally ({})",
+                    cs.iter().map(|&c| display(c)).collect::<Vec<_>>().join(", ")
                 ),
+                _ => "no tensor name belongs to one convention only".to_owned(),
+            },
+        ),
+        (_, [(c, n)]) => (
+            cat.conventions()[*c].name.clone(),
+            Vec::new(),
+            format!("{n} names are {}-only spellings, none {}", display(*c), others(*c)),
+        ),
+        (_, [(major, n), rest @ ..]) => {
+            let minor: Vec<String> = d
+                .evidence
+                .iter()
+                .filter(|e| {
+                    e.by_name.as_ref().is_some_and(|s| s.len() == 1 && !s.contains(major))
+                })
+                .map(|e| name(e.tensor))
+                .collect();
+            let kinds = rest.iter().map(|(c, _)| display(*c)).collect::<Vec<_>>().join(", ");
+            let _ = major;
+            (
+                "mixed".to_owned(),
+                minor.clone(),
+                format!("{n} names of the majority convention, {} {kinds} names", minor.len()),
             )
         }
     };
@@ -536,7 +590,7 @@ fn detect_convention(
         );
         offending.extend(transposed);
         return DetectedConvention {
-            kind: "mixed",
+            kind: "mixed".to_owned(),
             offending,
             reason,
         };

@@ -181,6 +181,16 @@ impl Catalogue {
             .unwrap_or_else(|e| panic!("built-in layouts: {e}"))
     }
 
+    /// The catalogue of `cfg` in the built-in conventions and the user layouts `extra`.
+    pub fn for_model(
+        cfg: &ModelConfig,
+        extra: &[Arc<Convention>],
+    ) -> Result<Catalogue, CatalogueError> {
+        let mut all = convention::builtins().to_vec();
+        all.extend(extra.iter().cloned());
+        Catalogue::with_conventions(cfg, all)
+    }
+
     /// The catalogue of `cfg` in `conventions` (built-ins first, by convention).
     pub fn with_conventions(
         cfg: &ModelConfig,
