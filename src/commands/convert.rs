@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use orient::output;
 use orient_convert::convert::{self, WriteOptions};
+use orient_convert::destination;
 use orient_convert::plan::{self, From, Options};
 use orient_convert::writer::parse_size;
 use orient_inspect::{Checkpoint, Convention, Dtype};
@@ -78,7 +79,8 @@ pub struct Args {
 /// Flags shared by the commands that write a checkpoint (`convert`, `synth`).
 #[derive(Debug, clap::Args)]
 pub struct WriteArgs {
-    /// Replace an existing destination.
+    /// Replace an existing destination that holds a previous checkpoint (and nothing
+    /// else: other files are listed and refused).
     #[arg(long)]
     pub force: bool,
     /// No progress bar and no summary.
@@ -99,7 +101,7 @@ fn convention(l: Layout) -> Convention {
 /// Runs `orient convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
-    convert::check_destination(&args.src, &args.dst, args.write.force)?;
+    destination::check_destination(&args.src, &args.dst, args.write.force)?;
     let ckpt = Checkpoint::open(&args.src)
         .with_context(|| format!("cannot read {}", args.src.display()))?;
     let opts = Options {
