@@ -1,9 +1,13 @@
-//! What the writing commands may destroy: `synth` and `convert` never replace their own
-//! input nor anything but a previous checkpoint, `run --save` never overwrites the model
-//! it reads, and destinations such as `.` get true messages.
+//! What the writing commands may destroy, and what they leave behind: `synth` and
+//! `convert` never replace their own input nor anything but a previous checkpoint,
+//! `run --save` never overwrites the model it reads, destinations such as `.` get true
+//! messages, and a signal or a killed run leaves no staging folder for long.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -348,4 +352,222 @@ fn run_save_never_overwrites_the_models_own_files() {
         assert!(!target.symlink_metadata().unwrap().file_type().is_symlink());
     }
     assert_eq!(snapshot(&m9), before.0);
+}
+
+// ---- issue 8, item 13: signals and killed runs ----
+
+/// A Qwen2-shaped config of about 110 MB in f32: large enough that writing it takes a
+/// while, small enough for a test.
+const MEDIUM: &str = r#"{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+  "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4,
+  "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 16000,
+  "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+  "tie_word_embeddings": false}"#;
+
+fn medium_config(dir: &Path) -> PathBuf {
+    let cfg = dir.join("medium.json");
+    std::fs::write(&cfg, MEDIUM).unwrap();
+    cfg
+}
+
+/// Starts orient with SIGINT and SIGTERM at their defaults (a test harness started in
+/// the background could have them ignored, which orient respects).
+fn spawn(args: &[&std::ffi::OsStr]) -> Child {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("orient"));
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: between fork and exec only `signal`, which is async-signal-safe, is called.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+fn staging_dirs(parent: &Path, dst_name: &str) -> Vec<PathBuf> {
+    let prefix = format!(".{dst_name}.orient-tmp-");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until `child` is writing tensor data into a staging folder for `dst`, then
+/// stops it (SIGSTOP) so that whatever is sent next lands during the write. Returns the
+/// staging folder.
+fn stop_while_writing(child: &mut Child, dst: &Path) -> PathBuf {
+    let parent = dst.parent().unwrap();
+    let name = dst.file_name().unwrap().to_string_lossy().into_owned();
+    // Only against a hang: no timing is asserted.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        for dir in staging_dirs(parent, &name) {
+            let writing = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    e.file_name().to_string_lossy().ends_with(".safetensors")
+                        && e.metadata().is_ok_and(|m| m.len() > 0)
+                });
+            if writing {
+                // SAFETY: kill on the pid of a child this test spawned and has not reaped.
+                assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) }, 0);
+                assert!(
+                    !dst.exists(),
+                    "the run finished before it could be interrupted; the model is too small"
+                );
+                return dir;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("orient ended ({status}) before it was seen writing");
+        }
+        assert!(Instant::now() < deadline, "orient was never seen writing");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sends `signal` to the stopped `child`, resumes it, and returns its status and stderr.
+fn deliver(mut child: Child, signal: i32) -> (std::process::ExitStatus, String) {
+    let pid = child.id() as i32;
+    // SAFETY: kill on the pid of a child this test spawned and has not reaped.
+    unsafe {
+        assert_eq!(libc::kill(pid, signal), 0);
+        assert_eq!(libc::kill(pid, libc::SIGCONT), 0);
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
+/// Ctrl-C and SIGTERM during `synth` and during `convert` remove the staging folder and
+/// end the process by that signal (a shell reports 130 and 143).
+#[test]
+fn sigint_and_sigterm_during_a_write_leave_no_staging_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = medium_config(tmp.path());
+    let src = tmp.path().join("src");
+    orient()
+        .arg("synth")
+        .arg(&cfg)
+        .arg(&src)
+        .args(["-q", "--no-fsync"])
+        .assert()
+        .success();
+    let dst = tmp.path().join("dst");
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let runs: [Vec<&std::ffi::OsStr>; 2] = [
+            vec!["synth".as_ref(), cfg.as_os_str(), dst.as_os_str()],
+            vec![
+                "convert".as_ref(),
+                src.as_os_str(),
+                dst.as_os_str(),
+                "--to".as_ref(),
+                "flax".as_ref(),
+            ],
+        ];
+        for args in runs {
+            let mut child = spawn(&args);
+            let staging = stop_while_writing(&mut child, &dst);
+            let (status, err) = deliver(child, signal);
+            assert_eq!(status.signal(), Some(signal), "{args:?}: {status}, {err}");
+            assert!(
+                err.contains(&format!(
+                    "interrupted by {name}: removed the unfinished output {}; nothing was written",
+                    staging.display()
+                )),
+                "{args:?}: {err}"
+            );
+            assert!(!staging.exists());
+            assert_eq!(names(tmp.path()), ["medium.json", "src"], "{args:?}");
+        }
+    }
+}
+
+/// What no handler sees (SIGKILL) is cleaned by the next run to the same destination,
+/// which says so; a folder whose owner still runs, and one without an owner record, are
+/// left alone and named.
+#[test]
+fn the_next_run_removes_a_dead_runs_staging_folder_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = medium_config(tmp.path());
+    let dst = tmp.path().join("dst");
+    let mut child = spawn(&["synth".as_ref(), cfg.as_os_str(), dst.as_os_str()]);
+    let killed_pid = child.id();
+    let killed = stop_while_writing(&mut child, &dst);
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert!(
+        killed.exists(),
+        "SIGKILL cannot be handled: the staging folder stays"
+    );
+
+    // A live owner: this test process, holding the lock of an owner record.
+    let live = tmp.path().join(".dst.orient-tmp-live01");
+    std::fs::create_dir(&live).unwrap();
+    let record = live.join(".orient-owner");
+    std::fs::write(
+        &record,
+        format!("orient staging folder\npid {}\n", std::process::id()),
+    )
+    .unwrap();
+    let lock = std::fs::File::open(&record).unwrap();
+    lock.lock().unwrap();
+    // A folder an older orient left: no owner record.
+    let legacy = tmp.path().join(".dst.orient-tmp-legacy");
+    std::fs::create_dir(&legacy).unwrap();
+    // Another destination's staging is none of this run's business.
+    let other = tmp.path().join(".dst2.orient-tmp-x");
+    std::fs::create_dir(&other).unwrap();
+
+    orient()
+        .arg("synth")
+        .arg(fixture("qwen2"))
+        .arg(&dst)
+        .arg("-q")
+        .assert()
+        .success()
+        .stderr(
+            predicate::str::contains(format!(
+                "note: removed {}, the staging folder of an interrupted run (process {killed_pid}, no longer running)",
+                killed.display()
+            ))
+            .and(predicate::str::contains(format!(
+                "note: left {} alone: process {} is still writing it",
+                live.display(),
+                std::process::id()
+            )))
+            .and(predicate::str::contains(format!(
+                "note: left {} alone: it has no owner record",
+                legacy.display()
+            )))
+            .and(predicate::str::contains("dst2").not()),
+        );
+    assert!(!killed.exists());
+    assert!(live.exists() && legacy.exists() && other.exists());
+    assert_eq!(names(&dst), ["config.json", "model.safetensors"]);
+
+    // Once its owner is gone, the next run removes the live one too.
+    drop(lock);
+    std::fs::remove_dir_all(&dst).unwrap();
+    orient()
+        .arg("synth")
+        .arg(fixture("qwen2"))
+        .arg(&dst)
+        .arg("-q")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "note: removed {}",
+            live.display()
+        )));
+    assert!(!live.exists());
 }

@@ -1,4 +1,4 @@
-//! Where an output may be written.
+//! Where an output may be written, and the hidden folders that stage it.
 //!
 //! Why one module: `convert` and `synth` write whole folders and, with `--force`, delete
 //! what was there before. The rules that keep this from destroying a user's data live
@@ -10,16 +10,31 @@
 //!   anything orient would not write itself (notes, code, another format's weights, a
 //!   subfolder) is refused with those names listed, and so are a plain file, a symbolic
 //!   link, and the current folder or one of its ancestors ([`check_overwrite`], checked
-//!   again right before the old folder is deleted).
+//!   again right before the old folder is deleted);
+//! - staging folders do not outlive their run. Each `.DST.orient-tmp-*` folder holds an
+//!   owner record, `.orient-owner`: the owner's pid, for messages, and an exclusive
+//!   `flock` held by the owner for as long as it runs. The kernel drops that lock when the
+//!   process ends, however it ends, so a lock that can be taken means a dead owner, even
+//!   if its pid has been reused since. A catchable signal removes the live folders
+//!   ([`abandon_all`], driven by the binary's signal thread); what no handler sees
+//!   (SIGKILL, a power loss) is found by the next run to the same destination
+//!   ([`sweep_stale`]).
 
 use std::ffi::{OsStr, OsString};
-use std::io::ErrorKind;
+use std::fs::{File, TryLockError};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::convert::COMPANION_FILES;
 use crate::error::{io, Error, Result};
 use crate::writer::{INDEX_FILE, SINGLE_FILE};
 
+/// The owner record inside every staging folder.
+pub const OWNER_FILE: &str = ".orient-owner";
+/// Between the destination's name and tempfile's random suffix in a staging folder's name.
+const STAGING_TAG: &str = ".orient-tmp-";
 /// How many unrelated names an error lists before "and N more".
 const LISTED: usize = 6;
 
@@ -226,10 +241,11 @@ pub fn check_overwrite(dst: &Destination, force: bool) -> Result<()> {
 
 /// True for the names a checkpoint writer puts into its output folder: the single file,
 /// the shards and their index, the companion files copied beside them (config,
-/// generation and tokenizer files).
+/// generation and tokenizer files), and a left-over owner record.
 pub fn is_checkpoint_file(name: &str) -> bool {
     name == SINGLE_FILE
         || name == INDEX_FILE
+        || name == OWNER_FILE
         || COMPANION_FILES.contains(&name)
         || is_shard_name(name)
 }
@@ -262,10 +278,335 @@ fn printable(name: &OsStr) -> String {
         .collect()
 }
 
+/// The staging folders of this process that are not committed yet.
+#[derive(Debug)]
+struct Registry {
+    dirs: Vec<PathBuf>,
+    /// Set by [`abandon_all`]: no staging folder may be created or committed any more.
+    abandoned: bool,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    dirs: Vec::new(),
+    abandoned: false,
+});
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A hidden folder beside a destination, owned by this process: it holds an owner record,
+/// [`abandon_all`] knows it, and it is removed when dropped unless it was committed.
+#[derive(Debug)]
+pub struct OwnedDir {
+    path: PathBuf,
+    /// The owner record, open and locked while this process runs.
+    _owner: File,
+    /// Still ours to remove (not committed, not removed).
+    live: bool,
+}
+
+impl OwnedDir {
+    /// Creates `.NAME.orient-tmp-XXXXXX` in `parent`, with its owner record.
+    pub fn create(parent: &Path, name: &OsStr) -> Result<OwnedDir> {
+        OwnedDir::create_in(parent, name, &mut registry())
+    }
+
+    fn create_in(parent: &Path, name: &OsStr, reg: &mut Registry) -> Result<OwnedDir> {
+        if reg.abandoned {
+            return Err(Error::Interrupted);
+        }
+        let prefix = format!(".{}{STAGING_TAG}", name.to_string_lossy());
+        let dir = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempdir_in(parent)
+            .map_err(io("create a staging folder in", parent))?;
+        // Until registered, `dir` removes itself on an error; the registry lock keeps the
+        // signal thread out until then.
+        let owner = write_owner(dir.path())?;
+        let path = dir.keep();
+        reg.dirs.push(path.clone());
+        Ok(OwnedDir {
+            path,
+            _owner: owner,
+            live: true,
+        })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// No longer ours: it was renamed into place, or is kept on purpose.
+    fn forget(&mut self, reg: &mut Registry) {
+        reg.dirs.retain(|d| d != &self.path);
+        self.live = false;
+    }
+
+    /// Removes the folder and everything in it.
+    fn discard(&mut self, reg: &mut Registry) {
+        if self.live {
+            remove_tree(&self.path);
+            self.forget(reg);
+        }
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        if self.live {
+            self.discard(&mut registry());
+        }
+    }
+}
+
+/// Writes the owner record into `dir`, locked before it appears under its name (a
+/// sweeper never sees it unlocked while its owner lives).
+fn write_owner(dir: &Path) -> Result<File> {
+    let tmp = dir.join(".orient-owner.new");
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    // A fresh file cannot be locked by anyone else. A filesystem without locks makes the
+    // lock fail; then a sweeper cannot take it either, and leaves the folder alone.
+    let _ = f.try_lock();
+    writeln!(f, "orient staging folder\npid {}", std::process::id()).map_err(io("write", &tmp))?;
+    let path = dir.join(OWNER_FILE);
+    std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    Ok(f)
+}
+
+/// Removes a folder tree, retrying a few times when a concurrent writer adds a file
+/// between listing and removal. True when nothing is left.
+fn remove_tree(path: &Path) -> bool {
+    for _ in 0..50 {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == ErrorKind::NotFound => return true,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+    false
+}
+
+/// Renames the staging folder `staged` onto `dst`. An existing destination needs
+/// `replace`, and must still pass [`check_overwrite`]: it is moved aside into a folder of
+/// its own, and removed only once the new output is in place. The whole step holds the
+/// registry, so a signal arriving meanwhile waits for it to finish. On error `staged` is
+/// removed and the destination is as it was.
+pub fn commit(mut staged: OwnedDir, dst: &Destination, replace: bool, sync: bool) -> Result<()> {
+    let mut reg = registry();
+    let result = commit_locked(&mut staged, dst, replace, sync, &mut reg);
+    if result.is_err() {
+        staged.discard(&mut reg);
+    }
+    result
+}
+
+fn commit_locked(
+    staged: &mut OwnedDir,
+    dst: &Destination,
+    replace: bool,
+    sync: bool,
+    reg: &mut Registry,
+) -> Result<()> {
+    if reg.abandoned {
+        return Err(Error::Interrupted);
+    }
+    let path = dst.path();
+    let mut old = None;
+    if path.symlink_metadata().is_ok() {
+        if !replace {
+            return Err(Error::DestinationExists(dst.given.clone()));
+        }
+        check_overwrite(dst, true)?;
+        let mut holder = OwnedDir::create_in(&dst.parent, &dst.name, reg)?;
+        let aside = holder.path.join("old");
+        if let Err(e) = std::fs::rename(&path, &aside) {
+            holder.discard(reg);
+            return Err(io("move aside", &path)(e));
+        }
+        old = Some(holder);
+    }
+    if let Err(e) = std::fs::rename(&staged.path, &path) {
+        if let Some(mut holder) = old {
+            if std::fs::rename(holder.path.join("old"), &path).is_ok() {
+                holder.discard(reg);
+            } else {
+                // Keep the previous output where it is; without an owner record no
+                // sweep will remove it, and the next run names the folder.
+                let _ = std::fs::remove_file(holder.path.join(OWNER_FILE));
+                holder.forget(reg);
+            }
+        }
+        return Err(io("rename the finished output to", &path)(e));
+    }
+    staged.forget(reg);
+    let _ = std::fs::remove_file(path.join(OWNER_FILE));
+    if sync {
+        if let Ok(d) = File::open(&dst.parent) {
+            let _ = d.sync_all();
+        }
+    }
+    if let Some(mut holder) = old {
+        holder.discard(reg);
+    }
+    Ok(())
+}
+
+/// What [`abandon_all`] removed. It keeps every staging folder operation of this process
+/// waiting for as long as it lives: exit the process while holding it.
+#[derive(Debug)]
+pub struct Abandoned {
+    /// The staging folders removed.
+    pub removed: Vec<PathBuf>,
+    /// Staging folders that could not be removed.
+    pub kept: Vec<PathBuf>,
+    _hold: MutexGuard<'static, Registry>,
+}
+
+/// For a signal handler's thread: removes every staging folder of this process that is
+/// not committed, and stops new ones from being created or committed. A commit in
+/// progress is waited for (the output is then complete, and stays).
+pub fn abandon_all() -> Abandoned {
+    let mut reg = registry();
+    reg.abandoned = true;
+    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    for dir in std::mem::take(&mut reg.dirs) {
+        if remove_tree(&dir) {
+            removed.push(dir);
+        } else {
+            kept.push(dir);
+        }
+    }
+    Abandoned {
+        removed,
+        kept,
+        _hold: reg,
+    }
+}
+
+/// A staging folder of an earlier run found beside the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleStaging {
+    /// The folder.
+    pub path: PathBuf,
+    /// The pid its owner record names, when it has one.
+    pub pid: Option<u32>,
+    /// What was done about it.
+    pub state: StaleState,
+}
+
+/// What [`sweep_stale`] did about one staging folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleState {
+    /// Its owner is gone: removed, freeing `bytes`.
+    Removed {
+        /// Bytes of the files removed.
+        bytes: u64,
+    },
+    /// Its owner still runs: left alone.
+    InUse,
+    /// No owner record (an older orient made it, or a run died in the instant between
+    /// creating it and recording its owner): left alone.
+    NoOwnerRecord,
+    /// Its owner could not be determined, or the removal failed: left (or partly left).
+    Failed(String),
+}
+
+/// Looks for `.NAME.orient-tmp-*` folders beside `dst` and removes those whose owner
+/// is gone (its lock can be taken). Folders whose owner runs, or that have no owner
+/// record, are left and reported.
+pub fn sweep_stale(dst: &Destination) -> Result<Vec<StaleStaging>> {
+    let prefix = format!(".{}{STAGING_TAG}", dst.name.to_string_lossy());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dst.parent).map_err(io("list", &dst.parent))? {
+        let entry = entry.map_err(io("list", &dst.parent))?;
+        if !entry.file_name().to_string_lossy().starts_with(&prefix)
+            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        found.push(examine(&entry.path()));
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// Decides about one staging folder, and removes it when its owner is gone.
+fn examine(path: &Path) -> StaleStaging {
+    let stale = |pid, state| StaleStaging {
+        path: path.to_path_buf(),
+        pid,
+        state,
+    };
+    let mut owner = match File::open(path.join(OWNER_FILE)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return stale(None, StaleState::NoOwnerRecord),
+        Err(e) => {
+            return stale(
+                None,
+                StaleState::Failed(format!("cannot read its owner record: {e}")),
+            )
+        }
+    };
+    let mut text = String::new();
+    let _ = Read::by_ref(&mut owner)
+        .take(4096)
+        .read_to_string(&mut text);
+    let pid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid ").and_then(|p| p.trim().parse().ok()));
+    match owner.try_lock() {
+        Ok(()) => {
+            let bytes = tree_bytes(path, 4);
+            if remove_tree(path) {
+                stale(pid, StaleState::Removed { bytes })
+            } else {
+                stale(pid, StaleState::Failed("it could not be removed".into()))
+            }
+        }
+        Err(TryLockError::WouldBlock) => stale(pid, StaleState::InUse),
+        Err(TryLockError::Error(e)) => stale(
+            pid,
+            StaleState::Failed(format!("cannot tell whether its owner still runs: {e}")),
+        ),
+    }
+}
+
+/// Disk bytes of the files under `path`, `depth` folders deep at most (staging holds files,
+/// and a moved-aside destination one folder more).
+fn tree_bytes(path: &Path, depth: usize) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => tree_bytes(&e.path(), depth - 1),
+            // Blocks, not lengths: what removing them frees (outputs may be sparse).
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.blocks() * 512).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
 
     #[test]
     fn shard_and_companion_names_are_checkpoint_files() {
@@ -276,6 +617,7 @@ mod tests {
             "model.safetensors.index.json",
             "config.json",
             "tokenizer.json",
+            OWNER_FILE,
         ] {
             assert!(is_checkpoint_file(ok), "{ok}");
         }
@@ -327,6 +669,79 @@ mod tests {
         std::os::unix::fs::symlink(&dst, &link).unwrap();
         let err = check_overwrite(&Destination::resolve(&link).unwrap(), true).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_committed_folder_replaces_the_old_one_and_leaves_no_owner_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        std::fs::create_dir(&dst).unwrap();
+        std::fs::write(dst.join("model.safetensors"), b"old").unwrap();
+        let d = Destination::resolve(&dst).unwrap();
+        let staged = OwnedDir::create(&d.parent, &d.name).unwrap();
+        assert_eq!(names(staged.path()), [OWNER_FILE]);
+        std::fs::write(staged.path().join("model.safetensors"), b"new").unwrap();
+        let err = commit(
+            OwnedDir::create(&d.parent, &d.name).unwrap(),
+            &d,
+            false,
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::DestinationExists(_)), "{err}");
+        commit(staged, &d, true, false).unwrap();
+        assert_eq!(names(&dst), ["model.safetensors"]);
+        assert_eq!(
+            std::fs::read(dst.join("model.safetensors")).unwrap(),
+            b"new"
+        );
+        assert_eq!(names(tmp.path()), ["out"]);
+    }
+
+    #[test]
+    fn the_sweep_removes_dead_owners_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Destination::resolve(&tmp.path().join("out")).unwrap();
+        // A live one: ours, locked.
+        let live = OwnedDir::create(&d.parent, &d.name).unwrap();
+        // A dead one: an owner record nobody locks.
+        let dead = tmp.path().join(".out.orient-tmp-dead");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(
+            dead.join(OWNER_FILE),
+            "orient staging folder\npid 4000000\n",
+        )
+        .unwrap();
+        std::fs::write(dead.join("model.safetensors"), vec![0u8; 1000]).unwrap();
+        // One without a record, and one for another destination.
+        std::fs::create_dir(tmp.path().join(".out.orient-tmp-old")).unwrap();
+        std::fs::create_dir(tmp.path().join(".outer.orient-tmp-x")).unwrap();
+        let on_disk: u64 = [OWNER_FILE, "model.safetensors"]
+            .iter()
+            .map(|f| std::fs::metadata(dead.join(f)).unwrap().blocks() * 512)
+            .sum();
+        let found = sweep_stale(&d).unwrap();
+        let by = |p: &Path| found.iter().find(|s| s.path == p).unwrap().clone();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(
+            by(&dead),
+            StaleStaging {
+                path: dead.clone(),
+                pid: Some(4_000_000),
+                state: StaleState::Removed { bytes: on_disk }
+            }
+        );
+        assert_eq!(by(live.path()).state, StaleState::InUse);
+        assert_eq!(by(live.path()).pid, Some(std::process::id()));
+        assert_eq!(
+            by(&tmp.path().join(".out.orient-tmp-old")).state,
+            StaleState::NoOwnerRecord
+        );
+        assert!(!dead.exists());
+        assert!(live.path().exists());
+        let live_path = live.path().to_path_buf();
+        drop(live);
+        assert!(!live_path.exists());
     }
 
     #[test]

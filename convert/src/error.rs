@@ -120,6 +120,9 @@ pub enum Error {
         /// Why, naming what would be lost.
         reason: String,
     },
+    /// A signal arrived: the staging folders were removed and no output may be committed.
+    #[error("interrupted: the output was abandoned")]
+    Interrupted,
     /// `--max-shard-size` could not be parsed.
     #[error("invalid size `{0}`: expected a number of bytes with an optional unit (e.g. 500MB, 2GiB, 1000000)")]
     InvalidSize(String),

@@ -26,7 +26,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use crate::destination::{self, Destination};
+use crate::destination::{self, Destination, OwnedDir};
 use crate::error::{io, Error, Result};
 
 /// transformers' default `max_shard_size` ("5GB", decimal).
@@ -240,11 +240,12 @@ pub fn parse_size(text: &str) -> Result<u64> {
 
 /// A hidden folder next to the destination that receives every output file and becomes
 /// the destination with one rename in [`Staging::commit`]. Dropped without a commit,
-/// it deletes itself and everything in it.
+/// it deletes itself and everything in it; a signal or the next run to the same
+/// destination removes it when its process cannot (see [`crate::destination`]).
 #[derive(Debug)]
 pub struct Staging {
     dst: Destination,
-    dir: tempfile::TempDir,
+    dir: OwnedDir,
     sync: bool,
 }
 
@@ -253,11 +254,7 @@ impl Staging {
     /// folder are fsynced before the final rename.
     pub fn create(dst: &Path, sync: bool) -> Result<Staging> {
         let dst = Destination::resolve(dst)?;
-        let prefix = format!(".{}.orient-tmp-", dst.name.to_string_lossy());
-        let dir = tempfile::Builder::new()
-            .prefix(&prefix)
-            .tempdir_in(&dst.parent)
-            .map_err(io("create a staging folder in", &dst.parent))?;
+        let dir = OwnedDir::create(&dst.parent, &dst.name)?;
         Ok(Staging { dst, dir, sync })
     }
 
@@ -372,40 +369,7 @@ impl Staging {
             let d = File::open(self.dir()).map_err(io("open", self.dir()))?;
             d.sync_all().map_err(io("fsync", self.dir()))?;
         }
-        let parent = &self.dst.parent;
-        let path = self.dst.path();
-        let mut old: Option<tempfile::TempDir> = None;
-        if path.symlink_metadata().is_ok() {
-            if !replace {
-                return Err(Error::DestinationExists(self.dst.given.clone()));
-            }
-            // Only a previous checkpoint goes, checked again right before it does.
-            destination::check_overwrite(&self.dst, true)?;
-            // Move the old destination into a fresh hidden folder; it is deleted when
-            // `old` drops, after the new output is in place.
-            let holder = tempfile::Builder::new()
-                .prefix(".orient-old-")
-                .tempdir_in(parent)
-                .map_err(io("create a folder in", parent))?;
-            let aside = holder.path().join("old");
-            std::fs::rename(&path, &aside).map_err(io("move aside", &path))?;
-            old = Some(holder);
-        }
-        let staged = self.dir.keep();
-        if let Err(e) = std::fs::rename(&staged, &path) {
-            // Put things back as they were, and remove the staged output.
-            if let Some(holder) = &old {
-                let _ = std::fs::rename(holder.path().join("old"), &path);
-            }
-            let _ = std::fs::remove_dir_all(&staged);
-            return Err(io("rename the finished output to", &path)(e));
-        }
-        if self.sync {
-            if let Ok(d) = File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
-        drop(old);
+        destination::commit(self.dir, &self.dst, replace, self.sync)?;
         Ok(self.dst.given)
     }
 }

@@ -75,11 +75,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         sync: !args.write.no_fsync,
     };
     // The config (or its folder) is this command's source: never replace it.
-    destination::check_destination(&args.config, &args.out, args.write.force)?;
+    let target = destination::check_destination(&args.config, &args.out, args.write.force)?;
     let total: u64 = synth::tensors(&cfg, opts.dtype)?
         .iter()
         .map(|(t, _)| t.nbytes)
         .sum();
+    super::convert::prepare_write(&target)?;
     let progress = output::progress::BytesProgress::new(!args.write.quiet, total, "synthesizing");
     let start = Instant::now();
     let result = synth::synthesize(&cfg, &text, &args.out, &opts, &mut |n| progress.inc(n));

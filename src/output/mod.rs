@@ -8,4 +8,5 @@ pub mod diff;
 pub mod inspect;
 pub mod progress;
 pub mod run;
+pub mod staging;
 pub mod verify;
