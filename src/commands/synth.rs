@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use orient::output;
+use orient_convert::destination;
 use orient_convert::synth::{self, SynthOptions};
 use orient_convert::writer::parse_size;
 use orient_inspect::{parse_config, ConfigOutcome, Dtype};
@@ -29,7 +30,7 @@ pub enum SynthDtype {
 pub struct Args {
     /// A `config.json`, or a folder containing one.
     pub config: PathBuf,
-    /// Destination folder (must not exist unless --force).
+    /// Destination folder (must not exist unless --force; never the config's folder).
     pub out: PathBuf,
     /// Weight dtype.
     #[arg(long, value_enum, default_value = "f32")]
@@ -73,10 +74,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         force: args.write.force,
         sync: !args.write.no_fsync,
     };
+    // The config (or its folder) is this command's source: never replace it.
+    let target = destination::check_destination(&args.config, &args.out, args.write.force)?;
     let total: u64 = synth::tensors(&cfg, opts.dtype)?
         .iter()
         .map(|(t, _)| t.nbytes)
         .sum();
+    super::convert::prepare_write(&target)?;
     let progress = output::progress::BytesProgress::new(!args.write.quiet, total, "synthesizing");
     let start = Instant::now();
     let result = synth::synthesize(&cfg, &text, &args.out, &opts, &mut |n| progress.inc(n));

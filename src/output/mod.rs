@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod json;
 pub mod progress;
 pub mod run;
+pub mod staging;
 pub mod stdio;
 pub mod verify;
 
