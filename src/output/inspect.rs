@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use comfy_table::{presets, Cell, ContentArrangement, Table};
+use comfy_table::{presets, Cell, ColumnConstraint, ContentArrangement, Table, Width};
 use orient_inspect::report::{GroupRow, Report, Stats, Status, TensorRow};
 
 /// Writes the report as pretty JSON (the schema documented in README.md).
@@ -11,11 +11,12 @@ pub fn json(report: &Report, w: &mut dyn Write) -> io::Result<()> {
     writeln!(w)
 }
 
+/// Rows rendered per comfy-table: the cells of a table cost about a kilobyte per row, so
+/// a header of a million tensors must not become one table.
+const ROWS_PER_CHUNK: usize = 4096;
+
 /// Writes the tensor table (or the per-layer groups) followed by the summary.
 pub fn table(report: &Report, w: &mut dyn Write, with_stats: bool) -> io::Result<()> {
-    let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
     let mut header = vec![
         "name", "dtype", "shape", "params", "role", "layout", "expected", "status",
     ];
@@ -25,21 +26,82 @@ pub fn table(report: &Report, w: &mut dyn Write, with_stats: bool) -> io::Result
     if with_stats {
         header.extend(["min", "max", "mean", "std", "nan/inf"]);
     }
-    t.set_header(header);
-    match &report.groups {
-        Some(groups) => {
-            for g in groups {
-                t.add_row(group_cells(g, with_stats));
-            }
+    let rows: Box<dyn Fn(usize, usize) -> Vec<Vec<Cell>>> = match &report.groups {
+        Some(groups) => Box::new(move |from, to| {
+            groups[from..to]
+                .iter()
+                .map(|g| group_cells(g, with_stats))
+                .collect()
+        }),
+        None => Box::new(move |from, to| {
+            report.tensors[from..to]
+                .iter()
+                .map(|r| row_cells(r, r.params, with_stats))
+                .collect()
+        }),
+    };
+    let n = report
+        .groups
+        .as_ref()
+        .map_or(report.tensors.len(), Vec::len);
+    chunked_table(&header, n, ROWS_PER_CHUNK, &*rows, w)?;
+    summary(report, w)
+}
+
+/// Writes one table of `n` rows, built `chunk` rows at a time by `rows(from, to)`, so
+/// that memory stays bounded by a chunk of cells whatever `n` is. The output is the
+/// same as one comfy-table holding every row: a first pass over the chunks measures
+/// each column's widest cell, the second renders each chunk with those widths fixed
+/// and stitches the chunks' borders together.
+fn chunked_table(
+    header: &[&str],
+    n: usize,
+    chunk: usize,
+    rows: &dyn Fn(usize, usize) -> Vec<Vec<Cell>>,
+    w: &mut dyn Write,
+) -> io::Result<()> {
+    let chunk = chunk.max(1);
+    let new_table = |with_header: bool, cells: Vec<Vec<Cell>>| {
+        let mut t = Table::new();
+        t.load_preset(presets::UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Disabled);
+        if with_header {
+            t.set_header(header.to_vec());
         }
-        None => {
-            for r in &report.tensors {
-                t.add_row(row_cells(r, r.params, with_stats));
-            }
+        t.add_rows(cells);
+        t
+    };
+    let starts = (0..n.max(1)).step_by(chunk);
+    // Pass 1: the widest cell of each column, over every chunk and the header.
+    let mut widths: Vec<u16> = vec![0; header.len()];
+    for (i, from) in starts.clone().enumerate() {
+        let t = new_table(i == 0, rows(from, (from + chunk).min(n)));
+        for (w, c) in widths.iter_mut().zip(t.column_max_content_widths()) {
+            *w = (*w).max(c);
         }
     }
-    writeln!(w, "{t}")?;
-    summary(report, w)
+    // Pass 2: render each chunk at those widths; keep the top border of the first and
+    // the bottom border of the last only.
+    let chunks = starts.len();
+    for (i, from) in starts.enumerate() {
+        let mut t = new_table(i == 0, rows(from, (from + chunk).min(n)));
+        for (column, &width) in t.column_iter_mut().zip(&widths) {
+            // The constraint counts the padding (one space each side).
+            column.set_constraint(ColumnConstraint::Absolute(Width::Fixed(
+                width.saturating_add(2),
+            )));
+        }
+        let text = t.to_string();
+        let mut lines: Vec<&str> = text.lines().collect();
+        if i + 1 < chunks {
+            lines.pop();
+        }
+        let skip = usize::from(i > 0);
+        for line in &lines[skip..] {
+            writeln!(w, "{line}")?;
+        }
+    }
+    Ok(())
 }
 
 fn group_cells(g: &GroupRow, with_stats: bool) -> Vec<Cell> {
@@ -224,5 +286,52 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(shape(&[64, 176]), "[64, 176]");
+    }
+
+    /// The chunked table is the table comfy-table renders in one go, whatever the chunk
+    /// size, including when the widest cell sits in a later chunk.
+    #[allow(clippy::unwrap_used)]
+    #[test]
+    fn chunked_tables_match_one_table() {
+        let header = ["name", "value", "x"];
+        let data: Vec<[String; 3]> = (0..23)
+            .map(|i| {
+                [
+                    format!("tensor.{i}{}", "·".repeat(i % 7)),
+                    "9".repeat(i * 3 % 11),
+                    if i == 17 {
+                        "⚠ wide".into()
+                    } else {
+                        String::new()
+                    },
+                ]
+            })
+            .collect();
+        let rows = |from: usize, to: usize| -> Vec<Vec<Cell>> {
+            data[from..to]
+                .iter()
+                .map(|r| r.iter().map(Cell::new).collect())
+                .collect()
+        };
+        let mut whole = Table::new();
+        whole
+            .load_preset(presets::UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(header.to_vec())
+            .add_rows(rows(0, data.len()));
+        let expected = format!("{whole}\n");
+        for chunk in [1, 2, 5, 22, 23, 100] {
+            let mut out = Vec::new();
+            chunked_table(&header, data.len(), chunk, &rows, &mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "chunk {chunk}");
+        }
+        // No rows: the header alone.
+        let mut empty = Table::new();
+        empty
+            .load_preset(presets::UTF8_FULL_CONDENSED)
+            .set_header(header.to_vec());
+        let mut out = Vec::new();
+        chunked_table(&header, 0, 4, &rows, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{empty}\n"));
     }
 }
