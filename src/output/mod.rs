@@ -6,6 +6,7 @@ pub mod convert;
 pub mod demo;
 pub mod diff;
 pub mod inspect;
+pub mod notes;
 pub mod progress;
 pub mod run;
 pub mod verify;
