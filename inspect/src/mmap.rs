@@ -228,32 +228,35 @@ mod guard {
         });
     }
 
-    /// The slot whose live range holds `addr`, read under each slot's sequence lock.
-    fn find(addr: usize) -> Option<&'static Slot> {
-        TABLE.iter().find(|slot| {
+    /// The slot whose live range holds `addr`, with that range, read under each slot's
+    /// sequence lock (a slot being rewritten is skipped: it cannot be the map a reader
+    /// is using, since that one stays registered while it is borrowed).
+    fn find(addr: usize) -> Option<(&'static Slot, usize, usize)> {
+        TABLE.iter().find_map(|slot| {
             let s1 = slot.seq.load(Ordering::Acquire);
             if s1 % 2 == 1 {
-                return false; // being written: not the map a reader is using
+                return None;
             }
             let start = slot.start.load(Ordering::Relaxed);
             let len = slot.len.load(Ordering::Relaxed);
             fence(Ordering::Acquire);
             let s2 = slot.seq.load(Ordering::Relaxed);
-            s1 == s2 && len > 0 && addr.wrapping_sub(start) < len
+            (s1 == s2 && len > 0 && addr.wrapping_sub(start) < len).then_some((slot, start, len))
         })
     }
 
     /// The SIGBUS handler. Only async-signal-safe work: atomics, `mmap`, `sigaction`,
     /// `raise`.
     extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; for
-        // SIGBUS `si_addr` is the faulting address.
-        let addr = unsafe { (*info).si_addr() } as usize;
-        if let Some(slot) = find(addr) {
+        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; for a
+        // SIGBUS it raised itself (si_code > 0, not kill/sigqueue) `si_addr` is the
+        // faulting address.
+        let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+        if let Some((slot, start, len)) = find(addr).filter(|_| code > 0) {
             let page = PAGE.load(Ordering::Relaxed);
             let from = addr & !(page - 1);
-            let end = slot.start.load(Ordering::Relaxed) + slot.len.load(Ordering::Relaxed);
-            let end = end.div_ceil(page) * page;
+            // The map ends on a page boundary (the kernel rounds its length up).
+            let end = (start + len).div_ceil(page) * page;
             // SAFETY: `from..end` lies inside a live read-only map of ours (the
             // registry is written before a map is lent out and cleared before it is
             // unmapped). Replacing those pages with private anonymous zero pages keeps
