@@ -243,7 +243,8 @@ pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync))
         .map(|t| catalogue.as_ref().and_then(|c| c.resolve(&t.name)))
         .collect();
     let convention = detect_convention(ck, catalogue.as_ref(), &matches);
-    let mut notes = Vec::new();
+    // What opening noticed (e.g. which of model.safetensors and the index was read).
+    let mut notes: Vec<String> = ck.notes().iter().map(ToString::to_string).collect();
 
     let mut rows: Vec<TensorRow> = ck
         .tensors()

@@ -115,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = destination::check_destination(&args.src, &args.dst, args.write.force)?;
     let ckpt = Checkpoint::open(&args.src)
         .with_context(|| format!("cannot read {}", args.src.display()))?;
+    output::notes::warn(ckpt.notes());
     let opts = Options {
         to: convention(args.to),
         from: match args.from {

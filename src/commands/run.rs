@@ -49,6 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let ckpt = Checkpoint::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
+    orient::output::notes::warn(ckpt.notes());
     let mut model =
         Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
     model.keep_pages(args.keep_pages);

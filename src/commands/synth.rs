@@ -12,6 +12,7 @@ use orient::output;
 use orient_convert::destination;
 use orient_convert::synth::{self, SynthOptions};
 use orient_convert::writer::parse_size;
+use orient_inspect::checkpoint::MAX_JSON_FILE_LEN;
 use orient_inspect::{parse_config, ConfigOutcome, Dtype};
 
 /// Weight dtype of the synthesized model.
@@ -53,7 +54,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         args.config.clone()
     };
-    let text = std::fs::read_to_string(&path)
+    // Regular files only: a FIFO named as the config would block forever.
+    let text = orient_inspect::file::read_regular(&path, MAX_JSON_FILE_LEN)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
         .with_context(|| format!("cannot read {}", path.display()))?;
     let cfg = match parse_config(&text).with_context(|| format!("{}", path.display()))? {
         ConfigOutcome::Known(cfg) => cfg,

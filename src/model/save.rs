@@ -142,9 +142,12 @@ impl Reference {
     /// Reads a reference file.
     pub fn read(path: &Path) -> Result<Reference, ReferenceError> {
         let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ReferenceError::Io {
-            path: p.clone(),
-            source,
+        // Regular files only: a FIFO passed as the reference would block forever.
+        let bytes = orient_inspect::file::read_regular(path, u64::MAX).map_err(|source| {
+            ReferenceError::Io {
+                path: p.clone(),
+                source,
+            }
         })?;
         let (_, meta) =
             SafeTensors::read_metadata(&bytes).map_err(|source| ReferenceError::Format {
