@@ -17,6 +17,7 @@ pub mod config;
 pub mod diff;
 pub mod dtype;
 pub mod error;
+pub mod formats;
 pub mod header;
 pub mod report;
 pub mod view;
