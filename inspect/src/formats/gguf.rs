@@ -670,12 +670,35 @@ fn read_array(c: &mut Cursor<'_>, key: &str, depth: usize) -> Result<MetaArray, 
     }
     match elem {
         TYPE_STRING => {
+            // Copy the bytes back to back and validate UTF-8 once for the whole array
+            // (a 150k-token vocabulary is then a few memcpys, not 150k validations);
+            // each end must then fall on a character boundary for every piece to be
+            // valid on its own.
             let n = c.count(count, 8, &what)?;
             let mut ends = Vec::with_capacity(n);
-            let mut text = String::new();
+            let mut text = Vec::new();
             for _ in 0..n {
-                text.push_str(c.string(site)?);
+                let offset = c.pos;
+                let len = c.u64(site)?;
+                let available = c.remaining();
+                let len_usize = usize::try_from(len)
+                    .ok()
+                    .filter(|&l| l <= available)
+                    .ok_or_else(|| GgufError::StringPastEnd {
+                        what: site.to_string(),
+                        len,
+                        offset,
+                        available,
+                    })?;
+                text.extend_from_slice(c.take(len_usize, site)?);
                 ends.push(text.len());
+            }
+            let not_utf8 = || GgufError::NotUtf8 {
+                what: site.to_string(),
+            };
+            let text = String::from_utf8(text).map_err(|_| not_utf8())?;
+            if !ends.iter().all(|&e| text.is_char_boundary(e)) {
+                return Err(not_utf8());
             }
             Ok(MetaArray::Strings { text, ends })
         }
@@ -1208,6 +1231,34 @@ pub(crate) mod tests {
         assert!(
             matches!(parse(&w.bytes()), Err(GgufError::NotUtf8 { what }) if what.contains("`s`"))
         );
+    }
+
+    #[test]
+    fn string_array_pieces_must_each_be_utf8() {
+        // "é" split across two elements: the concatenation is valid UTF-8, the pieces are not.
+        let mut arr = 8u32.to_le_bytes().to_vec();
+        arr.extend(2u64.to_le_bytes());
+        arr.extend(1u64.to_le_bytes());
+        arr.push(0xc3);
+        arr.extend(1u64.to_le_bytes());
+        arr.push(0xa9);
+        let mut w = Writer::new();
+        w.kv_raw("tokens", 9, &arr);
+        assert!(
+            matches!(parse(&w.bytes()), Err(GgufError::NotUtf8 { what }) if what.contains("tokens"))
+        );
+        // Whole characters in each piece are fine.
+        let mut arr = 8u32.to_le_bytes().to_vec();
+        arr.extend(2u64.to_le_bytes());
+        s(&mut arr, "é");
+        s(&mut arr, "💡");
+        let mut w = Writer::new();
+        w.kv_raw("tokens", 9, &arr);
+        let f = parse(&w.bytes()).unwrap();
+        let Some(MetaValue::Array(a)) = f.meta("tokens") else {
+            panic!()
+        };
+        assert_eq!(a.strings().collect::<Vec<_>>(), ["é", "💡"]);
     }
 
     #[test]
