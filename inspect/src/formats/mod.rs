@@ -385,6 +385,8 @@ pub enum Format {
     TorchLegacy,
     /// A tar archive: torch's oldest format (before 0.4).
     TorchTar,
+    /// `flax_model.msgpack` (never returned by [`sniff`]: msgpack has no magic number).
+    FlaxMsgpack,
 }
 
 /// Recognises a format from the first bytes of a file. msgpack has no magic number
@@ -401,6 +403,16 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     } else {
         None
     }
+}
+
+/// Parses a whole file of the given format. The torch formats all go to
+/// [`torch::parse`], which reads the zip format and names the legacy ones it refuses.
+pub fn parse(format: Format, bytes: &[u8]) -> Result<RawFile, FormatError> {
+    Ok(match format {
+        Format::Gguf => gguf::parse(bytes)?,
+        Format::TorchZip | Format::TorchLegacy | Format::TorchTar => torch::parse(bytes)?,
+        Format::FlaxMsgpack => msgpack::parse(bytes)?,
+    })
 }
 
 /// Any reader's error.
@@ -484,5 +496,17 @@ mod tests {
         let mut tar = vec![0u8; 512];
         tar[257..262].copy_from_slice(b"ustar");
         assert_eq!(sniff(&tar), Some(Format::TorchTar));
+        assert!(matches!(
+            parse(Format::TorchTar, &tar),
+            Err(FormatError::Torch(TorchError::Tar))
+        ));
+        assert!(matches!(
+            parse(Format::Gguf, b"GGUF"),
+            Err(FormatError::Gguf(GgufError::Truncated { .. }))
+        ));
+        assert!(matches!(
+            parse(Format::FlaxMsgpack, &[0x80]),
+            Ok(RawFile { ref tensors, .. }) if tensors.is_empty()
+        ));
     }
 }
