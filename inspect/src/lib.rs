@@ -21,6 +21,7 @@ pub mod diff;
 pub mod dtype;
 pub mod error;
 pub mod file;
+pub mod formats;
 pub mod header;
 pub mod mmap;
 pub mod report;
