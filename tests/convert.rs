@@ -319,8 +319,8 @@ fn source_equal_to_or_around_destination_is_refused() {
 fn an_existing_destination_needs_force() {
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("out");
-    std::fs::create_dir(&dst).unwrap();
-    std::fs::write(dst.join("keep.txt"), b"mine").unwrap();
+    convert(&fixture("llama"), &dst, &["--to", "flax"]);
+    let before = std::fs::read(dst.join("model.safetensors")).unwrap();
     orient()
         .arg("convert")
         .arg(fixture("llama"))
@@ -330,9 +330,12 @@ fn an_existing_destination_needs_force() {
         .stderr(predicate::str::contains(
             "already exists (use --force to replace it)",
         ));
-    assert_eq!(std::fs::read(dst.join("keep.txt")).unwrap(), b"mine");
+    assert_eq!(
+        std::fs::read(dst.join("model.safetensors")).unwrap(),
+        before
+    );
+    // --force replaces a previous checkpoint (tests/writes.rs: and nothing else).
     convert(&fixture("llama"), &dst, &["--force"]);
-    assert!(!dst.join("keep.txt").exists());
     assert_same(&fixture("llama").join("model.safetensors"), &dst);
     assert_only(tmp.path(), &["out"]);
 }
@@ -373,7 +376,7 @@ fn a_destination_under_a_file_fails_cleanly() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
-            "does not exist or is not a folder",
+            "plain-file that should hold it is not a folder",
         ));
     assert_only(tmp.path(), &["plain-file"]);
 }

@@ -1,15 +1,16 @@
-//! A whole conversion: path safety checks, then plan → staged write → commit.
+//! A whole conversion: plan → staged write → commit.
 //!
-//! Why the checks live here and not in the binary: "never write into the source" and
-//! "leave nothing behind" are properties of the library's contract, so every caller
-//! (the CLI, the demo, tests) gets them.
+//! "Never write into the source", "--force replaces only a previous checkpoint" and
+//! "leave nothing behind" are properties of the library's contract, so every caller (the
+//! CLI, the demo, tests) gets them: see [`crate::destination`].
 
 use std::path::{Path, PathBuf};
 
 use orient_inspect::Checkpoint;
 
+use crate::destination::{check_overwrite, Destination};
 use crate::engine::{self, Tiling, Written};
-use crate::error::{io, Error, Result};
+use crate::error::Result;
 use crate::plan::Plan;
 use crate::writer::{Staging, DEFAULT_MAX_SHARD_SIZE};
 
@@ -64,56 +65,11 @@ pub struct Outcome {
     pub copied: Vec<String>,
 }
 
-/// Refuses a destination that is the source, lies inside the source folder, contains
-/// the source (`--force` would delete it), or exists without `force`.
-pub fn check_destination(src: &Path, dst: &Path, force: bool) -> Result<()> {
-    let src_c = src.canonicalize().map_err(io("resolve", src))?;
-    // A folder or an index stands for its whole folder; a single file for itself.
-    let src_area = if src_c.is_dir() {
-        src_c.clone()
-    } else if src_c
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().ends_with(".index.json"))
-    {
-        src_c
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or(src_c.clone())
-    } else {
-        src_c.clone()
-    };
-    let name = dst
-        .file_name()
-        .ok_or_else(|| Error::DestinationParent(dst.to_path_buf()))?;
-    let parent = orient_inspect::checkpoint::parent_dir(dst).to_path_buf();
-    let parent_c = parent
-        .canonicalize()
-        .map_err(|_| Error::DestinationParent(parent.clone()))?;
-    if !parent_c.is_dir() {
-        return Err(Error::DestinationParent(parent));
-    }
-    let dst_c = match dst.canonicalize() {
-        Ok(p) => p,
-        Err(_) => parent_c.join(name),
-    };
-    let refuse = || Error::DestinationInsideSource {
-        src: src.to_path_buf(),
-        dst: dst.to_path_buf(),
-    };
-    if dst_c == src_c || dst_c == src_area || dst_c.starts_with(&src_area) {
-        return Err(refuse());
-    }
-    if src_c.starts_with(&dst_c) {
-        return Err(refuse());
-    }
-    if dst.symlink_metadata().is_ok() && !force {
-        return Err(Error::DestinationExists(dst.to_path_buf()));
-    }
-    Ok(())
-}
-
 /// Executes `plan` on `ckpt` into `dst`: everything is staged next to `dst` and renamed
-/// into place only when complete; on any error nothing is left behind.
+/// into place only when complete; on any error nothing is left behind. An existing
+/// `dst` needs `opts.force` and may hold only a previous checkpoint; callers also check
+/// that `dst` does not overlap the source
+/// ([`crate::destination::check_destination`]).
 pub fn write(
     ckpt: &Checkpoint,
     plan: &Plan,
@@ -121,6 +77,7 @@ pub fn write(
     opts: &WriteOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome> {
+    check_overwrite(&Destination::resolve(dst)?, opts.force)?;
     let staging = Staging::create(dst, opts.sync)?;
     let written = engine::write_tensors(
         ckpt,

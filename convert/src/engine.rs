@@ -139,10 +139,16 @@ pub fn write_tensors(
     }
     let layout = Layout::new(outs, metadata, max_shard_size)?;
     let by_target: HashMap<&str, &TensorOp> = ops.iter().map(|o| (o.target.as_str(), o)).collect();
+    // The checkpoint's own descriptors: the very files that are mapped, even if a path
+    // has been replaced since (and never a FIFO swapped in).
     let files = ckpt
         .shards()
         .iter()
-        .map(|s| File::open(&s.path).map_err(io("open", &s.path)))
+        .map(|s| {
+            s.file()
+                .try_clone()
+                .map_err(io("duplicate the descriptor of", &s.path))
+        })
         .collect::<Result<Vec<File>>>()?;
     let mut written = Written::default();
     let mut scratch = Scratch::default();
@@ -161,12 +167,20 @@ pub fn write_tensors(
         Ok(())
     };
     for k in 0..layout.shards.len() {
-        staging.write_shard_with(&layout, k, tiling.band_bytes, &mut produce, progress)?;
+        let result =
+            staging.write_shard_with(&layout, k, tiling.band_bytes, &mut produce, progress);
+        // A source that changed underneath explains any failure best (a copy that ended
+        // early, a cast of zeros): say that, naming the file.
+        ckpt.check_intact()?;
+        result?;
     }
     written.files = layout.shards.iter().map(|s| s.file_name.clone()).collect();
     if let Some(index) = layout.index_json() {
         staging.write_file(INDEX_FILE, index.as_bytes())?;
     }
+    // Every byte was read from the source by now (copies included): the output is
+    // committed only if the source did not change meanwhile.
+    ckpt.check_intact()?;
     Ok(written)
 }
 
@@ -252,6 +266,8 @@ fn produce_tensor(
             s?
         }
     };
+    // The bytes just read came from the map: trust them only if the file is intact.
+    ckpt.check_tensor(info)?;
     Ok(stats)
 }
 

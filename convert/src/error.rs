@@ -92,17 +92,37 @@ pub enum Error {
     /// The destination exists and `--force` was not given.
     #[error("{} already exists (use --force to replace it)", .0.display())]
     DestinationExists(PathBuf),
-    /// The destination's parent folder does not exist or is not a folder.
-    #[error("the folder {} that should contain the output does not exist or is not a folder", .0.display())]
-    DestinationParent(PathBuf),
-    /// The destination is the source, or lies inside it.
-    #[error("refusing to write {} into the source {}: choose a destination outside the source", dst.display(), src.display())]
-    DestinationInsideSource {
-        /// The source checkpoint folder or file.
+    /// The destination cannot be written at all: its parent folder is missing or not a
+    /// folder, or it has no parent (`/`).
+    #[error("cannot write {}: {problem}", dst.display())]
+    DestinationUnusable {
+        /// The requested destination.
+        dst: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The destination is the input, lies inside it, or contains it.
+    #[error("refusing to write {}: it {relation} the source {}; choose a destination outside the source", dst.display(), src.display())]
+    DestinationOverlapsSource {
+        /// The source checkpoint folder or file (or the config of a synthesis).
         src: PathBuf,
         /// The requested destination.
         dst: PathBuf,
+        /// "is", "lies inside", "contains" or "holds files linked from".
+        relation: &'static str,
     },
+    /// Replacing the destination would delete something that is not a previous
+    /// checkpoint (or the current folder, a link, a file).
+    #[error("refusing to replace {}: {reason}", dst.display())]
+    DestinationNotReplaceable {
+        /// The requested destination.
+        dst: PathBuf,
+        /// Why, naming what would be lost.
+        reason: String,
+    },
+    /// A signal arrived: the staging folders were removed and no output may be committed.
+    #[error("interrupted: the output was abandoned")]
+    Interrupted,
     /// `--max-shard-size` could not be parsed.
     #[error("invalid size `{0}`: expected a number of bytes with an optional unit (e.g. 500MB, 2GiB, 1000000)")]
     InvalidSize(String),

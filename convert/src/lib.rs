@@ -11,6 +11,7 @@ pub mod writer;
 
 pub use error::{Error, Result};
 pub mod convert;
+pub mod destination;
 pub mod engine;
 pub mod plan;
 pub mod synth;

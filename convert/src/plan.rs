@@ -468,7 +468,11 @@ fn plan_lm_head(
             })
         }
         (Some((t, _)), false) => {
-            if !tied_copy_equals(ckpt, t, emb, source == Convention::Flax) {
+            let equal = tied_copy_equals(ckpt, t, emb, source == Convention::Flax);
+            // Bytes read from a file that changed meanwhile decide nothing.
+            ckpt.check_tensor(t)?;
+            ckpt.check_tensor(emb)?;
+            if !equal {
                 return Err(Error::LmHeadDiffers {
                     lm_head: t.name.clone(),
                     embedding: emb.name.clone(),

@@ -18,6 +18,7 @@ use orient_inspect::{Catalogue, Convention, Dtype, ModelConfig, Role};
 use rayon::prelude::*;
 
 use crate::cast::{f32_to_bf16_bits, f32_to_f16_bits};
+use crate::destination::{check_overwrite, Destination};
 use crate::error::{Error, Result};
 use crate::plan::has_lm_head;
 use crate::writer::{Layout, OutTensor, Staging, DEFAULT_MAX_SHARD_SIZE, INDEX_FILE};
@@ -89,7 +90,10 @@ pub fn tensors(cfg: &ModelConfig, dtype: Dtype) -> Result<Vec<(OutTensor, Role)>
 }
 
 /// Writes a random-weights checkpoint of `cfg` (whose `config.json` text is
-/// `config_text`) into the folder `dst`, all or nothing.
+/// `config_text`) into the folder `dst`, all or nothing. An existing `dst` needs
+/// `opts.force` and may hold only a previous checkpoint; a caller that read the config
+/// from a file also checks that `dst` does not overlap it
+/// ([`crate::destination::check_destination`]).
 pub fn synthesize(
     cfg: &ModelConfig,
     config_text: &str,
@@ -103,9 +107,7 @@ pub fn synthesize(
             dtype: opts.dtype.name().into(),
         });
     }
-    if dst.symlink_metadata().is_ok() && !opts.force {
-        return Err(Error::DestinationExists(dst.to_path_buf()));
-    }
+    check_overwrite(&Destination::resolve(dst)?, opts.force)?;
     let list = tensors(cfg, opts.dtype)?;
     let roles: BTreeMap<String, Role> = list.iter().map(|(t, r)| (t.name.clone(), *r)).collect();
     let metadata = BTreeMap::from([

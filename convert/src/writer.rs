@@ -26,6 +26,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use crate::destination::{self, Destination, OwnedDir};
 use crate::error::{io, Error, Result};
 
 /// transformers' default `max_shard_size` ("5GB", decimal).
@@ -239,11 +240,12 @@ pub fn parse_size(text: &str) -> Result<u64> {
 
 /// A hidden folder next to the destination that receives every output file and becomes
 /// the destination with one rename in [`Staging::commit`]. Dropped without a commit,
-/// it deletes itself and everything in it.
+/// it deletes itself and everything in it; a signal or the next run to the same
+/// destination removes it when its process cannot (see [`crate::destination`]).
 #[derive(Debug)]
 pub struct Staging {
-    dst: PathBuf,
-    dir: tempfile::TempDir,
+    dst: Destination,
+    dir: OwnedDir,
     sync: bool,
 }
 
@@ -251,23 +253,9 @@ impl Staging {
     /// Creates the staging folder in `dst`'s parent. With `sync`, every file and the
     /// folder are fsynced before the final rename.
     pub fn create(dst: &Path, sync: bool) -> Result<Staging> {
-        let name = dst
-            .file_name()
-            .ok_or_else(|| Error::DestinationParent(dst.to_path_buf()))?;
-        let parent = orient_inspect::checkpoint::parent_dir(dst).to_path_buf();
-        if !parent.is_dir() {
-            return Err(Error::DestinationParent(parent));
-        }
-        let prefix = format!(".{}.orient-tmp-", name.to_string_lossy());
-        let dir = tempfile::Builder::new()
-            .prefix(&prefix)
-            .tempdir_in(&parent)
-            .map_err(io("create a staging folder in", &parent))?;
-        Ok(Staging {
-            dst: dst.to_path_buf(),
-            dir,
-            sync,
-        })
+        let dst = Destination::resolve(dst)?;
+        let dir = OwnedDir::create(&dst.parent, &dst.name)?;
+        Ok(Staging { dst, dir, sync })
     }
 
     /// The staging folder.
@@ -373,50 +361,16 @@ impl Staging {
     }
 
     /// Renames the staging folder onto the destination. With `replace`, an existing
-    /// destination is first moved aside and removed only after the rename succeeded;
-    /// without it, an existing destination is an error.
+    /// destination that holds only a previous checkpoint is first moved aside and removed
+    /// only after the rename succeeded; without it, an existing destination is an error.
+    /// Returns the destination as it was given.
     pub fn commit(self, replace: bool) -> Result<PathBuf> {
-        let parent = self
-            .dir()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
         if self.sync {
             let d = File::open(self.dir()).map_err(io("open", self.dir()))?;
             d.sync_all().map_err(io("fsync", self.dir()))?;
         }
-        let exists = self.dst.symlink_metadata().is_ok();
-        let mut old: Option<tempfile::TempDir> = None;
-        if exists {
-            if !replace {
-                return Err(Error::DestinationExists(self.dst.clone()));
-            }
-            // Move the old destination into a fresh hidden folder; it is deleted when
-            // `old` drops, after the new output is in place.
-            let holder = tempfile::Builder::new()
-                .prefix(".orient-old-")
-                .tempdir_in(&parent)
-                .map_err(io("create a folder in", &parent))?;
-            let aside = holder.path().join("old");
-            std::fs::rename(&self.dst, &aside).map_err(io("move aside", &self.dst))?;
-            old = Some(holder);
-        }
-        let staged = self.dir.keep();
-        if let Err(e) = std::fs::rename(&staged, &self.dst) {
-            // Put things back as they were, and remove the staged output.
-            if let Some(holder) = &old {
-                let _ = std::fs::rename(holder.path().join("old"), &self.dst);
-            }
-            let _ = std::fs::remove_dir_all(&staged);
-            return Err(io("rename the finished output to", &self.dst)(e));
-        }
-        if self.sync {
-            if let Ok(d) = File::open(&parent) {
-                let _ = d.sync_all();
-            }
-        }
-        drop(old);
-        Ok(self.dst)
+        destination::commit(self.dir, &self.dst, replace, self.sync)?;
+        Ok(self.dst.given)
     }
 }
 
@@ -1126,7 +1080,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dst = tmp.path().join("out");
         std::fs::create_dir(&dst).unwrap();
-        std::fs::write(dst.join("old.txt"), b"old").unwrap();
+        std::fs::write(dst.join(SINGLE_FILE), b"old").unwrap();
+        std::fs::write(dst.join("config.json"), b"{}").unwrap();
         let layout = Layout::new(vec![], &BTreeMap::new(), u64::MAX).unwrap();
         let staging = Staging::create(&dst, false).unwrap();
         staging
@@ -1142,8 +1097,22 @@ mod tests {
             .write_shard(&layout, 0, &mut |_, _| Ok(()), &mut |_| {})
             .unwrap();
         staging.commit(true).unwrap();
-        assert!(dst.join(SINGLE_FILE).exists());
-        assert!(!dst.join("old.txt").exists());
+        assert_ne!(std::fs::read(dst.join(SINGLE_FILE)).unwrap(), b"old");
+        assert!(!dst.join("config.json").exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+
+        // Not a previous checkpoint: refused even with replace, and nothing is lost.
+        std::fs::write(dst.join("old.txt"), b"mine").unwrap();
+        let staging = Staging::create(&dst, false).unwrap();
+        staging
+            .write_shard(&layout, 0, &mut |_, _| Ok(()), &mut |_| {})
+            .unwrap();
+        let err = staging.commit(true).unwrap_err();
+        assert!(
+            matches!(err, Error::DestinationNotReplaceable { .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(dst.join("old.txt")).unwrap(), b"mine");
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
 
@@ -1274,7 +1243,8 @@ mod tests {
         let file = tmp.path().join("file");
         std::fs::write(&file, b"x").unwrap();
         let err = Staging::create(&file.join("out"), false).unwrap_err();
-        assert!(matches!(err, Error::DestinationParent(_)), "{err}");
+        assert!(matches!(err, Error::DestinationUnusable { .. }), "{err}");
+        assert!(err.to_string().contains("is not a folder"), "{err}");
     }
 
     #[test]

@@ -3,18 +3,31 @@
 //! A [`Checkpoint`] owns the memory map of every shard and lends out views; nothing
 //! else maps files. Opening reads headers only: tensor data pages are touched only
 //! when a caller asks for a [`TensorView`]'s bytes.
+//!
+//! Files are found the way transformers finds them, and the Hugging Face cache (a
+//! folder of symbolic links into `../../blobs/`) is read like any folder: the safety
+//! rule is about the *names* an index lists (plain file names, never a path), not about
+//! where links lead. Only regular files are opened, so a FIFO cannot hang a command.
+//! The data stays in the files while it is read: see [`Checkpoint::open`] for that
+//! contract and [`Checkpoint::check_intact`] for how a change is caught.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::fs::File;
+use std::io;
 use std::ops::Range;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use memmap2::Mmap;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::config::{parse_config, ConfigOutcome, ModelConfig};
 use crate::dtype::Dtype;
-use crate::error::Error;
+use crate::error::{Error, FileChange};
+use crate::file;
 use crate::header::{self, HeaderError};
+use crate::mmap::GuardedMap;
 use crate::view::TensorView;
 
 /// File name of a sharded set's index.
@@ -23,6 +36,10 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 /// File name of a model's configuration.
 pub const CONFIG_FILE: &str = "config.json";
+
+/// Largest index or `config.json` read (bytes), like the header limit: a real index of a
+/// million tensors is under 100 MB, a config a few KB.
+pub const MAX_JSON_FILE_LEN: u64 = header::MAX_HEADER_LEN;
 
 /// One tensor of a checkpoint, as its header declares it (validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +79,85 @@ pub struct Shard {
     pub metadata: BTreeMap<String, String>,
     /// Number of tensors it holds.
     pub tensor_count: usize,
-    map: Mmap,
+    map: GuardedMap,
+    file: File,
+    modified: Option<SystemTime>,
 }
 
 impl Shard {
-    /// Size of the file in bytes.
+    /// Size of the file in bytes (when it was opened).
     pub fn file_len(&self) -> usize {
         self.map.len()
+    }
+
+    /// The open file behind the map (the same inode, even if the path has since been
+    /// replaced), for readers that copy ranges inside the kernel.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Checks that the file is still the one that was mapped: no read of ours ran past
+    /// its end (it was truncated), and its length and modification time are unchanged.
+    pub fn check_intact(&self) -> Result<(), Error> {
+        let was = self.map.len() as u64;
+        let meta = self.file.metadata().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let now = meta.len();
+        let change = if now != was {
+            Some(FileChange::Resized { was, now })
+        } else if self.map.faulted() {
+            Some(FileChange::PagesVanished { len: was })
+        } else if meta.modified().ok() != self.modified {
+            Some(FileChange::Modified)
+        } else {
+            None
+        };
+        match change {
+            Some(change) => Err(Error::Changed {
+                path: self.path.clone(),
+                change,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Something opening noticed that the user should hear about (the binary prints these
+/// with every command's output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenNote {
+    /// The folder holds both `model.safetensors` and `model.safetensors.index.json`:
+    /// `model.safetensors` was read, as transformers' `from_pretrained` does.
+    IndexIgnored {
+        /// The model folder.
+        dir: PathBuf,
+    },
+    /// `model.safetensors` exists but is not a regular file: the index was read
+    /// instead, as transformers does.
+    ModelFileIgnored {
+        /// Path of `model.safetensors`.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+}
+
+impl fmt::Display for OpenNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenNote::IndexIgnored { dir } => write!(
+                f,
+                "{}: both {MODEL_FILE} and {INDEX_FILE} are present; reading {MODEL_FILE}, as transformers does (the index and its shards are ignored; pass the index itself to read them)",
+                dir.display()
+            ),
+            OpenNote::ModelFileIgnored { path, kind } => write!(
+                f,
+                "{} is {kind}, not a regular file; reading {INDEX_FILE} instead, as transformers does",
+                path.display()
+            ),
+        }
     }
 }
 
@@ -115,29 +204,64 @@ pub struct Checkpoint {
     config_path: Option<PathBuf>,
     config_text: Option<String>,
     config: ConfigStatus,
+    notes: Vec<OpenNote>,
 }
 
 impl Checkpoint {
     /// Opens a `.safetensors` file, a `model.safetensors.index.json`, or a folder holding
-    /// either (plus an optional `config.json`). In a folder, the index wins, then
-    /// `model.safetensors` (as transformers loads it), then the folder's only
-    /// `.safetensors` file; several other files and no index is an error.
+    /// either (plus an optional `config.json`). In a folder, `model.safetensors` wins,
+    /// then the index (the order of transformers' `from_pretrained`; the other one
+    /// present is reported in [`Checkpoint::notes`]), then the folder's only
+    /// `.safetensors` file; several other files and no index is an error. Symbolic links
+    /// are followed (the Hugging Face cache is made of them); what they lead to must be
+    /// a regular file.
+    ///
+    /// # Memory-map contract
+    /// Every shard is memory-mapped, not read: the tensor bytes lent out by
+    /// [`Checkpoint::view`] *are* the file's pages. The files must therefore not change
+    /// while the checkpoint is open. orient never writes to a file it has open, but
+    /// another process may (a download restarting, a job rewriting the checkpoint). A
+    /// file **truncated** underneath does not kill the process with SIGBUS (on Linux):
+    /// the missing pages read as zeros and the shard is marked (see [`crate::mmap`]). A
+    /// file **rewritten** in place yields whatever bytes it holds at the moment of the
+    /// read. Either way the values read are garbage, so every caller that computes from
+    /// tensor data must call [`Checkpoint::check_intact`] (or
+    /// [`Checkpoint::check_tensor`]) after reading and before reporting or committing
+    /// anything, and turn its error into the command's error.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, Error> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|source| Error::Io {
             path: path.to_owned(),
             source,
         })?;
+        let mut notes = Vec::new();
         let (root, target) = if meta.is_dir() {
             let index = path.join(INDEX_FILE);
             let single = path.join(MODEL_FILE);
-            if index.is_file() {
-                (path.to_owned(), Target::Index(index))
-            } else if single.is_file() {
-                (path.to_owned(), Target::File(single))
-            } else {
-                (path.to_owned(), Target::File(lone_safetensors(path)?))
-            }
+            let target = match (entry_kind(&single)?, entry_kind(&index)?) {
+                (Entry::Regular, other) => {
+                    if other != Entry::Absent {
+                        notes.push(OpenNote::IndexIgnored {
+                            dir: path.to_owned(),
+                        });
+                    }
+                    Target::File(single)
+                }
+                (other, Entry::Regular) => {
+                    if let Entry::Other(kind) = other {
+                        notes.push(OpenNote::ModelFileIgnored { path: single, kind });
+                    }
+                    Target::Index(index)
+                }
+                (Entry::Other(kind), _) => {
+                    return Err(Error::NotRegularFile { path: single, kind })
+                }
+                (Entry::Absent, Entry::Other(kind)) => {
+                    return Err(Error::NotRegularFile { path: index, kind })
+                }
+                (Entry::Absent, Entry::Absent) => Target::File(lone_safetensors(path)?),
+            };
+            (path.to_owned(), target)
         } else {
             let root = parent_dir(path).to_owned();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -171,14 +295,22 @@ impl Checkpoint {
         }
 
         let config_path = root.join(CONFIG_FILE);
-        let (config_path, config_text) = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
-                path: config_path.clone(),
-                source,
-            })?;
-            (Some(config_path), Some(text))
-        } else {
-            (None, None)
+        let (config_path, config_text) = match entry_kind(&config_path)? {
+            Entry::Absent => (None, None),
+            Entry::Other(kind) => {
+                return Err(Error::NotRegularFile {
+                    path: config_path,
+                    kind,
+                })
+            }
+            Entry::Regular => {
+                let text = read_json_file(&config_path)?;
+                let text = String::from_utf8(text).map_err(|_| Error::Io {
+                    path: config_path.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8"),
+                })?;
+                (Some(config_path), Some(text))
+            }
         };
         let config = match (&config_path, &config_text) {
             (Some(path), Some(text)) => match parse_config(text) {
@@ -210,7 +342,31 @@ impl Checkpoint {
             config_path,
             config_text,
             config,
+            notes,
         })
+    }
+
+    /// What opening noticed that the user should hear about (which of two candidate
+    /// files was read, and why). Every command prints these.
+    pub fn notes(&self) -> &[OpenNote] {
+        &self.notes
+    }
+
+    /// Checks that no shard changed since it was opened (see the memory-map contract
+    /// on [`Checkpoint::open`]): an error names the first file that was truncated,
+    /// resized or modified. Call it after reading tensor data and before trusting
+    /// anything computed from it.
+    pub fn check_intact(&self) -> Result<(), Error> {
+        self.shards.iter().try_for_each(Shard::check_intact)
+    }
+
+    /// [`Checkpoint::check_intact`] for the shard holding `t` only (one `fstat`): the
+    /// check to run after each tensor of a long computation.
+    pub fn check_tensor(&self, t: &TensorInfo) -> Result<(), Error> {
+        match self.shards.get(t.shard) {
+            Some(shard) => shard.check_intact(),
+            None => Ok(()),
+        }
     }
 
     /// The model folder (the file's folder for a single file).
@@ -317,12 +473,14 @@ impl Checkpoint {
             return;
         }
         // SAFETY: the map is a read-only, file-backed shared mapping (`Mmap::map` of a
-        // file opened read-only). MADV_DONTNEED on such a mapping only drops this
-        // process's page-table entries; the next access reloads the same bytes from
-        // the page cache or the file, so no data is lost and no borrowed slice can
-        // observe a change. The range is page-aligned and inside the map.
+        // file opened read-only), possibly with anonymous zero pages mapped over a
+        // truncated tail by the SIGBUS guard. MADV_DONTNEED on such a mapping only drops
+        // this process's page-table entries; the next access reloads the same bytes from
+        // the page cache or the file (or zeros, for the guard's pages), so no data is
+        // lost and no borrowed slice can observe a change. The range is page-aligned
+        // and inside the map.
         unsafe {
-            let _ = shard.map.unchecked_advise_range(
+            let _ = shard.map.mmap().unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
                 start,
                 end - start,
@@ -384,7 +542,51 @@ enum Target {
     Index(PathBuf),
 }
 
-/// Finds the single `.safetensors` file of a folder without an index.
+/// What a name in a folder is, after following links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Nothing has that name.
+    Absent,
+    /// A regular file (or a link to one).
+    Regular,
+    /// Something else: a FIFO, a folder, a link to nothing, …
+    Other(&'static str),
+}
+
+fn entry_kind(path: &Path) -> Result<Entry, Error> {
+    match file::non_regular_kind(path) {
+        Ok(None) => Ok(Entry::Regular),
+        Ok(Some(kind)) => Ok(Entry::Other(kind)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Entry::Absent),
+        Err(source) => Err(Error::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The error of [`file::open_regular`] / [`file::read_regular`] for `path`.
+fn file_error(path: &Path, source: io::Error) -> Error {
+    match file::not_regular(&source) {
+        Some(n) => Error::NotRegularFile {
+            path: path.to_owned(),
+            kind: n.kind,
+        },
+        None => Error::Io {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Reads an index or `config.json` (regular files only, at most [`MAX_JSON_FILE_LEN`]).
+fn read_json_file(path: &Path) -> Result<Vec<u8>, Error> {
+    file::read_regular(path, MAX_JSON_FILE_LEN).map_err(|e| file_error(path, e))
+}
+
+/// Finds the single `.safetensors` file of a folder without an index. Entries that are
+/// not regular files count too (and are refused by name when opened), so that a FIFO
+/// is reported as what it is rather than as "no file".
 fn lone_safetensors(dir: &Path) -> Result<PathBuf, Error> {
     let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
         path: dir.to_owned(),
@@ -397,7 +599,7 @@ fn lone_safetensors(dir: &Path) -> Result<PathBuf, Error> {
             source,
         })?;
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "safetensors") && p.is_file() {
+        if p.extension().is_some_and(|e| e == "safetensors") && !p.is_dir() {
             found.push(p);
         }
     }
@@ -423,8 +625,9 @@ fn open_shard(path: &Path, shard: usize) -> Result<(Shard, Vec<TensorInfo>), Err
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
+    let file = file::open_regular(path).map_err(|e| file_error(path, e))?;
+    let meta = file.metadata().map_err(io)?;
+    let len = meta.len();
     let bad = |source: HeaderError| Error::Header {
         path: path.to_owned(),
         source,
@@ -432,12 +635,28 @@ fn open_shard(path: &Path, shard: usize) -> Result<(Shard, Vec<TensorInfo>), Err
     if len < header::LEN_PREFIX as u64 {
         return Err(bad(HeaderError::TooShort { len }));
     }
-    // SAFETY: the file is opened read-only and mapped read-only. Like every mmap-based
-    // reader (safetensors, candle), this assumes no other process truncates or rewrites
-    // the file while it is mapped; orient itself never writes to a file it has open,
-    // and `convert` refuses a destination inside its source.
-    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-    let parsed = header::parse(&map).map_err(bad)?;
+    // SAFETY: the file is a regular file opened read-only, and this checkpoint keeps the
+    // contract documented on `Checkpoint::open`: orient never writes to a file it has
+    // open (`convert` refuses a destination inside its source), and a change made by
+    // another process is caught by `Shard::check_intact`, which every reader of tensor
+    // data calls before trusting what it read; a truncation reads zeros instead of
+    // raising SIGBUS.
+    let map = unsafe { GuardedMap::new(&file) }.map_err(io)?;
+    let shard_data = Shard {
+        path: path.to_owned(),
+        header_len: 0,
+        metadata: BTreeMap::new(),
+        tensor_count: 0,
+        map,
+        file,
+        modified: meta.modified().ok(),
+    };
+    let parsed = match header::parse(&shard_data.map) {
+        Ok(parsed) => parsed,
+        // A header that changed while it was parsed is reported as the change.
+        Err(e) => return Err(shard_data.check_intact().err().unwrap_or_else(|| bad(e))),
+    };
+    shard_data.check_intact()?;
     let tensors: Vec<TensorInfo> = parsed
         .tensors
         .into_iter()
@@ -452,79 +671,127 @@ fn open_shard(path: &Path, shard: usize) -> Result<(Shard, Vec<TensorInfo>), Err
         .collect();
     Ok((
         Shard {
-            path: path.to_owned(),
             header_len: parsed.header_len,
             metadata: parsed.metadata,
             tensor_count: tensors.len(),
-            map,
+            ..shard_data
         },
         tensors,
     ))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Deserialize)]
 struct RawIndex {
     #[serde(default)]
-    metadata: serde_json::Map<String, serde_json::Value>,
-    weight_map: serde_json::Map<String, serde_json::Value>,
+    metadata: Pairs,
+    weight_map: Pairs,
 }
 
-/// Reads an index, refuses unsafe shard names before opening any file, then opens the
-/// shards and checks that index and shards agree exactly.
+/// A JSON object as its key/value pairs in file order, duplicates kept: serde_json's own
+/// maps silently keep the last value of a repeated key, which would let an index hide
+/// an entry (say `../../etc/passwd`) from every check.
+#[derive(Default)]
+struct Pairs(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    pairs.push((key, map.next_value()?));
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        d.deserialize_map(V).map_err(de::Error::custom)
+    }
+}
+
+/// Reads an index, refuses unsafe shard names and repeated keys before opening any file,
+/// then opens the shards and checks that index and shards agree exactly.
 fn open_index(root: &Path, index: &Path) -> Result<(Source, Vec<Shard>, Vec<TensorInfo>), Error> {
-    let text = std::fs::read(index).map_err(|source| Error::Io {
-        path: index.to_owned(),
-        source,
-    })?;
-    let raw: RawIndex = serde_json::from_slice(&text).map_err(|e| Error::InvalidIndex {
+    let text = read_json_file(index)?;
+    let invalid = |reason: String| Error::InvalidIndex {
         index: index.to_owned(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let raw: RawIndex = serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
+    drop(text);
+    if raw.weight_map.0.len() > header::MAX_TENSORS {
+        return Err(invalid(format!(
+            "weight_map lists {} tensors, over the limit of {} (no real model has that many)",
+            raw.weight_map.0.len(),
+            header::MAX_TENSORS
+        )));
+    }
 
     // tensor -> shard file name, and the distinct shard names in sorted order.
     let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
-    for (tensor, shard) in raw.weight_map {
+    for (tensor, shard) in raw.weight_map.0 {
         let serde_json::Value::String(shard) = shard else {
-            return Err(Error::InvalidIndex {
-                index: index.to_owned(),
-                reason: format!("weight_map entry for `{tensor}` is not a string"),
-            });
+            return Err(invalid(format!(
+                "weight_map entry for `{tensor}` is not a string"
+            )));
         };
-        check_shard_name(index, &tensor, &shard)?;
+        if let Some(first) = weight_map.get(&tensor) {
+            return Err(Error::DuplicateInIndex {
+                index: index.to_owned(),
+                tensor,
+                first: first.clone(),
+                second: shard,
+            });
+        }
         weight_map.insert(tensor, shard);
+    }
+    for (tensor, shard) in &weight_map {
+        check_shard_name(index, tensor, shard)?;
+    }
+    let mut metadata = BTreeMap::new();
+    for (k, v) in raw.metadata.0 {
+        if metadata.contains_key(&k) {
+            return Err(invalid(format!(
+                "metadata key `{k}` appears more than once"
+            )));
+        }
+        let v = match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        metadata.insert(k, v);
     }
     let mut shard_names: Vec<&str> = weight_map.values().map(String::as_str).collect();
     shard_names.sort_unstable();
     shard_names.dedup();
 
-    // Every name is lexically safe; now make sure no symlink leads outside either.
-    let canonical_root = root.canonicalize().map_err(|source| Error::Io {
-        path: root.to_owned(),
-        source,
-    })?;
+    // Every name is a plain file name of the model folder. What it is a link to is not
+    // judged (the Hugging Face cache links every file to `../../blobs/`); it must only
+    // be a regular file.
     let mut shards = Vec::with_capacity(shard_names.len());
     let mut tensors = Vec::new();
     let mut owner: HashMap<String, usize> = HashMap::new();
     for (i, name) in shard_names.iter().enumerate() {
         let path = root.join(name);
-        let Ok(canonical) = path.canonicalize() else {
-            let tensor = weight_map
-                .iter()
-                .find(|(_, s)| s.as_str() == *name)
-                .map(|(t, _)| t.clone())
-                .unwrap_or_default();
-            return Err(Error::MissingShard {
-                index: index.to_owned(),
-                shard: (*name).to_owned(),
-                tensor,
-            });
-        };
-        if !canonical.starts_with(&canonical_root) {
-            return Err(Error::ShardEscapes {
-                index: index.to_owned(),
-                shard: (*name).to_owned(),
-                tensor: String::new(),
-            });
+        match entry_kind(&path)? {
+            Entry::Regular => {}
+            Entry::Other(kind) => return Err(Error::NotRegularFile { path, kind }),
+            Entry::Absent => {
+                let tensor = weight_map
+                    .iter()
+                    .find(|(_, s)| s.as_str() == *name)
+                    .map(|(t, _)| t.clone())
+                    .unwrap_or_default();
+                return Err(Error::MissingShard {
+                    index: index.to_owned(),
+                    shard: (*name).to_owned(),
+                    tensor,
+                });
+            }
         }
         let (shard, shard_tensors) = open_shard(&path, i)?;
         for t in &shard_tensors {
@@ -567,14 +834,6 @@ fn open_index(root: &Path, index: &Path) -> Result<(Source, Vec<Shard>, Vec<Tens
             });
         }
     }
-    let metadata = raw
-        .metadata
-        .into_iter()
-        .map(|(k, v)| match v {
-            serde_json::Value::String(s) => (k, s),
-            other => (k, other.to_string()),
-        })
-        .collect();
     Ok((
         Source::Sharded {
             index: index.to_owned(),
@@ -591,30 +850,21 @@ fn shards_path(shards: &[Shard], i: usize, fallback: &Path) -> PathBuf {
         .map_or_else(|| fallback.to_owned(), |s| s.path.clone())
 }
 
-/// A shard name must be a plain relative path that stays inside the model folder:
-/// no `..`, no root, no drive prefix, not empty.
+/// A shard name must be a plain file name of the model folder: not empty, not `.` or
+/// `..`, no separator (`/` or `\\`), no NUL. Judged on the name as written, before any
+/// file is opened; links are then followed wherever they lead.
 fn check_shard_name(index: &Path, tensor: &str, shard: &str) -> Result<(), Error> {
-    let escapes = Error::ShardEscapes {
-        index: index.to_owned(),
-        shard: shard.to_owned(),
-        tensor: tensor.to_owned(),
-    };
-    if shard.is_empty() || shard.contains('\\') || shard.contains('\0') {
-        return Err(escapes);
+    let plain =
+        !shard.is_empty() && shard != "." && shard != ".." && !shard.contains(['/', '\\', '\0']);
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::ShardEscapes {
+            index: index.to_owned(),
+            shard: shard.to_owned(),
+            tensor: tensor.to_owned(),
+        })
     }
-    let p = Path::new(shard);
-    if p.is_absolute() {
-        return Err(escapes);
-    }
-    for c in p.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(escapes)
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -51,10 +51,10 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A shard name that could lead outside the model folder. Refused before any file
-    /// is opened.
+    /// A shard name that is not a plain file name of the model folder (absolute, `..`,
+    /// a separator, empty). Refused before any file is opened.
     #[error(
-        "{}: shard name `{shard}`{} leads outside the model folder (absolute, `..`, or a link); refusing to open it",
+        "{}: shard name `{shard}`{} is not a plain file name in the model folder (an absolute path, `..`, a `/` or `\\`, or empty); refusing to open it",
         index.display(),
         if tensor.is_empty() { String::new() } else { format!(" (for tensor `{tensor}`)") }
     )]
@@ -65,6 +65,42 @@ pub enum Error {
         shard: String,
         /// A tensor mapped to it.
         tensor: String,
+    },
+    /// The index lists the same tensor twice (serde_json would silently keep the last).
+    #[error(
+        "{}: weight_map lists tensor `{tensor}` more than once (shard `{first}`, then shard `{second}`); refusing an ambiguous index",
+        index.display()
+    )]
+    DuplicateInIndex {
+        /// The index file.
+        index: PathBuf,
+        /// The repeated tensor name.
+        tensor: String,
+        /// The shard named first.
+        first: String,
+        /// The shard named again.
+        second: String,
+    },
+    /// A path that should be a regular file is a FIFO, a socket, a device, a folder or a
+    /// link to nothing. Refused before it is opened (opening a FIFO blocks forever).
+    #[error("{} is {kind}, not a regular file; refusing to read it", path.display())]
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, in words.
+        kind: &'static str,
+    },
+    /// A mapped file changed while it was being read: whatever was computed from it is
+    /// garbage.
+    #[error(
+        "{}: the file changed while orient was reading it ({change}); nothing read from it can be trusted, so no result is given",
+        path.display()
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        change: FileChange,
     },
     /// The index names a shard file that does not exist.
     #[error("{}: tensor `{tensor}` is mapped to shard `{shard}`, which does not exist", index.display())]
@@ -127,4 +163,42 @@ pub enum Error {
         #[source]
         source: ConfigError,
     },
+}
+
+/// How a mapped file changed underneath the process (see [`Error::Changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    /// Its length is no longer the one mapped (truncated, or grown).
+    Resized {
+        /// Length when it was opened.
+        was: u64,
+        /// Length now.
+        now: u64,
+    },
+    /// A read touched pages the file no longer backed (it was truncated, and maybe
+    /// grown back since): those bytes were read as zeros.
+    PagesVanished {
+        /// Length when it was opened (and now).
+        len: u64,
+    },
+    /// Same length, but its modification time changed: rewritten in place.
+    Modified,
+}
+
+impl std::fmt::Display for FileChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileChange::Resized { was, now } if now < was => {
+                write!(f, "it was truncated from {was} to {now} bytes")
+            }
+            FileChange::Resized { was, now } => {
+                write!(f, "its length changed from {was} to {now} bytes")
+            }
+            FileChange::PagesVanished { len } => write!(
+                f,
+                "it was truncated while mapped: bytes past its end read as zeros (it is {len} bytes again now)"
+            ),
+            FileChange::Modified => write!(f, "it was rewritten: its modification time changed"),
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::dtype::Dtype;
@@ -20,6 +21,12 @@ pub const LEN_PREFIX: usize = 8;
 
 /// Largest header accepted, as in the `safetensors` crate (100 MB).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Most tensors accepted in one file (or one index). Real models have at most tens of
+/// thousands; a header of a million zero-size tensors fits in 100 MB and would otherwise
+/// cost gigabytes of memory downstream, so it is refused while parsing, before any of
+/// it is kept.
+pub const MAX_TENSORS: usize = 1_000_000;
 
 /// What is wrong with a header. The file name is added by the caller.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,6 +62,12 @@ pub enum HeaderError {
     InvalidJson {
         /// serde_json's description, with line and column.
         reason: String,
+    },
+    /// More tensors than [`MAX_TENSORS`].
+    #[error("header declares more than {max} tensors; no real model has that many, refusing it")]
+    TooManyTensors {
+        /// The limit.
+        max: usize,
     },
     /// A key appears twice in the header.
     #[error("tensor `{name}`: name appears more than once in the header")]
@@ -277,17 +290,38 @@ pub fn parse_json(
     let text = std::str::from_utf8(json).map_err(|e| HeaderError::NotUtf8 {
         offset: e.valid_up_to(),
     })?;
-    let raw: RawHeader = serde_json::from_str(text).map_err(|e| HeaderError::InvalidJson {
-        reason: e.to_string(),
+    let too_many = std::cell::Cell::new(false);
+    let raw = RawHeader::parse(text, &too_many).map_err(|e| {
+        if too_many.get() {
+            HeaderError::TooManyTensors { max: MAX_TENSORS }
+        } else {
+            HeaderError::InvalidJson {
+                reason: e.to_string(),
+            }
+        }
     })?;
-    if let Some(name) = raw.duplicates.into_iter().next() {
-        return Err(HeaderError::DuplicateName { name });
+    if raw
+        .iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .count()
+        > MAX_TENSORS
+    {
+        return Err(HeaderError::TooManyTensors { max: MAX_TENSORS });
     }
+    let mut seen = HashSet::with_capacity(raw.len());
+    if let Some((name, _)) = raw.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+        return Err(HeaderError::DuplicateName { name: name.clone() });
+    }
+    drop(seen);
 
     let mut metadata = BTreeMap::new();
-    let mut tensors = Vec::with_capacity(raw.entries.len());
-    for (name, value) in raw.entries {
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
         if name == "__metadata__" {
+            let value =
+                serde_json::from_str(value.get()).map_err(|e| HeaderError::InvalidJson {
+                    reason: e.to_string(),
+                })?;
             metadata = parse_metadata(value)?;
         } else {
             tensors.push(parse_entry(name, value)?);
@@ -335,8 +369,8 @@ struct RawEntry {
     data_offsets: (u64, u64),
 }
 
-fn parse_entry(name: String, value: Value) -> Result<HeaderTensor, HeaderError> {
-    let raw: RawEntry = match serde_json::from_value(value) {
+fn parse_entry(name: String, value: &RawValue) -> Result<HeaderTensor, HeaderError> {
+    let raw: RawEntry = match serde_json::from_str(value.get()) {
         Ok(raw) => raw,
         Err(e) => {
             return Err(HeaderError::MalformedEntry {
@@ -453,40 +487,45 @@ fn check_layout(tensors: &[HeaderTensor], data_len: u64) -> Result<(), HeaderErr
     Ok(())
 }
 
-/// The top-level header object, keeping the key order and recording duplicate keys
-/// (serde_json's own maps silently keep the last one).
-struct RawHeader {
-    entries: Vec<(String, Value)>,
-    duplicates: Vec<String>,
-}
+/// The top-level header object as its entries in file order, duplicates kept
+/// (serde_json's own maps silently keep the last value of a repeated key). Each value
+/// stays unparsed text borrowed from the header, so the memory held while parsing is a
+/// name and two pointers per tensor, not a JSON tree.
+struct RawHeader<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de> Deserialize<'de> for RawHeader {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawHeader;
+impl<'a> RawHeader<'a> {
+    /// Parses the object, stopping with an error (and `too_many` set) as soon as it has
+    /// more than [`MAX_TENSORS`] tensors.
+    fn parse(
+        text: &'a str,
+        too_many: &std::cell::Cell<bool>,
+    ) -> Result<Vec<(String, &'a RawValue)>, serde_json::Error> {
+        struct V<'c> {
+            too_many: &'c std::cell::Cell<bool>,
+        }
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = RawHeader<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object mapping tensor names to entries")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
-                let mut seen = HashSet::new();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader<'de>, A::Error> {
                 let mut entries = Vec::new();
-                let mut duplicates = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    let value: Value = map.next_value()?;
-                    if seen.insert(key.clone()) {
-                        entries.push((key, value));
-                    } else {
-                        duplicates.push(key);
+                    // One more than the limit allows for `__metadata__`.
+                    if entries.len() > MAX_TENSORS {
+                        self.too_many.set(true);
+                        return Err(de::Error::custom("too many tensors"));
                     }
+                    let value: &'de RawValue = map.next_value()?;
+                    entries.push((key, value));
                 }
-                Ok(RawHeader {
-                    entries,
-                    duplicates,
-                })
+                Ok(RawHeader(entries))
             }
         }
-        d.deserialize_map(V).map_err(de::Error::custom)
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw = de.deserialize_map(V { too_many })?;
+        de.end()?;
+        Ok(raw.0)
     }
 }
 

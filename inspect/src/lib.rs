@@ -2,6 +2,9 @@
 //!
 //! - [`header`]: parse and validate one header, as a straight line of checked steps.
 //! - [`checkpoint`]: open a file, a sharded set or a model folder; own the memory maps.
+//! - [`mmap`]: the memory maps themselves, and the SIGBUS guard that turns a file
+//!   truncated underneath into an error instead of a crash.
+//! - [`file`](mod@file): opening regular files only (a FIFO would block forever).
 //! - [`view`]: borrowed tensor bytes and an alignment-safe path to f32.
 //! - [`cast`]: widening kernels (bf16/f16 → f32) shared by every reader of data.
 //! - [`config`]: `config.json` resolved once into a plain struct.
@@ -17,17 +20,20 @@ pub mod config;
 pub mod diff;
 pub mod dtype;
 pub mod error;
+pub mod file;
+pub mod formats;
 pub mod header;
 pub mod layout;
+pub mod mmap;
 pub mod report;
 pub mod view;
 
 pub use catalogue::{
     Catalogue, Component, Convention, Entry, Form, NameMatch, Orientation, Role, Variant,
 };
-pub use checkpoint::{Checkpoint, ConfigStatus, Shard, Source, TensorInfo};
+pub use checkpoint::{Checkpoint, ConfigStatus, OpenNote, Shard, Source, TensorInfo};
 pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;
-pub use error::Error;
+pub use error::{Error, FileChange};
 pub use header::HeaderError;
 pub use view::{TensorView, ViewError};

@@ -247,7 +247,8 @@ pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync))
         .config()
         .map(|cfg| Catalogue::for_model(cfg, &opts.layouts))
         .transpose()?;
-    let mut notes = Vec::new();
+    // What opening noticed (e.g. which of model.safetensors and the index was read).
+    let mut notes: Vec<String> = ck.notes().iter().map(ToString::to_string).collect();
     let (convention, mut rows) = match &catalogue {
         Some(cat) => {
             let candidates: Vec<ConvId> = (0..cat.conventions().len()).collect();

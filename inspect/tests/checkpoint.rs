@@ -150,22 +150,213 @@ fn escaping_shard_names_are_refused_without_opening() {
     }
 }
 
+#[test]
+fn names_with_separators_are_refused_before_any_link_is_followed() {
+    // A subfolder name is refused even when the file exists: the rule is about names.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    write_st(&dir.path().join("sub/s.safetensors"), &["a"]);
+    for bad in ["sub/s.safetensors", "./s.safetensors", ".", ".."] {
+        write_index(dir.path(), &[("a", bad)]);
+        let err = Checkpoint::open(dir.path()).unwrap_err();
+        assert!(matches!(&err, Error::ShardEscapes { .. }), "{bad}: {err}");
+    }
+}
+
+/// A file name in a snapshot, and how to write its blob.
+#[cfg(unix)]
+type FileMaker<'a> = (&'a str, &'a dyn Fn(&Path));
+
+/// Builds `models--org--name/{blobs,snapshots/rev}` as the Hugging Face hub does: every
+/// file of the snapshot a relative link to `../../blobs/<hash>`.
+#[cfg(unix)]
+fn hub_snapshot(files: &[FileMaker<'_>]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--org--name");
+    let blobs = repo.join("blobs");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    for (i, (name, make)) in files.iter().enumerate() {
+        let hash = format!("{i:040x}");
+        make(&blobs.join(&hash));
+        std::os::unix::fs::symlink(format!("../../blobs/{hash}"), snap.join(name)).unwrap();
+    }
+    (cache, snap)
+}
+
 #[cfg(unix)]
 #[test]
-fn symlinked_shard_leading_outside_is_refused() {
-    let outside = tempfile::tempdir().unwrap();
-    write_st(&outside.path().join("real.safetensors"), &["a"]);
+fn hub_cache_snapshots_are_followed_single_and_sharded() {
+    // Links anywhere are followed: the names are what is judged.
+    let index = |p: &Path| {
+        std::fs::write(
+            p,
+            r#"{"metadata":{},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00001-of-00002.safetensors","c":"model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap()
+    };
+    let config = |p: &Path| std::fs::write(p, r#"{"model_type":"mystery"}"#).unwrap();
+    let (_cache, snap) = hub_snapshot(&[
+        ("model-00001-of-00002.safetensors", &|p: &Path| {
+            write_st(p, &["a", "b"])
+        }),
+        ("model-00002-of-00002.safetensors", &|p: &Path| {
+            write_st(p, &["c"])
+        }),
+        ("model.safetensors.index.json", &index),
+        ("config.json", &config),
+    ]);
+    let ck = Checkpoint::open(&snap).unwrap();
+    assert_eq!(ck.shards().len(), 2);
+    assert_eq!(ck.tensors().len(), 3);
+    assert_eq!(ck.view(ck.tensor("c").unwrap()).bytes, &[0, 0, 0, 0]);
+    assert!(ck.config_text().is_some());
+    assert!(ck.notes().is_empty());
+
+    let (_cache, snap) = hub_snapshot(&[
+        ("model.safetensors", &|p: &Path| write_st(p, &["w"])),
+        ("config.json", &config),
+    ]);
+    for p in [snap.clone(), snap.join("model.safetensors")] {
+        let ck = Checkpoint::open(&p).unwrap();
+        assert_eq!(ck.tensors().len(), 1);
+        assert!(ck.config_text().is_some(), "config.json beside the link");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_link_to_nothing_is_named_as_such() {
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(
-        outside.path().join("real.safetensors"),
-        dir.path().join("s.safetensors"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink("../../blobs/gone", dir.path().join("s.safetensors")).unwrap();
     write_index(dir.path(), &[("a", "s.safetensors")]);
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotRegularFile { kind, .. } if kind.contains("does not exist")),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_are_refused_by_name_and_never_opened() {
+    let is_fifo = |err: &Error, name: &str| matches!(err, Error::NotRegularFile { path, kind } if path.ends_with(name) && kind.contains("FIFO"));
+    // A shard listed in an index.
+    let dir = tempfile::tempdir().unwrap();
+    mkfifo(&dir.path().join("s.safetensors"));
+    write_index(dir.path(), &[("a", "s.safetensors")]);
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(is_fifo(&err, "s.safetensors"), "{err}");
+    assert!(err.to_string().contains("FIFO"), "{err}");
+
+    // model.safetensors alone, the folder's only file, a file passed directly, the
+    // index, config.json.
+    let dir = tempfile::tempdir().unwrap();
+    mkfifo(&dir.path().join("model.safetensors"));
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(is_fifo(&err, "model.safetensors"), "{err}");
+    let err = Checkpoint::open(dir.path().join("model.safetensors")).unwrap_err();
+    assert!(is_fifo(&err, "model.safetensors"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    mkfifo(&dir.path().join("weights.safetensors"));
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(is_fifo(&err, "weights.safetensors"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    mkfifo(&dir.path().join("model.safetensors.index.json"));
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(is_fifo(&err, "model.safetensors.index.json"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    write_st(&dir.path().join("model.safetensors"), &["a"]);
+    mkfifo(&dir.path().join("config.json"));
+    let err = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(is_fifo(&err, "config.json"), "{err}");
+
+    // A FIFO model.safetensors beside a valid index: transformers skips it (not a
+    // file) and loads the index; so does orient, and says so.
+    let dir = tempfile::tempdir().unwrap();
+    mkfifo(&dir.path().join("model.safetensors"));
+    write_st(&dir.path().join("s.safetensors"), &["a"]);
+    write_index(dir.path(), &[("a", "s.safetensors")]);
+    let ck = Checkpoint::open(dir.path()).unwrap();
     assert!(matches!(
-        Checkpoint::open(dir.path()),
-        Err(Error::ShardEscapes { .. })
+        ck.source(),
+        orient_inspect::Source::Sharded { .. }
     ));
+    assert!(matches!(
+        ck.notes(),
+        [orient_inspect::OpenNote::ModelFileIgnored { .. }]
+    ));
+}
+
+#[test]
+fn model_safetensors_wins_over_the_index_as_in_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_st(&dir.path().join("model.safetensors"), &["single"]);
+    write_st(&dir.path().join("s.safetensors"), &["sharded"]);
+    write_index(dir.path(), &[("sharded", "s.safetensors")]);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    assert!(ck.tensor("single").is_some() && ck.tensor("sharded").is_none());
+    assert_eq!(ck.source(), &orient_inspect::Source::SingleFile);
+    let [note] = ck.notes() else {
+        panic!("one note expected: {:?}", ck.notes())
+    };
+    let text = note.to_string();
+    assert!(
+        text.contains("model.safetensors.index.json") && text.contains("transformers"),
+        "{text}"
+    );
+    // Naming the index reads the index, without a note.
+    let ck = Checkpoint::open(dir.path().join("model.safetensors.index.json")).unwrap();
+    assert!(ck.tensor("sharded").is_some());
+    assert!(ck.notes().is_empty());
+}
+
+#[test]
+fn duplicate_keys_in_the_index_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_st(&dir.path().join("s.safetensors"), &["a"]);
+    let index = dir.path().join("model.safetensors.index.json");
+    // The dropped entry would never be validated: it must not be dropped.
+    for (text, first, second) in [
+        (
+            r#"{"weight_map":{"a":"../../etc/passwd","a":"s.safetensors"}}"#,
+            "../../etc/passwd",
+            "s.safetensors",
+        ),
+        (
+            r#"{"weight_map":{"a":"s.safetensors","a":"s.safetensors"}}"#,
+            "s.safetensors",
+            "s.safetensors",
+        ),
+    ] {
+        std::fs::write(&index, text).unwrap();
+        let err = Checkpoint::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::DuplicateInIndex { tensor, first: f, second: s, .. }
+                if tensor == "a" && f == first && s == second),
+            "{err}"
+        );
+        assert!(err.to_string().contains("more than once"), "{err}");
+    }
+    for text in [
+        r#"{"weight_map":{"a":"s.safetensors"},"weight_map":{"a":"s.safetensors"}}"#,
+        r#"{"metadata":{"k":"1","k":"2"},"weight_map":{"a":"s.safetensors"}}"#,
+    ] {
+        std::fs::write(&index, text).unwrap();
+        let err = Checkpoint::open(dir.path()).unwrap_err();
+        assert!(matches!(&err, Error::InvalidIndex { .. }), "{text}: {err}");
+    }
+    std::fs::write(&index, r#"{"weight_map":{"a":"s.safetensors"}}"#).unwrap();
+    assert!(Checkpoint::open(dir.path()).is_ok());
 }
 
 #[test]
@@ -319,4 +510,125 @@ fn fixtures_open() {
             assert!(v.iter().all(|x| x.is_finite()), "{name}: {}", t.name);
         }
     }
+}
+
+/// A file of one F32 tensor of `n` values `0, 1, 2, …`, with a header padded so that
+/// the data starts on a page boundary.
+fn write_f32_file(path: &Path, n: usize) {
+    let mut header = format!(
+        r#"{{"w":{{"dtype":"F32","shape":[{n}],"data_offsets":[0,{}]}}}}"#,
+        n * 4
+    );
+    while (header.len() + 8) % 4096 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    for i in 0..n {
+        bytes.extend_from_slice(&(i as f32).to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_file_truncated_while_mapped_is_an_error_not_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.safetensors");
+    write_f32_file(&p, 16 * 1024); // 64 KiB of data, 16 pages
+    let ck = Checkpoint::open(&p).unwrap();
+    ck.check_intact().unwrap();
+    let t = ck.tensor("w").unwrap();
+    ck.check_tensor(t).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(4096 + 4096)
+        .unwrap();
+    // Reading past the new end would raise SIGBUS; here it reads zeros...
+    let v = ck.view(t).to_f32_vec().unwrap();
+    assert_eq!(v[1], 1.0);
+    assert!(v[2048..].iter().all(|&x| x == 0.0));
+    // ...and the checkpoint says which file changed.
+    for err in [
+        ck.check_intact().unwrap_err(),
+        ck.check_tensor(t).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, Error::Changed { path, change: orient_inspect::FileChange::Resized { now: 8192, .. } } if path == &p),
+            "{err}"
+        );
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+    // Grown back to the same length: the fault is still remembered.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(ck.shards()[0].file_len() as u64)
+        .unwrap();
+    assert!(matches!(
+        ck.check_intact(),
+        Err(Error::Changed {
+            change: orient_inspect::FileChange::PagesVanished { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_file_rewritten_in_place_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.safetensors");
+    write_f32_file(&p, 1024);
+    let ck = Checkpoint::open(&p).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    let err = ck.check_intact().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Changed {
+                change: orient_inspect::FileChange::Modified,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn too_many_tensors_are_refused_while_parsing() {
+    use orient_inspect::header::MAX_TENSORS;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("many.safetensors");
+    let entry = |i: usize| format!(r#""t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}"#);
+    let write = |n: usize, meta: bool| {
+        let mut header = String::from("{");
+        if meta {
+            header.push_str(r#""__metadata__":{"format":"pt"},"#);
+        }
+        header.push_str(&(0..n).map(entry).collect::<Vec<_>>().join(","));
+        header.push('}');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        std::fs::write(&p, bytes).unwrap();
+    };
+    write(MAX_TENSORS + 1, false);
+    let err = Checkpoint::open(&p).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Header {
+                source: HeaderError::TooManyTensors { max: MAX_TENSORS },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("many.safetensors"), "{err}");
+    write(MAX_TENSORS, true);
+    assert_eq!(Checkpoint::open(&p).unwrap().tensors().len(), MAX_TENSORS);
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use orient::output;
 use orient_convert::convert::{self, WriteOptions};
+use orient_convert::destination::{self, Destination};
 use orient_convert::plan::{self, From, Options};
 use orient_convert::writer::parse_size;
 use orient_inspect::{Checkpoint, Convention, Dtype};
@@ -78,7 +79,8 @@ pub struct Args {
 /// Flags shared by the commands that write a checkpoint (`convert`, `synth`).
 #[derive(Debug, clap::Args)]
 pub struct WriteArgs {
-    /// Replace an existing destination.
+    /// Replace an existing destination that holds a previous checkpoint (and nothing
+    /// else: other files are listed and refused).
     #[arg(long)]
     pub force: bool,
     /// No progress bar and no summary.
@@ -87,6 +89,17 @@ pub struct WriteArgs {
     /// Skip the fsync of the output before the final rename (faster; not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
+}
+
+/// Before a command writes `dst`: a Ctrl-C or SIGTERM from now on removes the staging
+/// folder, and staging folders that dead runs left beside `dst` are removed (and named
+/// on stderr).
+pub fn prepare_write(dst: &Destination) -> anyhow::Result<()> {
+    orient::interrupt::install().context("cannot watch for Ctrl-C and SIGTERM")?;
+    let found = destination::sweep_stale(dst)?;
+    // Notes only: a closed stderr must not stop the write.
+    let _ = output::staging::stale(&found, &dst.given, &mut output::stderr());
+    Ok(())
 }
 
 fn convention(l: Layout) -> Convention {
@@ -99,9 +112,10 @@ fn convention(l: Layout) -> Convention {
 /// Runs `orient convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
-    convert::check_destination(&args.src, &args.dst, args.write.force)?;
+    let target = destination::check_destination(&args.src, &args.dst, args.write.force)?;
     let ckpt = Checkpoint::open(&args.src)
         .with_context(|| format!("cannot read {}", args.src.display()))?;
+    output::notes::warn(ckpt.notes());
     let opts = Options {
         to: convention(args.to),
         from: match args.from {
@@ -129,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::convert::header(&plan, &args.src, &args.dst, &mut out)?;
         out.flush()?;
     }
+    prepare_write(&target)?;
     let progress = output::progress::BytesProgress::new(
         !args.write.quiet,
         plan.output_bytes().unwrap_or(0),

@@ -75,6 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot open A ({})", args.a.display()))?;
     let b = Checkpoint::open(&args.b)
         .with_context(|| format!("cannot open B ({})", args.b.display()))?;
+    orient::output::notes::warn(a.notes());
+    orient::output::notes::warn(b.notes());
     let mut expect: Vec<Conversion> = args.expect_conversion.iter().map(|&e| e.into()).collect();
     expect.dedup();
     let opts = DiffOptions {
@@ -94,6 +96,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    // Verdicts computed from a file that changed underneath mean nothing.
+    a.check_intact()
+        .with_context(|| format!("cannot compare A ({})", args.a.display()))?;
+    b.check_intact()
+        .with_context(|| format!("cannot compare B ({})", args.b.display()))?;
 
     let mut out = orient::output::stdout();
     if args.json {

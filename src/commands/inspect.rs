@@ -54,6 +54,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let progress = output::progress::BytesProgress::new(args.stats, total, "reading");
     let report = report::inspect(&ck, &opts, &|n| progress.inc(n));
     progress.finish();
+    // --stats read the data: none of it counts if a file changed meanwhile.
+    ck.check_intact()
+        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
     // One write per buffer, not per line: a 7B report is ~350 lines.
     let mut out = std::io::BufWriter::new(output::stdout());
     if args.json {

@@ -32,6 +32,9 @@ pub struct Args {
     /// format of the fixtures' `reference.safetensors` (readable by `verify --reference`).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+    /// Let --save replace an existing file (never one of the model's own files).
+    #[arg(long, requires = "save")]
+    pub force: bool,
     /// Run the forward N times and print timings to stderr (for benchmarks).
     #[arg(long, hide = true, default_value_t = 1)]
     pub repeat: usize,
@@ -46,9 +49,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let ckpt = Checkpoint::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
+    orient::output::notes::warn(ckpt.notes());
     let mut model =
         Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
     model.keep_pages(args.keep_pages);
+    if let Some(path) = &args.save {
+        // Before the forward, which may take minutes.
+        model::save::check_target(&ckpt, path, args.force)?;
+    }
     let load = start.elapsed();
     let record = args.save.is_some();
     let mut forwards = Vec::new();
@@ -88,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             meta.insert("model".to_string(), args.model.display().to_string());
             meta.insert("orient".to_string(), env!("CARGO_PKG_VERSION").to_string());
-            model::save::write(&out, path, meta)
+            model::save::write(&out, path, meta, args.force)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some(path.display().to_string())
         }

@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use orient::output;
+use orient_convert::destination;
 use orient_convert::synth::{self, SynthOptions};
 use orient_convert::writer::parse_size;
+use orient_inspect::checkpoint::MAX_JSON_FILE_LEN;
 use orient_inspect::{parse_config, ConfigOutcome, Dtype};
 
 /// Weight dtype of the synthesized model.
@@ -29,7 +31,7 @@ pub enum SynthDtype {
 pub struct Args {
     /// A `config.json`, or a folder containing one.
     pub config: PathBuf,
-    /// Destination folder (must not exist unless --force).
+    /// Destination folder (must not exist unless --force; never the config's folder).
     pub out: PathBuf,
     /// Weight dtype.
     #[arg(long, value_enum, default_value = "f32")]
@@ -52,7 +54,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         args.config.clone()
     };
-    let text = std::fs::read_to_string(&path)
+    // Regular files only: a FIFO named as the config would block forever.
+    let text = orient_inspect::file::read_regular(&path, MAX_JSON_FILE_LEN)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
         .with_context(|| format!("cannot read {}", path.display()))?;
     let cfg = match parse_config(&text).with_context(|| format!("{}", path.display()))? {
         ConfigOutcome::Known(cfg) => cfg,
@@ -73,10 +77,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         force: args.write.force,
         sync: !args.write.no_fsync,
     };
+    // The config (or its folder) is this command's source: never replace it.
+    let target = destination::check_destination(&args.config, &args.out, args.write.force)?;
     let total: u64 = synth::tensors(&cfg, opts.dtype)?
         .iter()
         .map(|(t, _)| t.nbytes)
         .sum();
+    super::convert::prepare_write(&target)?;
     let progress = output::progress::BytesProgress::new(!args.write.quiet, total, "synthesizing");
     let start = Instant::now();
     let result = synth::synthesize(&cfg, &text, &args.out, &opts, &mut |n| progress.inc(n));

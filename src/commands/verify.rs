@@ -65,6 +65,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     };
     let ckpt = Checkpoint::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
+    orient::output::notes::warn(ckpt.notes());
     let mut model =
         Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
     if let Some(ref_path) = &args.reference {
@@ -109,6 +110,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     };
     let other_ckpt = Checkpoint::open(other_path)
         .with_context(|| format!("opening {}", other_path.display()))?;
+    orient::output::notes::warn(other_ckpt.notes());
     let mut other =
         Model::new(&other_ckpt).with_context(|| format!("loading {}", other_path.display()))?;
     let (va, vb) = (model.config().vocab_size, other.config().vocab_size);

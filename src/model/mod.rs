@@ -121,6 +121,10 @@ pub enum ModelError {
         #[source]
         source: orient_inspect::ViewError,
     },
+    /// A weight file changed while the forward read it (truncated or rewritten by
+    /// another process): the values read are garbage. The error names the file.
+    #[error(transparent)]
+    Changed(orient_inspect::Error),
     /// A broken invariant inside the forward (a bug, reported rather than panicking).
     #[error("internal error in the forward: {0}")]
     Internal(String),
@@ -357,13 +361,17 @@ impl<'c> Model<'c> {
     /// embedding output, every layer's residual stream after attention and after the MLP, and
     /// the final norm output; otherwise only the logits.
     pub fn forward(&mut self, tokens: &[u32], record: bool) -> Result<ForwardOutput, ModelError> {
-        forward::forward(
+        let out = forward::forward(
             &self.config,
             &mut self.weights,
             tokens,
             record,
             self.threads,
-        )
+        );
+        // Weights used in place are read inside the matmuls, after the per-tensor checks:
+        // nothing computed from a file that changed underneath is returned.
+        self.weights.check_intact()?;
+        out
     }
 }
 

@@ -6,7 +6,11 @@
 //! reads a file written by `orient run --save` as readily as one written by transformers.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use orient_convert::convert::COMPANION_FILES;
+use orient_inspect::{Checkpoint, Source};
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -55,6 +59,28 @@ pub enum ReferenceError {
         shape: Vec<usize>,
         /// What was expected.
         expected: String,
+    },
+    /// The file to write exists and replacing it was not asked for.
+    #[error("{path} already exists (use --force to replace it)")]
+    Exists {
+        /// The file.
+        path: String,
+    },
+    /// The file to write is a folder.
+    #[error("{path} is a folder; name a file to write")]
+    IsFolder {
+        /// The path.
+        path: String,
+    },
+    /// The file to write is one of the files of the model being read.
+    #[error(
+        "refusing to write {path}: it is {file}, part of the model being read (even with --force)"
+    )]
+    PartOfModel {
+        /// The file given.
+        path: String,
+        /// The model's file it is (after links).
+        file: String,
     },
     /// A token id that is negative or too large.
     #[error("{path}: input_ids[{position}] = {value} is not a valid token id")]
@@ -116,9 +142,12 @@ impl Reference {
     /// Reads a reference file.
     pub fn read(path: &Path) -> Result<Reference, ReferenceError> {
         let p = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ReferenceError::Io {
-            path: p.clone(),
-            source,
+        // Regular files only: a FIFO passed as the reference would block forever.
+        let bytes = orient_inspect::file::read_regular(path, u64::MAX).map_err(|source| {
+            ReferenceError::Io {
+                path: p.clone(),
+                source,
+            }
         })?;
         let (_, meta) =
             SafeTensors::read_metadata(&bytes).map_err(|source| ReferenceError::Format {
@@ -204,11 +233,63 @@ impl Reference {
     }
 }
 
-/// Writes `out` (a recorded forward) in the reference format.
+/// Checks, before any work, that `path` may receive a saved forward of `ckpt`: it must
+/// not exist unless `replace`, must not be a folder, and must never be one of the
+/// model's own files (its shards, index, `config.json`, or the companion files beside
+/// them), whatever path, link or hard link names it: files are compared by device and
+/// inode.
+pub fn check_target(ckpt: &Checkpoint, path: &Path, replace: bool) -> Result<(), ReferenceError> {
+    let p = path.display().to_string();
+    // A dangling link exists too: the rename would replace it.
+    if path.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(ReferenceError::Io { path: p, source }),
+    };
+    if let Some(meta) = &meta {
+        if meta.is_dir() {
+            return Err(ReferenceError::IsFolder { path: p });
+        }
+        for file in model_files(ckpt) {
+            let same = std::fs::metadata(&file)
+                .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+            if same {
+                return Err(ReferenceError::PartOfModel {
+                    path: p,
+                    file: file.display().to_string(),
+                });
+            }
+        }
+    }
+    if !replace {
+        return Err(ReferenceError::Exists { path: p });
+    }
+    Ok(())
+}
+
+/// Every file of the model `ckpt` was opened from.
+fn model_files(ckpt: &Checkpoint) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = ckpt.shards().iter().map(|s| s.path.clone()).collect();
+    if let Source::Sharded { index, .. } = ckpt.source() {
+        files.push(index.clone());
+    }
+    files.extend(ckpt.config_path().map(Path::to_path_buf));
+    files.extend(COMPANION_FILES.iter().map(|n| ckpt.root().join(n)));
+    files
+}
+
+/// Writes `out` (a recorded forward) in the reference format, atomically: into a
+/// temporary file beside `path`, fsynced, then renamed onto it (without `replace`, the
+/// rename fails rather than replace a file that appeared meanwhile). Call
+/// [`check_target`] first.
 pub fn write(
     out: &ForwardOutput,
     path: &Path,
     metadata: HashMap<String, String>,
+    replace: bool,
 ) -> Result<(), ReferenceError> {
     let p = path.display().to_string();
     let t = out.len();
@@ -265,9 +346,28 @@ pub fn write(
         source,
     };
     let dir = orient_inspect::checkpoint::parent_dir(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    // tempfile's default mode is 0600; the saved file gets what any new file gets
+    // (0666 less the umask).
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(io)?;
     std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
+    if replace {
+        tmp.persist(path).map_err(|e| io(e.error))?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                ReferenceError::Exists { path: p.clone() }
+            } else {
+                io(e.error)
+            }
+        })?;
+    }
+    // The rename itself is durable only once the folder is.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }

@@ -219,10 +219,26 @@ impl<'c> Weights<'c> {
     /// A 1-D weight (norm scale, bias) as f32.
     pub fn vector(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let f = self.get(name)?;
-        self.ckpt
+        let v = self
+            .ckpt
             .view(f.info)
             .to_f32_vec()
-            .map_err(|e| self.read_error(name, e))
+            .map_err(|e| self.read_error(name, e))?;
+        self.check(f.info)?;
+        Ok(v)
+    }
+
+    /// Fails if the file holding `t` changed since it was opened (see
+    /// `Checkpoint::check_intact`): run after each read, so that a truncated file ends
+    /// the forward with an error naming it.
+    fn check(&self, t: &TensorInfo) -> Result<(), ModelError> {
+        self.ckpt.check_tensor(t).map_err(ModelError::Changed)
+    }
+
+    /// Fails if any weight file changed since it was opened; run after the forward,
+    /// since weights used in place are read inside the matmuls.
+    pub fn check_intact(&self) -> Result<(), ModelError> {
+        self.ckpt.check_intact().map_err(ModelError::Changed)
     }
 
     /// The weight `name` as the logical `[in, out]` matrix (`rows = in`), restricted to the
@@ -255,6 +271,9 @@ impl<'c> Weights<'c> {
         let width = out_end - out_start;
         let view = self.ckpt.view(f.info);
         if let Some(all) = view.as_f32() {
+            // Read later, in place, by the matmul: `Model::forward` checks the files
+            // after it; this catches a change before it.
+            self.check(f.info)?;
             // In place: offset the view to the first output of the block.
             return match f.stored {
                 // [out, in]: element (i, o) at o·in + i
@@ -275,6 +294,7 @@ impl<'c> Weights<'c> {
                 // the block is contiguous: outputs out_start..out_end, each n_in long
                 let src = &bytes[out_start * n_in * elem..out_end * n_in * elem];
                 widen_par(dtype, src, &mut self.scratch);
+                self.check(f.info)?;
                 MatRef::new(&self.scratch, n_in, width, 1, n_in)
             }
             _ => {
@@ -287,6 +307,7 @@ impl<'c> Weights<'c> {
                         let start = (i * n_out + out_start) * elem;
                         widen(dtype, &bytes[start..start + width * elem], dst);
                     });
+                self.check(f.info)?;
                 MatRef::new(&self.scratch, n_in, width, width, 1)
             }
         }
@@ -338,6 +359,7 @@ impl<'c> Weights<'c> {
                 );
             }
         }
+        self.check(f.info)?;
         Ok(out)
     }
 

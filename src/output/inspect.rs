@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use comfy_table::{presets, Cell, ContentArrangement, Table};
+use comfy_table::{presets, Cell, ColumnConstraint, ContentArrangement, Table, Width};
 use orient_inspect::report::{GroupRow, Report, Stats, Status, TensorRow};
 
 use crate::output::escape::{cell, escape, Escaping};
@@ -12,12 +12,13 @@ pub fn json(report: &Report, w: &mut dyn Write) -> io::Result<()> {
     crate::output::json::write_pretty(w, report)
 }
 
+/// Rows rendered per comfy-table: the cells of a table cost about a kilobyte per row, so
+/// a header of a million tensors must not become one table.
+const ROWS_PER_CHUNK: usize = 4096;
+
 /// Writes the tensor table (or the per-layer groups) followed by the summary.
 pub fn table(report: &Report, w: &mut dyn Write, with_stats: bool) -> io::Result<()> {
     let w = &mut Escaping::new(w);
-    let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
     let mut header = vec![
         "name", "dtype", "shape", "params", "role", "layout", "expected", "status",
     ];
@@ -27,21 +28,82 @@ pub fn table(report: &Report, w: &mut dyn Write, with_stats: bool) -> io::Result
     if with_stats {
         header.extend(["min", "max", "mean", "std", "nan/inf"]);
     }
-    t.set_header(header);
-    match &report.groups {
-        Some(groups) => {
-            for g in groups {
-                t.add_row(group_cells(g, with_stats));
-            }
+    let rows: Box<dyn Fn(usize, usize) -> Vec<Vec<Cell>>> = match &report.groups {
+        Some(groups) => Box::new(move |from, to| {
+            groups[from..to]
+                .iter()
+                .map(|g| group_cells(g, with_stats))
+                .collect()
+        }),
+        None => Box::new(move |from, to| {
+            report.tensors[from..to]
+                .iter()
+                .map(|r| row_cells(r, r.params, with_stats))
+                .collect()
+        }),
+    };
+    let n = report
+        .groups
+        .as_ref()
+        .map_or(report.tensors.len(), Vec::len);
+    chunked_table(&header, n, ROWS_PER_CHUNK, &*rows, w)?;
+    summary(report, w)
+}
+
+/// Writes one table of `n` rows, built `chunk` rows at a time by `rows(from, to)`, so
+/// that memory stays bounded by a chunk of cells whatever `n` is. The output is the
+/// same as one comfy-table holding every row: a first pass over the chunks measures
+/// each column's widest cell, the second renders each chunk with those widths fixed
+/// and stitches the chunks' borders together.
+fn chunked_table(
+    header: &[&str],
+    n: usize,
+    chunk: usize,
+    rows: &dyn Fn(usize, usize) -> Vec<Vec<Cell>>,
+    w: &mut dyn Write,
+) -> io::Result<()> {
+    let chunk = chunk.max(1);
+    let new_table = |with_header: bool, cells: Vec<Vec<Cell>>| {
+        let mut t = Table::new();
+        t.load_preset(presets::UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Disabled);
+        if with_header {
+            t.set_header(header.to_vec());
         }
-        None => {
-            for r in &report.tensors {
-                t.add_row(row_cells(r, r.params, with_stats));
-            }
+        t.add_rows(cells);
+        t
+    };
+    let starts = (0..n.max(1)).step_by(chunk);
+    // Pass 1: the widest cell of each column, over every chunk and the header.
+    let mut widths: Vec<u16> = vec![0; header.len()];
+    for (i, from) in starts.clone().enumerate() {
+        let t = new_table(i == 0, rows(from, (from + chunk).min(n)));
+        for (w, c) in widths.iter_mut().zip(t.column_max_content_widths()) {
+            *w = (*w).max(c);
         }
     }
-    writeln!(w, "{t}")?;
-    summary(report, w)
+    // Pass 2: render each chunk at those widths; keep the top border of the first and
+    // the bottom border of the last only.
+    let chunks = starts.len();
+    for (i, from) in starts.enumerate() {
+        let mut t = new_table(i == 0, rows(from, (from + chunk).min(n)));
+        for (column, &width) in t.column_iter_mut().zip(&widths) {
+            // The constraint counts the padding (one space each side).
+            column.set_constraint(ColumnConstraint::Absolute(Width::Fixed(
+                width.saturating_add(2),
+            )));
+        }
+        let text = t.to_string();
+        let mut lines: Vec<&str> = text.lines().collect();
+        if i + 1 < chunks {
+            lines.pop();
+        }
+        let skip = usize::from(i > 0);
+        for line in &lines[skip..] {
+            writeln!(w, "{line}")?;
+        }
+    }
+    Ok(())
 }
 
 fn group_cells(g: &GroupRow, with_stats: bool) -> Vec<Cell> {

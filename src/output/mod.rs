@@ -11,8 +11,10 @@ pub mod diff;
 pub mod escape;
 pub mod inspect;
 pub mod json;
+pub mod notes;
 pub mod progress;
 pub mod run;
+pub mod staging;
 pub mod stdio;
 pub mod verify;
 
