@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use orient_inspect::{parse_config, Catalogue, ConfigOutcome, Convention, ModelConfig};
+use orient_inspect::layout::catalogue::{Catalogue, ConvId, FLAX, HF};
+use orient_inspect::{parse_config, ConfigOutcome, ModelConfig};
 
 fn fixture(dir: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,7 +47,7 @@ fn config(dir: &str) -> ModelConfig {
 
 /// Checks that every tensor resolves under `convention` with the catalogue's shape, and that
 /// every required entry is present. Returns the names whose shape differs.
-fn check(dir: &str, convention: Convention) -> Vec<String> {
+fn check(dir: &str, convention: ConvId) -> Vec<String> {
     let cfg = config(dir);
     let cat = Catalogue::new(&cfg);
     let tensors = header(dir);
@@ -60,15 +61,15 @@ fn check(dir: &str, convention: Convention) -> Vec<String> {
             assert_eq!(m.convention, convention, "{dir}: {name}");
         }
         seen[m.entry] = true;
-        if cat.form(m.entry, convention).shape != *shape {
+        if cat.stored(m.entry, convention).unwrap().shape != *shape {
             mismatched.push(name.clone());
         }
     }
-    for (e, seen) in cat.entries().iter().zip(seen) {
+    for (i, seen) in seen.into_iter().enumerate() {
         assert!(
-            seen || e.optional.is_some(),
+            seen || cat.optional(i, convention).is_some(),
             "{dir}: required {} missing",
-            e.form(convention).name
+            cat.stored(i, convention).map_or("?", |s| s.name.as_str())
         );
     }
     mismatched
@@ -77,14 +78,14 @@ fn check(dir: &str, convention: Convention) -> Vec<String> {
 #[test]
 fn hf_fixtures_match_the_catalogue() {
     for dir in ["llama", "llama-bf16", "mistral", "qwen2", "qwen3", "gpt2"] {
-        assert_eq!(check(dir, Convention::Hf), Vec::<String>::new(), "{dir}");
+        assert_eq!(check(dir, HF), Vec::<String>::new(), "{dir}");
     }
 }
 
 #[test]
 fn flax_fixtures_match_the_catalogue() {
     for dir in ["llama-flax", "mistral-flax", "qwen2-flax", "gpt2-flax"] {
-        assert_eq!(check(dir, Convention::Flax), Vec::<String>::new(), "{dir}");
+        assert_eq!(check(dir, FLAX), Vec::<String>::new(), "{dir}");
     }
 }
 
@@ -129,5 +130,5 @@ fn buggy_qwen2_shows_every_non_square_projection_transposed() {
             "model.layers.1.self_attn.q_proj.weight",
         ]
     );
-    assert_eq!(check("qwen2-buggy", Convention::Hf), expected);
+    assert_eq!(check("qwen2-buggy", HF), expected);
 }

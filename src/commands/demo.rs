@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         group_layers: true,
         ..Options::default()
     };
-    let inspected = report::inspect(&ckpt, &opts, &|_| {});
+    let inspected = report::inspect(&ckpt, &opts, &|_| {})?;
     output::inspect::table(&inspected, &mut out, false)?;
 
     output::demo::step(

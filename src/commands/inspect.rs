@@ -34,6 +34,8 @@ pub struct Args {
     /// the rows the filter keeps are judged (the `filtered:` line of the summary).
     #[arg(long)]
     pub check: bool,
+    #[command(flatten)]
+    pub layout: super::LayoutArgs,
 }
 
 /// Runs `orient inspect`.
@@ -49,10 +51,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         filter,
         group_layers: args.group_layers,
         stats: args.stats,
+        layouts: args.layout.load()?,
     };
     let total = ck.tensors().iter().map(|t| t.nbytes() as u64).sum();
     let progress = output::progress::BytesProgress::new(args.stats, total, "reading");
-    let report = report::inspect(&ck, &opts, &|n| progress.inc(n));
+    let report = report::inspect(&ck, &opts, &|n| progress.inc(n))
+        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
     progress.finish();
     // --stats read the data: none of it counts if a file changed meanwhile.
     ck.check_intact()

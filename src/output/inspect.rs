@@ -128,8 +128,8 @@ fn row_cells(r: &TensorRow, params: u64, with_stats: bool) -> Vec<Cell> {
         } else {
             thousands(params)
         }),
-        Cell::new(r.role.map_or("?", role_name)),
-        Cell::new(r.layout.unwrap_or("?")),
+        Cell::new(r.role.map_or("?", |r| r.name())),
+        Cell::new(r.layout.as_deref().unwrap_or("?")),
         Cell::new(r.expected_shape.as_deref().map_or("?".to_owned(), shape)),
         cell(status_text(r)),
     ];
@@ -156,22 +156,6 @@ fn status_text(r: &TensorRow) -> String {
         s.push_str(&format!(" ({note})"));
     }
     s
-}
-
-/// Short lowercase role names for the table.
-pub fn role_name(role: orient_inspect::catalogue::Role) -> &'static str {
-    use orient_inspect::catalogue::Role;
-    match role {
-        Role::Embedding => "embedding",
-        Role::PositionEmbedding => "position-embedding",
-        Role::Linear => "linear",
-        Role::Conv1d => "conv1d",
-        Role::FusedQkv => "fused-qkv",
-        Role::Norm => "norm",
-        Role::Bias => "bias",
-        Role::LmHead => "lm-head",
-        Role::Buffer => "buffer",
-    }
 }
 
 fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {

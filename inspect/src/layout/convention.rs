@@ -294,8 +294,13 @@ pub fn builtin(name: &str) -> Option<Arc<Convention>> {
     builtins().iter().find(|c| c.name == name).cloned()
 }
 
-/// Reads a user's layout file.
+/// Reads a user's layout file (its `base` may name a built-in).
 pub fn load(path: &std::path::Path) -> Result<Convention, LayoutError> {
+    load_with(path, builtins())
+}
+
+/// Reads a user's layout file whose `base` may name any of `known`.
+pub fn load_with(path: &std::path::Path, known: &[Arc<Convention>]) -> Result<Convention, LayoutError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| LayoutError {
         file: file.clone(),
