@@ -80,3 +80,164 @@ fn odd_head_dim_is_refused_at_config_resolution() {
             "`head_dim` is 11 (hidden_size / num_attention_heads = 66 / 6)",
         ));
 }
+
+/// Rewrites `dir/model.safetensors` after `edit(name, dtype, shape, bytes)` has changed the
+/// bytes of any tensor (same dtype and shape).
+fn edit_weights(
+    dir: &Path,
+    mut edit: impl FnMut(&str, safetensors::Dtype, &[usize], &mut Vec<u8>),
+) {
+    use safetensors::tensor::TensorView;
+    use safetensors::SafeTensors;
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    for (name, dtype, shape, data) in &mut owned {
+        edit(name, *dtype, shape, data);
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+fn diff_json(a: &Path, b: &Path, expect: &str) -> (i32, serde_json::Value) {
+    let out = orient()
+        .arg("diff")
+        .arg(a)
+        .arg(b)
+        .args(["--json", "--expect-conversion", expect])
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    (out.status.code().unwrap(), report)
+}
+
+fn pair<'a>(report: &'a serde_json::Value, a_name: &str) -> &'a serde_json::Value {
+    report["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["a"]["name"] == a_name)
+        .unwrap_or_else(|| panic!("no pair {a_name}"))
+}
+
+/// Issue 8, item 10: a correct HF → Flax conversion of a model with a zero square kernel (or
+/// a 1×1 one) used to exit 1, blaming a "forgotten transpose": the tensor equals its own
+/// transpose, so it is identical and transposed at once, and diff says so.
+#[test]
+fn diff_does_not_blame_a_kernel_equal_to_its_transpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = copy_fixture("llama", dir.path(), |c| c);
+    let zero_q = "model.layers.0.self_attn.q_proj.weight";
+    let sym_o = "model.layers.1.self_attn.o_proj.weight";
+    edit_weights(&hf, |name, _, shape, data| {
+        if name == zero_q {
+            data.fill(0);
+        } else if name == sym_o {
+            // o := o + oᵀ (f32), a symmetric square kernel
+            let n = shape[0];
+            let v: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            *data = (0..n * n)
+                .flat_map(|k| (v[k] + v[(k % n) * n + k / n]).to_le_bytes())
+                .collect();
+        }
+    });
+    let flax = dir.path().join("llama-flax");
+    orient()
+        .args(["convert", "--to", "flax", "-q"])
+        .arg(&hf)
+        .arg(&flax)
+        .assert()
+        .success();
+    let (code, report) = diff_json(&hf, &flax, "hf-to-flax");
+    assert_eq!(code, 0, "{report:#}");
+    for name in [zero_q, sym_o] {
+        let p = pair(&report, name);
+        assert_eq!(p["verdict"], "identical", "{p:#}");
+        assert_eq!(p["symmetric"], true, "{p:#}");
+        assert_eq!(p["explained"], true, "{p:#}");
+    }
+    // The table says why instead of blaming.
+    orient()
+        .args(["diff", "--expect-conversion", "hf-to-flax"])
+        .arg(&hf)
+        .arg(&flax)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("identical and transposed at once"))
+        .stdout(predicate::str::contains("forgot to transpose").not());
+
+    // A GPT-2 of width 1: attn.c_proj is a 1×1 Conv1D kernel.
+    let cfg = dir.path().join("gpt2-w1.json");
+    std::fs::write(
+        &cfg,
+        r#"{"model_type": "gpt2", "n_embd": 1, "n_head": 1, "n_layer": 1,
+            "n_positions": 8, "vocab_size": 16}"#,
+    )
+    .unwrap();
+    let tiny = dir.path().join("gpt2-w1");
+    let tiny_flax = dir.path().join("gpt2-w1-flax");
+    orient()
+        .arg("synth")
+        .arg(&cfg)
+        .arg(&tiny)
+        .arg("-q")
+        .assert()
+        .success();
+    orient()
+        .args(["convert", "--to", "flax", "-q"])
+        .arg(&tiny)
+        .arg(&tiny_flax)
+        .assert()
+        .success();
+    let (code, report) = diff_json(&tiny, &tiny_flax, "hf-to-flax");
+    assert_eq!(code, 0, "{report:#}");
+    let p = pair(&report, "transformer.h.0.attn.c_proj.weight");
+    assert_eq!(p["verdict"], "identical", "{p:#}");
+    assert_eq!(p["symmetric"], true, "{p:#}");
+}
+
+/// Issue 8, item 10: `--expect-conversion cast` explained a BF16 → BF16 pair one ulp apart
+/// everywhere; with the same dtype on both sides no cast happened.
+#[test]
+fn diff_cast_does_not_explain_rounding_without_a_cast() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = copy_fixture("llama-bf16", dir.path(), |c| c);
+    let bumped = "model.layers.0.mlp.up_proj.weight";
+    edit_weights(&b, |name, dtype, _, data| {
+        if name == bumped {
+            assert_eq!(dtype, safetensors::Dtype::BF16);
+            for c in data.chunks_exact_mut(2) {
+                let x = u16::from_le_bytes([c[0], c[1]]) + 1; // one ulp away from zero
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    });
+    let (code, report) = diff_json(&fixture("llama-bf16"), &b, "cast");
+    assert_eq!(code, 1, "{report:#}");
+    let p = pair(&report, bumped);
+    assert_eq!(p["verdict"], "rounded", "{p:#}");
+    assert_eq!(p["explained"], false, "{p:#}");
+    assert!(
+        p["unexplained_because"]
+            .as_str()
+            .unwrap()
+            .contains("both sides are BF16: no cast happened"),
+        "{p:#}"
+    );
+    // The cast that did happen (F32 → BF16) is still explained.
+    let (code, _) = diff_json(&fixture("llama"), &fixture("llama-bf16"), "cast");
+    assert_eq!(code, 0);
+}
