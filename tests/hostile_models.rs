@@ -241,3 +241,103 @@ fn diff_cast_does_not_explain_rounding_without_a_cast() {
     let (code, _) = diff_json(&fixture("llama"), &fixture("llama-bf16"), "cast");
     assert_eq!(code, 0);
 }
+
+fn set_tied(config: String) -> String {
+    with_field(config, "tie_word_embeddings", "true")
+}
+
+/// Issue 8, item 5: a config that ties the embeddings over a file that stores a different
+/// (stale) lm_head. PyTorch ignores the head, the Flax llama-family classes use it, so the
+/// file is two different models: `convert` refuses it for either target (one shared check),
+/// and `verify` of a Flax copy that kept the stale head fails at the logits.
+#[test]
+fn tied_config_with_a_stale_lm_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let b6 = copy_fixture("qwen2", dir.path(), set_tied);
+    for to in ["flax", "hf"] {
+        let out = dir.path().join(format!("x-{to}"));
+        orient()
+            .args(["convert", "--to", to])
+            .arg(&b6)
+            .arg(&out)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "`lm_head.weight` differs from `model.embed_tokens.weight`",
+            ))
+            .stderr(predicate::str::contains("is tie_word_embeddings right?"));
+        assert!(!out.exists(), "{to}: nothing may be written");
+    }
+
+    // The Flax copy the old convert wrote: the stale head as lm_head.kernel, config tied.
+    let x = dir.path().join("x");
+    orient()
+        .args(["convert", "--to", "flax", "-q"])
+        .arg(fixture("qwen2"))
+        .arg(&x)
+        .assert()
+        .success();
+    let config = std::fs::read_to_string(x.join("config.json")).unwrap();
+    std::fs::write(x.join("config.json"), set_tied(config)).unwrap();
+    orient()
+        .arg("verify")
+        .arg(&x)
+        .arg("--against")
+        .arg(&b6)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("first divergence at the lm_head"))
+        .stdout(predicate::str::contains(
+            "`lm_head.kernel` computes the logits, as transformers' Flax llama-family classes do",
+        ))
+        .stdout(predicate::str::contains(
+            "the stored lm_head is ignored, as transformers does",
+        ))
+        .stdout(predicate::str::contains(
+            "computes different logits in the two frameworks",
+        ));
+    // Each side on its own computes what its framework computes: the Flax copy still gives
+    // the untied model's logits, the tied HF file the embedding's.
+    orient()
+        .args(["verify", "--atol", "0", "--rtol", "0", "--against"])
+        .arg(fixture("qwen2-flax"))
+        .arg(&x)
+        .assert()
+        .code(0);
+}
+
+/// The tied model converted properly: the Flax layout's own lm_head.kernel is built from the
+/// embedding, and verifying it against the HF original is exact at every stage.
+#[test]
+fn tied_model_converted_to_flax_verifies_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let flax = dir.path().join("qwen3-flax");
+    orient()
+        .args(["convert", "--to", "flax", "-q"])
+        .arg(fixture("qwen3"))
+        .arg(&flax)
+        .assert()
+        .success();
+    let out = orient()
+        .args([
+            "verify",
+            "--json",
+            "--atol",
+            "0",
+            "--rtol",
+            "0",
+            "--against",
+        ])
+        .arg(fixture("qwen3"))
+        .arg(&flax)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["notes"][0]["kind"], "tied_but_own_lm_head", "{v:#}");
+    for row in v["comparison"]["rows"].as_array().unwrap() {
+        assert_eq!(row["diff"]["max_abs"], 0.0, "{row}");
+    }
+}

@@ -128,6 +128,19 @@ pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<(
                 "FAIL: first divergence at {what} (|Δ| > {} + {}·|ref|).",
                 tol.atol, tol.rtol
             )?;
+            let own_head = r
+                .notes
+                .iter()
+                .chain(&r.against_notes)
+                .any(|n| matches!(n, LoadNote::TiedButOwnLmHead { .. }));
+            if stage == Stage::LmHead && own_head {
+                writeln!(
+                    out,
+                    "config.json ties the embeddings, but a Flax lm_head.kernel computes the logits \
+                     (listed above) and differs from the embedding that PyTorch would use: the \
+                     checkpoint computes different logits in the two frameworks."
+                )?;
+            }
             if matches!(stage, Stage::Attention { .. }) {
                 let transposed = r
                     .notes
