@@ -341,3 +341,140 @@ fn tied_model_converted_to_flax_verifies_exactly() {
         assert_eq!(row["diff"]["max_abs"], 0.0, "{row}");
     }
 }
+
+/// The qwen2 fixture's transformers reference (L = 2, H = 64, T = 80) after `edit` has
+/// changed its list of (name, dtype, shape, bytes), written to `path`.
+fn edited_reference(
+    path: &Path,
+    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
+    use safetensors::tensor::TensorView;
+    use safetensors::SafeTensors;
+    let bytes = std::fs::read(fixture("qwen2/reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    edit(&mut owned);
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn verify_reference(reference: &Path) -> assert_cmd::assert::Assert {
+    orient()
+        .arg("verify")
+        .arg(fixture("qwen2"))
+        .arg("--reference")
+        .arg(reference)
+        .assert()
+}
+
+/// Issue 8, item 7: hidden states of the wrong shape (`[0, H]`, `[1, H]`, `[T, 32]`) were
+/// compared on a prefix (or on nothing) and reported ok. Every reference tensor's shape is
+/// now checked against the model and the prompt first (exit 2); extra or missing hidden
+/// states are said, with what was skipped.
+#[test]
+fn reference_tensors_of_the_wrong_shape_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("ref.safetensors");
+    for (name, shape) in [
+        ("hidden_states.1", vec![0usize, 64]),
+        ("hidden_states.1", vec![1, 64]),
+        ("hidden_states.2", vec![80, 32]),
+        ("hidden_states.0", vec![81, 64]),
+        ("layer_output.0", vec![1, 64]),
+    ] {
+        edited_reference(&r, |ts| {
+            let t = ts.iter_mut().find(|t| t.0 == name).unwrap();
+            let n: usize = shape.iter().product();
+            t.3 = t.3[..4 * n.min(80 * 64)].to_vec();
+            t.3.resize(4 * n, 0);
+            t.2 = shape.clone();
+        });
+        verify_reference(&r)
+            .code(2)
+            .stderr(predicate::str::contains(format!(
+                "`{name}` is F32 {shape:?}, expected F32 [80, 64]"
+            )))
+            .stdout(predicate::str::contains("PASS").not());
+    }
+    // logits over another vocabulary, or of a truncated prompt
+    edited_reference(&r, |ts| {
+        let t = ts.iter_mut().find(|t| t.0 == "logits").unwrap();
+        t.2 = vec![80, 256];
+        t.3.truncate(80 * 256 * 4);
+    });
+    verify_reference(&r)
+        .code(2)
+        .stderr(predicate::str::contains("`logits`"))
+        .stderr(predicate::str::contains("expected F32 [80, 512]"));
+    // a numbering gap: hidden_states.2 without hidden_states.1
+    edited_reference(&r, |ts| ts.retain(|t| t.0 != "hidden_states.1"));
+    verify_reference(&r)
+        .code(2)
+        .stderr(predicate::str::contains(
+            "`hidden_states.2` is present but `hidden_states.1` is not",
+        ));
+}
+
+#[test]
+fn reference_with_missing_or_extra_hidden_states_says_what_was_not_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("ref.safetensors");
+    // Missing: only the embedding output, no layer outputs.
+    edited_reference(&r, |ts| {
+        ts.retain(|t| {
+            !t.0.starts_with("layer_output") && t.0 != "hidden_states.1" && t.0 != "hidden_states.2"
+        })
+    });
+    verify_reference(&r)
+        .code(0)
+        .stdout(predicate::str::contains(
+            "NOTE: hidden_states.0 only of the 3 a 2-layer model has: layers 0-1, the final norm not compared",
+        ))
+        .stdout(predicate::str::contains("│ final norm").not());
+    // None at all: only the logits.
+    edited_reference(&r, |ts| {
+        ts.retain(|t| !t.0.starts_with("layer_output") && !t.0.starts_with("hidden_states"))
+    });
+    verify_reference(&r).code(0).stdout(predicate::str::contains(
+        "NOTE: no hidden_states of the 3 a 2-layer model has: the embedding, layers 0-1, the final norm not compared",
+    ));
+    // Extra: two more hidden states (as from a deeper model) and one more layer output.
+    edited_reference(&r, |ts| {
+        let h = ts
+            .iter()
+            .find(|t| t.0 == "hidden_states.2")
+            .unwrap()
+            .clone();
+        let o = ts.iter().find(|t| t.0 == "layer_output.1").unwrap().clone();
+        ts.push(("hidden_states.3".into(), h.1, h.2.clone(), h.3.clone()));
+        ts.push(("hidden_states.4".into(), h.1, h.2, h.3));
+        ts.push(("layer_output.2".into(), o.1, o.2, o.3));
+    });
+    let out = orient()
+        .args(["verify", "--json"])
+        .arg(fixture("qwen2"))
+        .arg("--reference")
+        .arg(&r)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["reference_notes"],
+        serde_json::json!([
+            {"kind": "extra_hidden_states", "layers": 2, "stored": 5},
+            {"kind": "extra_layer_outputs", "layers": 2, "stored": 3}
+        ])
+    );
+    verify_reference(&r)
+        .stdout(predicate::str::contains(
+            "hidden_states.3-4 skipped, and hidden_states.2 compared as layer 1's output",
+        ))
+        .stdout(predicate::str::contains("layer_output.2 skipped"));
+}
