@@ -189,8 +189,9 @@ pub enum Error {
         /// The target convention.
         target: String,
     },
-    /// A tied lm_head that the target leaves out differs from the embedding.
-    #[error("config.json ties the embeddings, so the {target} layout has no lm_head, but `{lm_head}` differs from `{embedding}`; refusing to drop it (is tie_word_embeddings right?)")]
+    /// The config ties the embeddings but the stored lm_head differs from the embedding: the
+    /// frameworks disagree on which one computes the logits, so the file means two models.
+    #[error("config.json ties the embeddings, but `{lm_head}` differs from `{embedding}`: transformers' PyTorch classes ignore a tied lm_head (logits from the embedding) while its Flax llama-family classes always use their own lm_head.kernel, so this checkpoint computes different logits in each; refusing to convert it to the {target} layout (is tie_word_embeddings right?)")]
     LmHeadDiffers {
         /// The lm_head tensor.
         lm_head: String,

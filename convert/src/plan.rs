@@ -21,14 +21,17 @@
 //! and never tie (transformers 4.57 `modeling_flax_llama.py`: `self.lm_head = nn.Dense`
 //! and `lm_logits = self.lm_head(hidden_states)`). So a tied llama-family model gets an
 //! `lm_head.kernel` built from the embedding when converted to Flax, and loses it again
-//! on the way back, but only after checking it is bit-equal to the embedding.
+//! on the way back. A tied model whose file stores an lm_head is converted only after one
+//! check, whatever the target: the head must be bit-equal to the embedding. Otherwise PyTorch
+//! (which ignores it) and Flax (which uses it) compute different logits from the same file,
+//! and no conversion can preserve both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use orient_inspect::{
-    parse_config, Arch, Catalogue, Checkpoint, ConfigOutcome, Convention, Dtype, Entry,
-    ModelConfig, Role, TensorInfo,
+    parse_config, Catalogue, Checkpoint, ConfigOutcome, Convention, Dtype, Entry, ModelConfig,
+    Role, TensorInfo,
 };
 
 use crate::engine::TensorOp;
@@ -147,15 +150,11 @@ pub fn format_name(c: Convention) -> &'static str {
     }
 }
 
-/// Whether the layout `c` of this model has an lm_head tensor (see the module docs).
+/// Whether the layout `c` of this model has an lm_head tensor: exactly when the framework
+/// loading it computes the logits with its own head (the catalogue's rule, shared with the
+/// forward: [`orient_inspect::catalogue::uses_own_lm_head`]).
 pub fn has_lm_head(cfg: &ModelConfig, c: Convention) -> bool {
-    if !cfg.tie_word_embeddings {
-        return true;
-    }
-    match (c, cfg.arch) {
-        (Convention::Hf, _) | (Convention::Flax, Arch::Gpt2) => false,
-        (Convention::Flax, _) => true,
-    }
+    orient_inspect::catalogue::uses_own_lm_head(cfg, c)
 }
 
 /// Reads the config of `ckpt`, or says precisely why it cannot be used.
@@ -442,6 +441,22 @@ fn plan_lm_head(
         .ok_or_else(|| Error::MissingTensor(emb_entry.form(source).name.clone()))?;
     let needed = has_lm_head(cfg, opts.to);
     let target_name = lm_entry.form(opts.to).name.clone();
+    if cfg.tie_word_embeddings {
+        if let Some((t, _)) = lm_head {
+            // The one check for every target: see the module docs.
+            let equal = tied_copy_equals(ckpt, t, emb, source == Convention::Flax);
+            // Bytes read from a file that changed meanwhile decide nothing.
+            ckpt.check_tensor(t)?;
+            ckpt.check_tensor(emb)?;
+            if !equal {
+                return Err(Error::LmHeadDiffers {
+                    lm_head: t.name.clone(),
+                    embedding: emb.name.clone(),
+                    target: opts.to.name().into(),
+                });
+            }
+        }
+    }
     match (lm_head, needed) {
         (Some((t, _)), true) => {
             push_write(rows, ops, t, lm_entry, opts, source)?;
@@ -468,17 +483,7 @@ fn plan_lm_head(
             })
         }
         (Some((t, _)), false) => {
-            let equal = tied_copy_equals(ckpt, t, emb, source == Convention::Flax);
-            // Bytes read from a file that changed meanwhile decide nothing.
-            ckpt.check_tensor(t)?;
-            ckpt.check_tensor(emb)?;
-            if !equal {
-                return Err(Error::LmHeadDiffers {
-                    lm_head: t.name.clone(),
-                    embedding: emb.name.clone(),
-                    target: opts.to.name().into(),
-                });
-            }
+            // Only a tied model leaves the head out, and it was checked equal above.
             rows.push(Row {
                 source: t.name.clone(),
                 shape: t.shape.clone(),

@@ -71,6 +71,25 @@ impl Convention {
     }
 }
 
+/// Whether the framework that loads layout `c` of this model computes the logits with the
+/// model's own lm_head (true) or with the token embedding (false), and so whether that layout
+/// stores an lm_head at all.
+///
+/// Untied models always own one. With `tie_word_embeddings`, transformers' PyTorch classes tie
+/// `lm_head` to the embedding (a stored `lm_head.weight` is ignored) and FlaxGPT2 applies
+/// `wte.embedding.T`, but FlaxLlama/FlaxMistral (and hand-written ports of the family) always
+/// own an `lm_head` Dense and use it (transformers 4.57 `modeling_flax_llama.py`:
+/// `self.lm_head = nn.Dense`, `lm_logits = self.lm_head(hidden_states)`).
+pub fn uses_own_lm_head(cfg: &ModelConfig, c: Convention) -> bool {
+    if !cfg.tie_word_embeddings {
+        return true;
+    }
+    match (c, cfg.arch) {
+        (Convention::Hf, _) | (Convention::Flax, Arch::Gpt2) => false,
+        (Convention::Flax, _) => true,
+    }
+}
+
 /// What a tensor is, independent of naming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]

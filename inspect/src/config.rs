@@ -312,6 +312,18 @@ pub enum ConfigError {
         /// nKV.
         kv_heads: usize,
     },
+    /// RoPE rotates each head by halves (`rotate_half` splits it at D/2), so a RoPE model
+    /// needs an even head dimension; transformers cannot run an odd one either.
+    #[error(
+        "`head_dim` is {head_dim} ({origin}): rotary position embeddings rotate each head by \
+         halves, so it must be even (transformers' rotate_half cannot run it either)"
+    )]
+    OddHeadDim {
+        /// D.
+        head_dim: usize,
+        /// Where D came from, e.g. `hidden_size / num_attention_heads = 15 / 3`.
+        origin: String,
+    },
     /// A derived size does not fit in `usize`.
     #[error("size overflow computing {what}")]
     Overflow {
@@ -560,6 +572,17 @@ fn resolve_llama_family(
         }
     };
     let (q_dim, kv_dim) = derived_dims(hidden_size, heads, kv_heads, head_dim)?;
+    // Every llama-family model rotates q and k (RoPE); rotate_half needs an even D.
+    if !head_dim.is_multiple_of(2) {
+        return Err(ConfigError::OddHeadDim {
+            head_dim,
+            origin: if head_dim_explicit {
+                "as given".to_string()
+            } else {
+                format!("hidden_size / num_attention_heads = {hidden_size} / {heads}")
+            },
+        });
+    }
 
     // max_position_embeddings defaults: llama 2048, mistral 4096·32, qwen2/qwen3 32768
     // (configuration_{llama,mistral,qwen2,qwen3}.py).
@@ -1247,6 +1270,41 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// rotate_half splits each head at D/2: an odd D is refused for every RoPE architecture,
+    /// whether given or derived, while GPT-2 (learned positions) may have one.
+    #[test]
+    fn error_odd_head_dim_for_rope_models_only() {
+        for model_type in ["llama", "mistral", "qwen2", "qwen3"] {
+            let e = err(&format!(
+                r#"{{"model_type": "{model_type}", "intermediate_size": 176,
+                    "num_hidden_layers": 2, "vocab_size": 512, "hidden_size": 64,
+                    "num_attention_heads": 4, "head_dim": 5}}"#
+            ));
+            assert!(
+                matches!(e, ConfigError::OddHeadDim { head_dim: 5, .. }),
+                "{model_type}: {e}"
+            );
+            assert_eq!(
+                e.to_string(),
+                "`head_dim` is 5 (as given): rotary position embeddings rotate each head by \
+                 halves, so it must be even (transformers' rotate_half cannot run it either)"
+            );
+        }
+        let e = err(&format!(
+            r#"{{{SMALL}, "hidden_size": 15, "num_attention_heads": 3}}"#
+        ));
+        assert!(
+            e.to_string()
+                .contains("(hidden_size / num_attention_heads = 15 / 3)"),
+            "{e}"
+        );
+        // GPT-2 has no RoPE: n_embd 15 over 3 heads (D = 5) is fine.
+        let c = known(
+            r#"{"model_type": "gpt2", "n_embd": 15, "n_head": 3, "n_layer": 2, "vocab_size": 5}"#,
+        );
+        assert_eq!(c.head_dim, 5);
     }
 
     #[test]

@@ -79,15 +79,24 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
                 );
             }
         }
-        if reference.vocab_size != model.config().vocab_size {
-            bail!(
-                "{} has logits over {} tokens but {} has a vocabulary of {}",
-                ref_path.display(),
-                reference.vocab_size,
-                args.model.display(),
-                model.config().vocab_size
-            );
-        }
+        let cfg = model.config();
+        let shape = compare::ReferenceShape {
+            hidden_size: cfg.hidden_size,
+            layers: cfg.num_hidden_layers,
+            vocab_size: cfg.vocab_size,
+        };
+        let reference_notes =
+            compare::check_reference(&reference, &ref_path.display().to_string(), shape)
+                .with_context(|| {
+                    format!(
+                        "{} does not fit {} ({} layers, hidden size {}, vocabulary {})",
+                        ref_path.display(),
+                        args.model.display(),
+                        shape.layers,
+                        shape.hidden_size,
+                        shape.vocab_size
+                    )
+                })?;
         let out = model
             .forward(&reference.input_ids, true)
             .with_context(|| format!("running {}", args.model.display()))?;
@@ -100,6 +109,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
             prompt: "the reference's input_ids".to_string(),
             notes: model.notes().to_vec(),
             against_notes: Vec::new(),
+            reference_notes,
             passed: comparison.passed(),
             first_failure: comparison.first_failing_stage().map(|s| s.blame()),
             comparison,
@@ -152,6 +162,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
         prompt,
         notes: model.notes().to_vec(),
         against_notes: other.notes().to_vec(),
+        reference_notes: Vec::new(),
         passed: comparison.passed(),
         first_failure: comparison.first_failing_stage().map(|s| s.blame()),
         comparison,

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::save::Reference;
+use super::save::{Reference, ReferenceError};
 use super::ForwardOutput;
 
 /// Element-wise tolerance, as `numpy.allclose`: `|got − want| ≤ atol + rtol·|want|`.
@@ -39,8 +39,11 @@ impl Diff {
     }
 }
 
-/// Element-wise comparison of `got` against `want` (same length, checked by the caller).
+/// Element-wise comparison of `got` against `want`. They should have the same length
+/// (callers check shapes first); if not, every element without a counterpart counts as
+/// outside the tolerance, so a short side can never pass on a prefix.
 pub fn diff(got: &[f32], want: &[f32], tol: Tolerance) -> Diff {
+    let unmatched = got.len().abs_diff(want.len());
     let mut max_abs = 0.0f32;
     let mut scale = 0.0f32;
     let mut exceeding = 0;
@@ -56,6 +59,9 @@ pub fn diff(got: &[f32], want: &[f32], tol: Tolerance) -> Diff {
             exceeding += 1;
         }
     }
+    if unmatched > 0 {
+        max_abs = f32::INFINITY;
+    }
     Diff {
         max_abs,
         max_rel: if scale > 0.0 {
@@ -63,8 +69,8 @@ pub fn diff(got: &[f32], want: &[f32], tol: Tolerance) -> Diff {
         } else {
             max_abs
         },
-        exceeding,
-        count: got.len().min(want.len()),
+        exceeding: exceeding + unmatched,
+        count: got.len().max(want.len()),
     }
 }
 
@@ -267,44 +273,213 @@ pub fn compare_runs(got: &ForwardOutput, want: &ForwardOutput, tol: Tolerance) -
     Comparison::from_rows(rows, tol)
 }
 
-/// Compares a recorded forward with a transformers reference: `hidden_states.0` (embedding),
-/// each layer's output (`layer_output.{i}` when stored, else `hidden_states.{i+1}` for all but
-/// the last layer), `hidden_states.{L}` (final norm), logits.
+/// Where a layer's output is found in a reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LayerSource {
+    /// `layer_output.{i}`.
+    LayerOutput(usize),
+    /// `hidden_states.{i}`.
+    Hidden(usize),
+}
+
+/// Which reference tensor each stage of an L-layer model is compared with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ReferencePlan {
+    /// `hidden_states.0` against the embedding output.
+    embedding: bool,
+    /// Per layer: its output's counterpart, if any.
+    layers: Vec<Option<LayerSource>>,
+    /// `hidden_states.{L}` against the final norm output.
+    final_norm: bool,
+}
+
+/// The pairing rules, shared by [`check_reference`] (which reports what they leave out) and
+/// [`compare_reference`]. transformers' `output_hidden_states` of an L-layer model holds
+/// L + 1 tensors: the embedding output, the outputs of layers 0..L-2 and, last, the final
+/// norm output (not layer L-1's raw output). So `hidden_states.{L}` is the final norm only
+/// when it is the last one; in a longer list (a deeper model's reference) it is layer L-1's
+/// output and those after it are skipped.
+fn reference_plan(n_hidden: usize, n_layer_outputs: usize, layers: usize) -> ReferencePlan {
+    let deeper = n_hidden > layers + 1;
+    ReferencePlan {
+        embedding: n_hidden > 0,
+        layers: (0..layers)
+            .map(|i| {
+                if i < n_layer_outputs {
+                    Some(LayerSource::LayerOutput(i))
+                } else if i + 1 < n_hidden && (i + 1 < layers || deeper) {
+                    Some(LayerSource::Hidden(i + 1))
+                } else {
+                    None
+                }
+            })
+            .collect(),
+        final_norm: n_hidden == layers + 1,
+    }
+}
+
+/// Something about a reference file that leaves stages uncompared: returned by
+/// [`check_reference`], shown by `verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReferenceNote {
+    /// More `hidden_states` than an L-layer model has (L + 1): those after
+    /// `hidden_states.{L}` are skipped, and `hidden_states.{L}` is compared as layer L-1's
+    /// output rather than as the final norm.
+    ExtraHiddenStates {
+        /// L.
+        layers: usize,
+        /// How many the reference stores.
+        stored: usize,
+    },
+    /// Fewer `hidden_states` than L + 1: the embedding (if none at all), the listed layers
+    /// and the final norm are not compared.
+    MissingHiddenStates {
+        /// L.
+        layers: usize,
+        /// How many the reference stores.
+        stored: usize,
+        /// Layers whose output has no counterpart (no `layer_output.{i}` either).
+        uncompared_layers: Vec<usize>,
+    },
+    /// More `layer_output` tensors than layers: the extra ones are skipped.
+    ExtraLayerOutputs {
+        /// L.
+        layers: usize,
+        /// How many the reference stores.
+        stored: usize,
+    },
+}
+
+/// What a reference must match: the model under test and its prompt.
+#[derive(Clone, Copy, Debug)]
+pub struct ReferenceShape {
+    /// H.
+    pub hidden_size: usize,
+    /// L.
+    pub layers: usize,
+    /// V.
+    pub vocab_size: usize,
+}
+
+/// Checks every tensor of `want` (read from `path`) against the model before anything is
+/// compared: `input_ids` `[T]` with T ≥ 1, `logits` `[T, V]`, every `hidden_states.{i}` and
+/// `layer_output.{i}` `[T, H]`. A wrong shape is an error (a prefix or an empty tensor would
+/// otherwise "pass"); stages the reference leaves uncompared, or tensors it has in excess,
+/// come back as notes.
+pub fn check_reference(
+    want: &Reference,
+    path: &str,
+    model: ReferenceShape,
+) -> Result<Vec<ReferenceNote>, ReferenceError> {
+    let t = want.input_ids.len();
+    let malformed = |name: String, shape: Vec<usize>, expected: String| {
+        Err(ReferenceError::Malformed {
+            path: path.to_string(),
+            name,
+            dtype: "F32".to_string(),
+            shape,
+            expected,
+        })
+    };
+    if t == 0 {
+        return Err(ReferenceError::Malformed {
+            path: path.to_string(),
+            name: "input_ids".to_string(),
+            dtype: "I64".to_string(),
+            shape: vec![0],
+            expected: "I64 [T] with at least one token".to_string(),
+        });
+    }
+    if want.vocab_size != model.vocab_size {
+        return malformed(
+            "logits".to_string(),
+            vec![t, want.vocab_size],
+            format!(
+                "F32 [{t}, {}] (V = the model's vocab_size)",
+                model.vocab_size
+            ),
+        );
+    }
+    let hidden = [t, model.hidden_size];
+    for (prefix, shapes) in [
+        ("hidden_states", &want.hidden_state_shapes),
+        ("layer_output", &want.layer_output_shapes),
+    ] {
+        for (i, shape) in shapes.iter().enumerate() {
+            if *shape != hidden {
+                return malformed(
+                    format!("{prefix}.{i}"),
+                    shape.to_vec(),
+                    format!(
+                        "F32 [{t}, {}] (T = the {t} input_ids, H = the model's hidden_size)",
+                        model.hidden_size
+                    ),
+                );
+            }
+        }
+    }
+    let (l, n_hidden, n_out) = (
+        model.layers,
+        want.hidden_states.len(),
+        want.layer_outputs.len(),
+    );
+    let plan = reference_plan(n_hidden, n_out, l);
+    let mut notes = Vec::new();
+    if n_hidden > l + 1 {
+        notes.push(ReferenceNote::ExtraHiddenStates {
+            layers: l,
+            stored: n_hidden,
+        });
+    } else if n_hidden < l + 1 {
+        notes.push(ReferenceNote::MissingHiddenStates {
+            layers: l,
+            stored: n_hidden,
+            uncompared_layers: (0..l).filter(|&i| plan.layers[i].is_none()).collect(),
+        });
+    }
+    if n_out > l {
+        notes.push(ReferenceNote::ExtraLayerOutputs {
+            layers: l,
+            stored: n_out,
+        });
+    }
+    Ok(notes)
+}
+
+/// Compares a recorded forward with a transformers reference (checked first with
+/// [`check_reference`]): `hidden_states.0` (embedding), each layer's output
+/// (`layer_output.{i}` when stored, else `hidden_states.{i+1}` for all but the last layer),
+/// `hidden_states.{L}` (final norm), logits.
 pub fn compare_reference(got: &ForwardOutput, want: &Reference, tol: Tolerance) -> Comparison {
     let mut rows = Vec::new();
     let hs = &want.hidden_states;
-    if let Some(h0) = hs.first() {
+    let plan = reference_plan(hs.len(), want.layer_outputs.len(), got.layers.len());
+    if plan.embedding {
         rows.push(Row {
             stage: Stage::Embedding,
-            diff: diff(&got.embedding, h0, tol),
+            diff: diff(&got.embedding, &hs[0], tol),
             agreement: None,
         });
     }
-    let n_layers = got.layers.len();
-    for (layer, g) in got.layers.iter().enumerate() {
-        let w = want.layer_outputs.get(layer).or_else(|| {
-            if layer + 1 < n_layers {
-                hs.get(layer + 1)
-            } else {
-                None
-            }
+    for (layer, (g, source)) in got.layers.iter().zip(&plan.layers).enumerate() {
+        let w = match source {
+            Some(LayerSource::LayerOutput(i)) => &want.layer_outputs[*i],
+            Some(LayerSource::Hidden(i)) => &hs[*i],
+            None => continue,
+        };
+        rows.push(Row {
+            stage: Stage::Layer { layer },
+            diff: diff(&g.output, w, tol),
+            agreement: None,
         });
-        if let Some(w) = w {
-            rows.push(Row {
-                stage: Stage::Layer { layer },
-                diff: diff(&g.output, w, tol),
-                agreement: None,
-            });
-        }
     }
-    if hs.len() == n_layers + 1 {
-        if let Some(last) = hs.last() {
-            rows.push(Row {
-                stage: Stage::FinalNorm,
-                diff: diff(&got.final_norm, last, tol),
-                agreement: None,
-            });
-        }
+    if plan.final_norm {
+        rows.push(Row {
+            stage: Stage::FinalNorm,
+            diff: diff(&got.final_norm, &hs[got.layers.len()], tol),
+            agreement: None,
+        });
     }
     rows.push(logit_row(got, &want.logits, tol));
     Comparison::from_rows(rows, tol)
@@ -329,6 +504,102 @@ mod tests {
         let nan = diff(&[f32::NAN], &[1.0], TOL);
         assert_eq!(nan.exceeding, 1);
         assert_eq!(nan.max_abs, f32::INFINITY);
+    }
+
+    #[test]
+    fn diff_of_unequal_lengths_never_passes() {
+        let d = diff(&[], &[1.0, 2.0], TOL);
+        assert_eq!((d.exceeding, d.count), (2, 2));
+        assert!(!d.within());
+        let d = diff(&[1.0, 2.0, 3.0], &[1.0], TOL);
+        assert_eq!((d.exceeding, d.count), (2, 3));
+        assert_eq!(d.max_abs, f32::INFINITY);
+    }
+
+    #[test]
+    fn reference_plan_pairs_stages_like_transformers() {
+        use LayerSource::{Hidden, LayerOutput};
+        // transformers' own output for L = 3, no layer_output: layer 2's raw output is absent
+        let p = reference_plan(4, 0, 3);
+        assert!(p.embedding && p.final_norm);
+        assert_eq!(p.layers, vec![Some(Hidden(1)), Some(Hidden(2)), None]);
+        // with layer_output.{i} (orient run --save): every layer
+        let p = reference_plan(4, 3, 3);
+        assert_eq!(
+            p.layers,
+            vec![
+                Some(LayerOutput(0)),
+                Some(LayerOutput(1)),
+                Some(LayerOutput(2))
+            ]
+        );
+        // a deeper model's reference: hidden_states.3 is layer 2's output, no final norm
+        let p = reference_plan(6, 0, 3);
+        assert!(!p.final_norm);
+        assert_eq!(p.layers[2], Some(Hidden(3)));
+        // too few: only what is there
+        let p = reference_plan(2, 0, 3);
+        assert!(p.embedding && !p.final_norm);
+        assert_eq!(p.layers, vec![Some(Hidden(1)), None, None]);
+        let p = reference_plan(0, 0, 3);
+        assert!(!p.embedding && !p.final_norm);
+    }
+
+    /// A reference of `t` tokens over `v` tokens with hidden states of these shapes.
+    fn reference(t: usize, v: usize, hidden: &[[usize; 2]]) -> Reference {
+        Reference {
+            input_ids: vec![0; t],
+            logits: vec![0.0; t * v],
+            vocab_size: v,
+            hidden_states: hidden.iter().map(|s| vec![0.0; s[0] * s[1]]).collect(),
+            hidden_state_shapes: hidden.to_vec(),
+            ..Reference::default()
+        }
+    }
+
+    #[test]
+    fn check_reference_refuses_wrong_shapes_and_notes_gaps() {
+        let model = ReferenceShape {
+            hidden_size: 8,
+            layers: 2,
+            vocab_size: 16,
+        };
+        let ok = reference(5, 16, &[[5, 8]; 3]);
+        assert_eq!(check_reference(&ok, "r", model).unwrap(), vec![]);
+        for bad in [[0, 8], [1, 8], [5, 4], [6, 8]] {
+            let r = reference(5, 16, &[[5, 8], bad, [5, 8]]);
+            let e = check_reference(&r, "r", model).unwrap_err().to_string();
+            assert!(e.contains("`hidden_states.1`"), "{e}");
+            assert!(e.contains("expected F32 [5, 8]"), "{e}");
+        }
+        let r = reference(5, 17, &[]);
+        assert!(check_reference(&r, "r", model)
+            .unwrap_err()
+            .to_string()
+            .contains("`logits`"));
+        let r = reference(0, 16, &[]);
+        assert!(check_reference(&r, "r", model)
+            .unwrap_err()
+            .to_string()
+            .contains("`input_ids`"));
+        // extra and missing
+        let r = reference(5, 16, &[[5, 8]; 5]);
+        assert_eq!(
+            check_reference(&r, "r", model).unwrap(),
+            vec![ReferenceNote::ExtraHiddenStates {
+                layers: 2,
+                stored: 5
+            }]
+        );
+        let r = reference(5, 16, &[[5, 8]]);
+        assert_eq!(
+            check_reference(&r, "r", model).unwrap(),
+            vec![ReferenceNote::MissingHiddenStates {
+                layers: 2,
+                stored: 1,
+                uncompared_layers: vec![0, 1]
+            }]
+        );
     }
 
     #[test]

@@ -182,6 +182,13 @@ pub enum LoadNote {
     /// The config ties embeddings but the file also stores an lm_head; like transformers, the
     /// embedding is used.
     TiedLmHeadIgnored,
+    /// The config ties embeddings, but the layout is one whose framework never ties (the Flax
+    /// llama family always owns an `lm_head.kernel`): like that framework, the stored head
+    /// computes the logits.
+    TiedButOwnLmHead {
+        /// Stored name of the head.
+        name: String,
+    },
     /// The config says untied, but there is no lm_head: the embedding is used.
     UntiedButNoLmHead,
 }

@@ -82,6 +82,17 @@ pub enum ReferenceError {
         /// The model's file it is (after links).
         file: String,
     },
+    /// A numbered tensor after a gap in the numbering (e.g. `hidden_states.2` without
+    /// `hidden_states.1`): which stage it belongs to cannot be known.
+    #[error("{path}: `{name}` is present but `{missing}` is not; the numbering must have no gaps")]
+    Gap {
+        /// The file.
+        path: String,
+        /// The tensor after the gap.
+        name: String,
+        /// The first missing one.
+        missing: String,
+    },
     /// A token id that is negative or too large.
     #[error("{path}: input_ids[{position}] = {value} is not a valid token id")]
     BadToken {
@@ -103,39 +114,80 @@ pub struct Reference {
     pub logits: Vec<f32>,
     /// V.
     pub vocab_size: usize,
-    /// `hidden_states.{i}`, each `[T, H]`, in index order (may be empty).
+    /// `hidden_states.{i}`, each `[T, H]` once checked, in index order (may be empty).
     pub hidden_states: Vec<Vec<f32>>,
-    /// `layer_output.{i}`, each `[T, H]` (may be empty).
+    /// The stored shape of each of `hidden_states` (2-D; checked against the model by
+    /// [`super::compare::check_reference`]).
+    pub hidden_state_shapes: Vec<[usize; 2]>,
+    /// `layer_output.{i}`, each `[T, H]` once checked (may be empty).
     pub layer_outputs: Vec<Vec<f32>>,
+    /// The stored shape of each of `layer_outputs`.
+    pub layer_output_shapes: Vec<[usize; 2]>,
     /// `__metadata__`.
     pub metadata: HashMap<String, String>,
 }
 
+/// A stored 2-D shape `[rows, cols]`.
+type Shape2 = [usize; 2];
+/// A tensor's f32 values and its 2-D shape.
+type Stored = (Vec<f32>, Shape2);
+
+/// The F32 2-D tensor `name` with its shape, `None` when absent.
 fn f32_tensor(
     st: &SafeTensors<'_>,
     path: &str,
     name: &str,
     width: Option<usize>,
-) -> Result<Option<Vec<f32>>, ReferenceError> {
+) -> Result<Option<Stored>, ReferenceError> {
     let Ok(t) = st.tensor(name) else {
         return Ok(None);
     };
-    let shape_ok = t.shape().len() == 2 && width.is_none_or(|w| t.shape()[1] == w);
-    if t.dtype() != Dtype::F32 || !shape_ok {
-        return Err(ReferenceError::Malformed {
+    let shape = match (t.dtype(), t.shape()) {
+        (Dtype::F32, [rows, cols]) if width.is_none_or(|w| *cols == w) => [*rows, *cols],
+        _ => {
+            return Err(ReferenceError::Malformed {
+                path: path.to_string(),
+                name: name.to_string(),
+                dtype: format!("{:?}", t.dtype()),
+                shape: t.shape().to_vec(),
+                expected: "F32 [T, width]".to_string(),
+            })
+        }
+    };
+    let data = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(Some((data, shape)))
+}
+
+/// `prefix.0`, `prefix.1`, … up to the first absent index, refusing any `prefix.N` stored
+/// beyond that gap.
+fn numbered(
+    st: &SafeTensors<'_>,
+    path: &str,
+    prefix: &str,
+) -> Result<(Vec<Vec<f32>>, Vec<Shape2>), ReferenceError> {
+    let (mut data, mut shapes) = (Vec::new(), Vec::new());
+    while let Some((d, s)) = f32_tensor(st, path, &format!("{prefix}.{}", data.len()), None)? {
+        data.push(d);
+        shapes.push(s);
+    }
+    let beyond = st.names().into_iter().find(|name| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i > data.len())
+    });
+    if let Some(name) = beyond {
+        return Err(ReferenceError::Gap {
             path: path.to_string(),
             name: name.to_string(),
-            dtype: format!("{:?}", t.dtype()),
-            shape: t.shape().to_vec(),
-            expected: "F32 [T, width]".to_string(),
+            missing: format!("{prefix}.{}", data.len()),
         });
     }
-    Ok(Some(
-        t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    ))
+    Ok((data, shapes))
 }
 
 impl Reference {
@@ -203,31 +255,19 @@ impl Reference {
                 })
             }
         };
-        let logits = f32_tensor(&st, &p, "logits", Some(vocab_size))?.unwrap_or_default();
-        let mut hidden_states = Vec::new();
-        while let Some(h) = f32_tensor(
-            &st,
-            &p,
-            &format!("hidden_states.{}", hidden_states.len()),
-            None,
-        )? {
-            hidden_states.push(h);
-        }
-        let mut layer_outputs = Vec::new();
-        while let Some(h) = f32_tensor(
-            &st,
-            &p,
-            &format!("layer_output.{}", layer_outputs.len()),
-            None,
-        )? {
-            layer_outputs.push(h);
-        }
+        let logits = f32_tensor(&st, &p, "logits", Some(vocab_size))?
+            .map(|(data, _)| data)
+            .unwrap_or_default();
+        let (hidden_states, hidden_state_shapes) = numbered(&st, &p, "hidden_states")?;
+        let (layer_outputs, layer_output_shapes) = numbered(&st, &p, "layer_output")?;
         Ok(Reference {
             input_ids,
             logits,
             vocab_size,
             hidden_states,
+            hidden_state_shapes,
             layer_outputs,
+            layer_output_shapes,
             metadata,
         })
     }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use orient_inspect::catalogue::uses_own_lm_head;
 use orient_inspect::{
     Catalogue, Checkpoint, Convention, Dtype, ModelConfig, Orientation, Role, TensorInfo,
 };
@@ -85,6 +86,8 @@ impl<'c> Weights<'c> {
         let mut found: HashMap<String, Found<'c>> = HashMap::new();
         let mut notes = Vec::new();
         let (mut n_hf, mut n_flax) = (0usize, 0usize);
+        // The convention the stored lm_head is named in, if there is one.
+        let mut lm_head_convention = None;
         for info in ckpt.tensors() {
             let Some(m) = cat.resolve(&info.name) else {
                 notes.push(LoadNote::Ignored {
@@ -135,6 +138,9 @@ impl<'c> Weights<'c> {
                     })
                 }
             }
+            if entry.role == Role::LmHead {
+                lm_head_convention = Some(m.convention);
+            }
             let canonical = entry.hf.name.clone();
             if let Some(previous) = found.get(&canonical) {
                 return Err(ModelError::DuplicateTensor {
@@ -171,13 +177,24 @@ impl<'c> Weights<'c> {
                 });
             }
         }
+        // Tied embeddings: compute the logits as the framework that loads the stored layout
+        // does. PyTorch ignores a stored lm_head.weight (logits from the embedding); the Flax
+        // llama-family classes always use their lm_head.kernel. A head that differs from the
+        // embedding then gives different logits, as it would in the two frameworks.
         let lm_head = cat.entries().iter().find(|e| e.role == Role::LmHead);
         if cfg.tie_word_embeddings {
             if let Some(e) = lm_head {
-                if found.remove(&e.hf.name).is_some() {
-                    notes.push(LoadNote::TiedLmHeadIgnored);
-                } else {
-                    notes.push(LoadNote::Tied);
+                match lm_head_convention {
+                    Some(c) if uses_own_lm_head(cfg, c) => {
+                        notes.push(LoadNote::TiedButOwnLmHead {
+                            name: e.form(c).name.clone(),
+                        });
+                    }
+                    Some(_) => {
+                        found.remove(&e.hf.name);
+                        notes.push(LoadNote::TiedLmHeadIgnored);
+                    }
+                    None => notes.push(LoadNote::Tied),
                 }
             }
         }

@@ -49,6 +49,10 @@ fn shape(s: &[usize]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
+/// Detail of a pair whose A equals its own transpose.
+const SYMMETRIC: &str =
+    "equal to its own transpose (symmetric, zero or 1×1): identical and transposed at once";
+
 /// The detail column of one pair.
 fn detail(p: &PairResult) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -57,11 +61,16 @@ fn detail(p: &PairResult) -> String {
     }
     match &p.verdict {
         Some(Verdict::Identical {
-            lossless_cast: Some(c),
-        }) => parts.push(format!("same values after lossless cast {c}")),
-        Some(Verdict::Identical {
-            lossless_cast: None,
-        }) => {}
+            lossless_cast,
+            symmetric,
+        }) => {
+            if let Some(c) = lossless_cast {
+                parts.push(format!("same values after lossless cast {c}"));
+            }
+            if *symmetric {
+                parts.push(SYMMETRIC.to_string());
+            }
+        }
         Some(Verdict::Transposed {
             within_rounding,
             expected_by_conventions,
@@ -104,10 +113,16 @@ fn detail(p: &PairResult) -> String {
         Some(Verdict::Rounded {
             dtype,
             max_abs_diff,
-        }) => parts.push(format!(
-            "within one {dtype} ulp, max |Δ| {}",
-            num(*max_abs_diff)
-        )),
+            symmetric,
+        }) => {
+            parts.push(format!(
+                "within one {dtype} ulp, max |Δ| {}",
+                num(*max_abs_diff)
+            ));
+            if *symmetric {
+                parts.push(SYMMETRIC.to_string());
+            }
+        }
         Some(Verdict::Scaled {
             factor,
             hint,

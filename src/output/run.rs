@@ -56,6 +56,10 @@ pub fn describe_note(n: &LoadNote) -> String {
         LoadNote::TiedLmHeadIgnored => {
             "tied embeddings: the stored lm_head is ignored, as transformers does".to_string()
         }
+        LoadNote::TiedButOwnLmHead { name } => format!(
+            "config.json ties the embeddings, but `{name}` computes the logits, as transformers' \
+             Flax llama-family classes do (they always use their own lm_head)"
+        ),
         LoadNote::UntiedButNoLmHead => {
             "config says untied, but there is no lm_head: the token embedding is used".to_string()
         }

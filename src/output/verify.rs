@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use comfy_table::{presets, Cell, CellAlignment, Table};
 use serde::Serialize;
 
-use crate::model::compare::{Comparison, Stage};
+use crate::model::compare::{Comparison, ReferenceNote, Stage};
 use crate::model::LoadNote;
 use crate::output::escape::{escape, Escaping};
 use crate::output::run::describe_note;
@@ -31,6 +31,8 @@ pub struct VerifyReport {
     pub notes: Vec<LoadNote>,
     /// Load notes of the other model (empty for a reference file).
     pub against_notes: Vec<LoadNote>,
+    /// What a reference file leaves uncompared (empty for a second model).
+    pub reference_notes: Vec<ReferenceNote>,
     /// The stage-by-stage comparison.
     pub comparison: Comparison,
     /// Everything within tolerance.
@@ -67,6 +69,65 @@ fn notes(out: &mut dyn Write, who: &str, notes: &[LoadNote]) -> io::Result<()> {
     Ok(())
 }
 
+/// `a-b`, or `a` alone.
+fn span(a: usize, b: usize) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
+/// One sentence per reference note, for people.
+pub fn describe_reference_note(n: &ReferenceNote) -> String {
+    match n {
+        ReferenceNote::ExtraHiddenStates { layers, stored } => format!(
+            "NOTE: {stored} hidden_states, but the model has {layers} layers (transformers returns \
+             {}): hidden_states.{} skipped, and hidden_states.{layers} compared as layer {}'s \
+             output, not as the final norm",
+            layers + 1,
+            span(layers + 1, stored - 1),
+            layers.saturating_sub(1)
+        ),
+        ReferenceNote::MissingHiddenStates {
+            layers,
+            stored,
+            uncompared_layers,
+        } => {
+            let mut missing = Vec::new();
+            if *stored == 0 {
+                missing.push("the embedding".to_string());
+            }
+            if let (Some(first), Some(last)) = (uncompared_layers.first(), uncompared_layers.last())
+            {
+                if uncompared_layers.len() == last - first + 1 {
+                    missing.push(format!("layers {}", span(*first, *last)));
+                } else {
+                    let list: Vec<String> =
+                        uncompared_layers.iter().map(usize::to_string).collect();
+                    missing.push(format!("layers {}", list.join(", ")));
+                }
+            }
+            missing.push("the final norm".to_string());
+            let have = if *stored == 0 {
+                "no hidden_states".to_string()
+            } else {
+                format!("hidden_states.{} only", span(0, stored - 1))
+            };
+            format!(
+                "NOTE: {have} of the {} a {layers}-layer model has: {} not compared",
+                layers + 1,
+                missing.join(", ")
+            )
+        }
+        ReferenceNote::ExtraLayerOutputs { layers, stored } => format!(
+            "NOTE: {stored} layer_output tensors, but the model has {layers} layers: \
+             layer_output.{} skipped",
+            span(*layers, stored - 1)
+        ),
+    }
+}
+
 /// Renders the report as a table and a verdict (or JSON with `json`).
 pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<()> {
     if json {
@@ -84,6 +145,12 @@ pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<(
     )?;
     notes(out, &r.model, &r.notes)?;
     notes(out, &r.against, &r.against_notes)?;
+    if !r.reference_notes.is_empty() {
+        writeln!(out, "{}:", r.against)?;
+        for n in &r.reference_notes {
+            writeln!(out, "  {}", describe_reference_note(n))?;
+        }
+    }
     let tol = r.comparison.tolerance;
     let mut table = Table::new();
     table.load_preset(presets::UTF8_FULL_CONDENSED);
@@ -133,6 +200,19 @@ pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<(
                 "FAIL: first divergence at {what} (|Δ| > {} + {}·|ref|).",
                 tol.atol, tol.rtol
             )?;
+            let own_head = r
+                .notes
+                .iter()
+                .chain(&r.against_notes)
+                .any(|n| matches!(n, LoadNote::TiedButOwnLmHead { .. }));
+            if stage == Stage::LmHead && own_head {
+                writeln!(
+                    out,
+                    "config.json ties the embeddings, but a Flax lm_head.kernel computes the logits \
+                     (listed above) and differs from the embedding that PyTorch would use: the \
+                     checkpoint computes different logits in the two frameworks."
+                )?;
+            }
             if matches!(stage, Stage::Attention { .. }) {
                 let transposed = r
                     .notes

@@ -76,6 +76,10 @@ pub enum Verdict {
     Identical {
         /// `"BF16 → F32"` when the dtypes differ (the values survived the cast exactly).
         lossless_cast: Option<String>,
+        /// A is a square matrix equal to its own transpose (symmetric, all zeros, 1×1), so the
+        /// pair is identical and transposed at once: values cannot tell which happened.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        symmetric: bool,
     },
     /// B = Aᵀ.
     Transposed {
@@ -104,6 +108,9 @@ pub enum Verdict {
         dtype: &'static str,
         /// max |a − b|.
         max_abs_diff: f64,
+        /// A equals its own transpose, so B is as much a rounded transpose as a rounded copy.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        symmetric: bool,
     },
     /// B = c·A.
     Scaled {
@@ -426,11 +433,24 @@ fn judge(v: &Verdict, p: &PlannedPair<'_>, expect: &[Conversion]) -> Option<Stri
         );
         format!("the names are {ca} → {cb}, which the catalogue stores transposed; pass --expect-conversion {ca}-to-{cb}")
     };
-    let rounding_ok = |r: &Option<&'static str>| r.is_none() || has(Conversion::Cast);
+    // A cast explains rounding only where one happened: the same dtype on both sides means
+    // the values were changed by something else.
+    let cast_happened = p.a.dtype != p.b.dtype;
+    let rounding_ok =
+        |r: &Option<&'static str>| r.is_none() || (has(Conversion::Cast) && cast_happened);
     let rounding_msg = |d: &str| {
-        format!("equal only within {d} rounding; pass --expect-conversion cast if a dtype cast is expected")
+        if cast_happened {
+            format!("equal only within {d} rounding; pass --expect-conversion cast if a dtype cast is expected")
+        } else {
+            format!("equal only within {d} rounding, but both sides are {}: no cast happened, so a cast cannot explain it", p.a.dtype)
+        }
     };
     match v {
+        // Equal to its own transpose: identical and transposed at once, so the transpose the
+        // conventions call for may well have happened. Judged as that transpose.
+        Verdict::Identical {
+            symmetric: true, ..
+        } if p.transposed_by_conventions => (!transpose_ok).then(conventions_hint),
         Verdict::Identical { .. } if p.transposed_by_conventions => Some(format!(
             "identical, but {} {} and {} {} should be each other's transpose: the conversion forgot to transpose",
             p.conv_a.map_or("?", Convention::name),
@@ -471,10 +491,14 @@ fn judge(v: &Verdict, p: &PlannedPair<'_>, expect: &[Conversion]) -> Option<Stri
                 None
             }
         }
-        Verdict::Rounded { dtype, .. } => {
-            if p.transposed_by_conventions {
+        Verdict::Rounded {
+            dtype, symmetric, ..
+        } => {
+            if p.transposed_by_conventions && !symmetric {
                 Some(format!("equal within {dtype} rounding but not transposed, while the names' conventions store it transposed"))
-            } else if has(Conversion::Cast) {
+            } else if p.transposed_by_conventions && !transpose_ok {
+                Some(conventions_hint())
+            } else if rounding_ok(&Some(dtype)) {
                 None
             } else {
                 Some(rounding_msg(dtype))
@@ -555,10 +579,15 @@ pub(crate) fn compare_views(
     let id_ok = sa == sb;
     let t_ok = sa.len() == 2 && sb.len() == 2 && sa[0] == sb[1] && sa[1] == sb[0];
 
+    // A square A equal to its own transpose makes "identical" and "transposed" the same
+    // relation; the transpose candidates below are then left out, and the verdict says so.
+    let symmetric = id_ok && t_ok && numeric::symmetric(va);
+
     // Same dtype and shape: bytes decide `identical` for any dtype.
     if ta.dtype == tb.dtype && id_ok && va.bytes == vb.bytes {
         return Ok(Verdict::Identical {
             lossless_cast: None,
+            symmetric,
         });
     }
     let (sa_src, sb_src) = (Src::new(va), Src::new(vb));
@@ -677,7 +706,7 @@ pub(crate) fn compare_views(
     if id_ok && ta.dtype != tb.dtype {
         cands.push((Layout::IDENTITY, Relation::Exact, Yields::Identical));
     }
-    if t_ok {
+    if t_ok && !symmetric {
         exact_rounded(Layout::TRANSPOSE, Yields::Transposed, &mut cands);
     }
     for &(l, kind) in &ropes {
@@ -714,9 +743,11 @@ pub(crate) fn compare_views(
             Yields::Rounded => confirm_measuring(&pair, l, *rel).map(|max| Verdict::Rounded {
                 dtype: narrow.name(),
                 max_abs_diff: max,
+                symmetric,
             }),
             Yields::Identical => pair.confirm(l, *rel).then(|| Verdict::Identical {
                 lossless_cast: Some(format!("{} → {}", ta.dtype, tb.dtype)),
+                symmetric,
             }),
             Yields::Transposed => pair.confirm(l, *rel).then_some(Verdict::Transposed {
                 within_rounding: within,

@@ -543,6 +543,48 @@ fn transpose_bits_equal(a: &[f32], ga: Geom, b: &[f32], gb: Geom) -> bool {
     true
 }
 
+/// True when the 2-D square tensor of `view` equals its own transpose bit for bit (all zeros,
+/// symmetric, any 1×1), for any dtype. Compared in 64×64 blocks against their mirror block, so
+/// that neither side is read column by column across pages; a typical (non-symmetric) weight is
+/// rejected on its first off-diagonal pair.
+pub(crate) fn symmetric(view: &TensorView<'_>) -> bool {
+    const BLOCK: usize = 64;
+    let n = match view.info.shape[..] {
+        [r, c] if r == c => r,
+        _ => return false,
+    };
+    if n <= 1 {
+        return true;
+    }
+    let bits = view.info.dtype.bits();
+    if !bits.is_multiple_of(8) {
+        // Sub-byte elements (F4, F6) are not addressable one by one; say "not symmetric",
+        // the conservative answer (the pair is then judged as stored).
+        return false;
+    }
+    let e = bits / 8;
+    let bytes = view.bytes;
+    let Some(total) = n.checked_mul(n).and_then(|x| x.checked_mul(e)) else {
+        return false;
+    };
+    if bytes.len() != total {
+        return false;
+    }
+    let at = |i: usize, j: usize| &bytes[(i * n + j) * e..(i * n + j + 1) * e];
+    for i0 in (0..n).step_by(BLOCK) {
+        for j0 in (i0..n).step_by(BLOCK) {
+            for i in i0..(i0 + BLOCK).min(n) {
+                for j in j0.max(i + 1)..(j0 + BLOCK).min(n) {
+                    if at(i, j) != at(j, i) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Element-wise comparison statistics of a pair that matched no relation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Stats {

@@ -148,7 +148,8 @@ fn identical_bytes_and_lossless_cast() {
     assert_eq!(
         r.unwrap(),
         Verdict::Identical {
-            lossless_cast: None
+            lossless_cast: None,
+            symmetric: false
         }
     );
     // bf16 values widened exactly to f32 are identical after a lossless cast.
@@ -162,7 +163,8 @@ fn identical_bytes_and_lossless_cast() {
     assert_eq!(
         r.unwrap(),
         Verdict::Identical {
-            lossless_cast: Some("BF16 → F32".to_string())
+            lossless_cast: Some("BF16 → F32".to_string()),
+            symmetric: false
         }
     );
 }
@@ -280,6 +282,7 @@ fn rounded_scaled_offset_constants() {
         Verdict::Rounded {
             dtype,
             max_abs_diff,
+            symmetric: false,
         } => {
             assert_eq!(dtype, "BF16");
             assert!(max_abs_diff > 0.0 && max_abs_diff <= 2f64.powi(-8));
@@ -440,4 +443,146 @@ fn transpose_fast_path_catches_one_flipped_element_and_keeps_nan_semantics() {
             expected_by_conventions: false
         }
     );
+}
+
+/// A planned HF → Flax pair of `a` and `b` whose conventions store it transposed.
+fn hf_to_flax_pair<'a>(a: &'a Owned, b: &'a Owned) -> PlannedPair<'a> {
+    PlannedPair {
+        a: &a.info,
+        b: &b.info,
+        canonical: Some("model.layers.0.self_attn.q_proj.weight".to_string()),
+        conv_a: Some(Convention::Hf),
+        conv_b: Some(Convention::Flax),
+        transposed_by_conventions: true,
+        rope: RopeCheck::NotApplicable,
+        note: None,
+    }
+}
+
+/// Issue 8, item 10: a zero (or symmetric) square kernel, or a 1×1 one, is identical and
+/// transposed at once. It is said so, and judged as the transpose the conventions expect,
+/// never blamed as a forgotten transpose.
+#[test]
+fn self_transposed_square_is_identical_and_transposed_at_once() {
+    let n = 70; // not a multiple of the 64×64 block
+    let m = values(n * n, 12);
+    let sym: Vec<f32> = (0..n * n).map(|k| m[k] + m[(k % n) * n + k / n]).collect();
+    let one = Owned::f32("w", &[1, 1], &[0.75]);
+    for (a, b) in [
+        (
+            Owned::f32("w", &[n, n], &vec![0.0; n * n]),
+            Owned::f32("w", &[n, n], &vec![0.0; n * n]),
+        ),
+        (
+            Owned::f32("w", &[n, n], &sym),
+            Owned::f32("w", &[n, n], &sym),
+        ),
+        (Owned::f32("w", &[1, 1], &[0.75]), one),
+    ] {
+        for full in [false, true] {
+            let (r, _) = cmp(&a, &b, &RopeCheck::NotApplicable, true, full);
+            let v = r.unwrap();
+            assert_eq!(
+                v,
+                Verdict::Identical {
+                    lossless_cast: None,
+                    symmetric: true
+                },
+                "{:?}",
+                a.info.shape
+            );
+            let p = hf_to_flax_pair(&a, &b);
+            assert_eq!(judge(&v, &p, &[Conversion::HfToFlax]), None);
+            assert_eq!(judge(&v, &p, &[Conversion::Transpose]), None);
+            // Without an expected conversion it is unexplained like any transposed pair, with
+            // the hint to pass the direction, not "the conversion forgot to transpose".
+            let why = judge(&v, &p, &[]).unwrap();
+            assert!(why.contains("--expect-conversion hf-to-flax"), "{why}");
+            assert!(!why.contains("forgot"), "{why}");
+        }
+    }
+    // Symmetric f32 against its bf16 rounding: rounded, and transposed as much as not.
+    let a = Owned::f32("w", &[n, n], &sym);
+    let b = Owned::bf16("w", &[n, n], &sym);
+    let (r, _) = cmp(&a, &b, &RopeCheck::NotApplicable, true, false);
+    let v = r.unwrap();
+    assert!(
+        matches!(
+            v,
+            Verdict::Rounded {
+                dtype: "BF16",
+                symmetric: true,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    let p = hf_to_flax_pair(&a, &b);
+    assert_eq!(
+        judge(&v, &p, &[Conversion::HfToFlax, Conversion::Cast]),
+        None
+    );
+    assert!(judge(&v, &p, &[Conversion::HfToFlax]).is_some());
+    // An identical pair that is *not* symmetric is still the forgotten transpose.
+    let a = Owned::f32("w", &[n, n], &m);
+    let (r, _) = cmp(&a, &a, &RopeCheck::NotApplicable, true, false);
+    let v = r.unwrap();
+    assert_eq!(
+        v,
+        Verdict::Identical {
+            lossless_cast: None,
+            symmetric: false
+        }
+    );
+    let why = judge(&v, &hf_to_flax_pair(&a, &a), &[Conversion::HfToFlax]).unwrap();
+    assert!(why.contains("forgot to transpose"), "{why}");
+}
+
+#[test]
+fn symmetric_check_any_dtype_and_blocks() {
+    use super::numeric::symmetric;
+    let n = 130;
+    let m = values(n * n, 13);
+    let mut sym: Vec<f32> = (0..n * n).map(|k| m[k] + m[(k % n) * n + k / n]).collect();
+    assert!(symmetric(&Owned::f32("w", &[n, n], &sym).view()));
+    assert!(symmetric(&Owned::bf16("w", &[n, n], &sym).view()));
+    // one element off the diagonal, in the last (partial) block
+    sym[(n - 1) * n + 66] += 1.0;
+    assert!(!symmetric(&Owned::f32("w", &[n, n], &sym).view()));
+    assert!(!symmetric(&Owned::f32("w", &[n, n], &m).view()));
+    // non-square and 1-D are never symmetric; 1×1 always is
+    assert!(!symmetric(&Owned::f32("w", &[2, 3], &[0.0; 6]).view()));
+    assert!(!symmetric(&Owned::f32("w", &[4], &[0.0; 4]).view()));
+    assert!(symmetric(&Owned::f32("w", &[1, 1], &[3.0]).view()));
+}
+
+/// Issue 8, item 10: `--expect-conversion cast` explains rounding only when the dtypes
+/// differ. A BF16 → BF16 pair one ulp apart everywhere was not cast.
+#[test]
+fn cast_does_not_explain_rounding_between_equal_dtypes() {
+    let (rows, cols) = (48, 16);
+    let v = values(rows * cols, 14);
+    let a = Owned::bf16("w", &[rows, cols], &v);
+    let mut b = Owned::bf16("w", &[rows, cols], &v);
+    for c in b.bytes.chunks_exact_mut(2) {
+        let x = u16::from_le_bytes([c[0], c[1]]) + 1;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    let (r, _) = cmp(&a, &b, &RopeCheck::NotApplicable, false, false);
+    let v = r.unwrap();
+    assert!(matches!(v, Verdict::Rounded { dtype: "BF16", .. }), "{v:?}");
+    let mut p = hf_to_flax_pair(&a, &b);
+    p.transposed_by_conventions = false;
+    let why = judge(&v, &p, &[Conversion::Cast]).unwrap();
+    assert!(
+        why.contains("both sides are BF16: no cast happened"),
+        "{why}"
+    );
+    // The same values against an F32 original: a cast did happen.
+    let f = Owned::f32("w", &[rows, cols], &values(rows * cols, 14));
+    let (r, _) = cmp(&f, &a, &RopeCheck::NotApplicable, false, false);
+    let v = r.unwrap();
+    assert!(matches!(v, Verdict::Rounded { .. }), "{v:?}");
+    let p = PlannedPair { a: &f.info, ..p };
+    assert_eq!(judge(&v, &p, &[Conversion::Cast]), None);
 }
