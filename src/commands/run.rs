@@ -84,7 +84,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             load,
             forwards,
             tokens: out.len(),
-            flops: 2.0 * model.parameters() as f64 * out.len() as f64,
+            // 2·parameters per token, less the lm_head rows not computed (V·H per position)
+            flops: 2.0 * model.parameters() as f64 * out.len() as f64
+                - 2.0
+                    * (model.config().vocab_size * model.config().hidden_size) as f64
+                    * (out.len() - out.logit_positions.len()) as f64,
         };
         render::render_timings(&timings, &mut std::io::stderr().lock())?;
     }
