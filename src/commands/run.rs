@@ -74,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let t0 = Instant::now();
         let out = model.forward_with(&args.tokens, &opts).with_context(|| {
             format!(
-                "running the forward on {} tokens{}",
+                "running the forward of {} on {} tokens{}",
+                args.model.display(),
                 args.tokens.len(),
                 if every_position {
                     " (--save and --all-positions keep the logits of every position)"

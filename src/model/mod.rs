@@ -73,10 +73,10 @@ pub enum ModelError {
         dtype: &'static str,
     },
     /// A RoPE scaling type the forward does not implement.
-    #[error("rope scaling `{0}` is not supported (only the default and `llama3`)")]
+    #[error("config.json: rope scaling `{0}` is not supported (only the default and `llama3`)")]
     UnsupportedRope(String),
     /// An activation the forward does not implement for this architecture.
-    #[error("hidden activation `{0}` is not supported (llama family: silu; GPT-2: gelu_new)")]
+    #[error("config.json: hidden activation `{0}` is not supported (llama family: silu; GPT-2: gelu_new)")]
     UnsupportedActivation(String),
     /// A Qwen2/Qwen3 sliding window shorter than the prompt: it applies only to some layers
     /// (`max_window_layers`), which the forward does not model.
