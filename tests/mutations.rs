@@ -108,7 +108,10 @@ fn mutated_headers_never_crash_inspect_or_run() {
         if inspect.status.code() == Some(2) {
             errors += 1;
             let stderr = String::from_utf8_lossy(&inspect.stderr);
-            assert!(stderr.contains("model.safetensors"), "mutation {k}: {stderr}");
+            assert!(
+                stderr.contains("model.safetensors"),
+                "mutation {k}: {stderr}"
+            );
             continue;
         }
         // A header that still parses: the forward must also end cleanly.
