@@ -288,3 +288,53 @@ fn weight_stored_twice_is_refused() {
     );
     assert!(err.contains("q_proj.kernel"), "{err}");
 }
+
+/// Logits at chosen positions (the last one for `run`) are the same bits as those rows of the
+/// logits at every position, on every fixture and layout, for short and long prompts.
+#[test]
+fn logits_at_chosen_positions_are_rows_of_the_full_logits() {
+    use orient::model::{ForwardOptions, LogitPositions};
+    let ids = reference("llama").input_ids;
+    for name in [
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gpt2",
+        "llama-bf16",
+        "llama-flax",
+        "gpt2-flax",
+        "qwen2-flax",
+    ] {
+        let ckpt = Checkpoint::open(fixture(name)).unwrap();
+        let mut model = Model::new(&ckpt).unwrap();
+        for len in [1, 2, 3, 80] {
+            let all = model.forward(&ids[..len], false).unwrap();
+            let v = all.vocab_size;
+            for (logits, want) in [
+                (LogitPositions::Last, vec![len - 1]),
+                // sorted and deduplicated (one position when len = 1)
+                (LogitPositions::These(vec![len - 1, 0, len - 1]), {
+                    let mut w = vec![0, len - 1];
+                    w.dedup();
+                    w
+                }),
+            ] {
+                let opts = ForwardOptions {
+                    record: false,
+                    logits,
+                };
+                let some = model.forward_with(&ids[..len], &opts).unwrap();
+                assert_eq!(some.logit_positions, want, "{name}");
+                assert_eq!(some.logits.len(), want.len() * v);
+                for &p in &want {
+                    assert_eq!(
+                        bits(some.logits_at(p)),
+                        bits(all.logits_at(p)),
+                        "{name}, {len} tokens, position {p}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -478,3 +478,128 @@ fn reference_with_missing_or_extra_hidden_states_says_what_was_not_compared() {
         ))
         .stdout(predicate::str::contains("layer_output.2 skipped"));
 }
+
+/// A llama-shaped checkpoint of one layer whose data is a sparse file: the header says what
+/// the forward would allocate, without gigabytes on disk or in a test.
+fn sparse_llama(dir: &Path, hidden: usize, inter: usize, vocab: usize) -> PathBuf {
+    let model = dir.join("sparse-llama");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        format!(
+            r#"{{"model_type": "llama", "hidden_size": {hidden}, "intermediate_size": {inter},
+                "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+                "vocab_size": {vocab}, "max_position_embeddings": 256}}"#
+        ),
+    )
+    .unwrap();
+    let p = "model.layers.0.";
+    let tensors: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+        (format!("{p}input_layernorm.weight"), vec![hidden]),
+        (format!("{p}self_attn.q_proj.weight"), vec![hidden, hidden]),
+        (format!("{p}self_attn.k_proj.weight"), vec![hidden, hidden]),
+        (format!("{p}self_attn.v_proj.weight"), vec![hidden, hidden]),
+        (format!("{p}self_attn.o_proj.weight"), vec![hidden, hidden]),
+        (format!("{p}post_attention_layernorm.weight"), vec![hidden]),
+        (format!("{p}mlp.gate_proj.weight"), vec![inter, hidden]),
+        (format!("{p}mlp.up_proj.weight"), vec![inter, hidden]),
+        (format!("{p}mlp.down_proj.weight"), vec![hidden, inter]),
+        ("model.norm.weight".into(), vec![hidden]),
+        ("lm_head.weight".into(), vec![vocab, hidden]),
+    ];
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in &tensors {
+        let len = 4 * shape.iter().product::<usize>() as u64;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut text = serde_json::to_string(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    let file = model.join("model.safetensors");
+    std::fs::write(&file, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(bytes.len() as u64 + offset).unwrap(); // a hole: no data on disk
+    model
+}
+
+/// `--tokens` for `n` tokens, split into arguments under the kernel's 128 KiB limit for one
+/// argument (clap appends repeated `--tokens`).
+fn many_tokens(n: usize) -> Vec<String> {
+    let ids: Vec<&str> = vec!["1"; n];
+    ids.chunks(20_000)
+        .flat_map(|c| ["--tokens".to_string(), c.join(",")])
+        .collect()
+}
+
+/// Issue 8, item 15: a 100,000-token prompt used to abort the process (SIGABRT on a 40 GB
+/// allocation of T×T attention scores for every head). The peak is now estimated before the
+/// forward starts, and a prompt that cannot fit is refused (exit 2) with the estimate and
+/// what is available.
+#[test]
+fn a_prompt_that_cannot_fit_is_refused_with_the_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    // The MLP of 100,000 tokens through a 4,000,000-wide layer: 3.2 TB of activations.
+    let model = sparse_llama(dir.path(), 64, 4_000_000, 512);
+    orient()
+        .arg("run")
+        .arg(&model)
+        .args(many_tokens(100_000))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "a forward over 100000 tokens (logits at 1 position) needs about",
+        ))
+        .stderr(predicate::str::contains("TiB at its peak"))
+        .stderr(predicate::str::contains("activations"))
+        .stderr(predicate::str::contains("attention scratch"))
+        .stderr(predicate::str::contains("is available"))
+        .stderr(predicate::str::contains("refusing to start"));
+    // Logits at every position are the big buffer of --save: [T, V] over a 4M vocabulary.
+    let model = sparse_llama(&dir.path().join("v"), 64, 176, 4_000_000);
+    let saved = dir.path().join("out.safetensors");
+    orient()
+        .arg("run")
+        .arg(&model)
+        .args(many_tokens(100_000))
+        .arg("--save")
+        .arg(&saved)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "(logits at 100000 positions) needs about",
+        ))
+        .stderr(predicate::str::contains(
+            "--save and --all-positions keep the logits of every position",
+        ));
+    assert!(!saved.exists());
+}
+
+/// Without --save, `run` computes only the last position's logits; they are bit-identical
+/// to the last row of the logits at every position.
+#[test]
+fn run_last_position_logits_match_all_positions() {
+    let tokens = "5,17,300,2,99,511,0,42,7,7,7,130";
+    for name in ["qwen2", "gpt2", "llama-bf16", "qwen3"] {
+        let top = |extra: &[&str]| -> serde_json::Value {
+            let out = orient()
+                .args(["run", "--json", "--top-k", "8", "--tokens", tokens])
+                .args(extra)
+                .arg(fixture(name))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["positions"].as_array().unwrap().last().unwrap().clone()
+        };
+        assert_eq!(top(&[]), top(&["--all-positions"]), "{name}");
+    }
+}

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use orient::model::{self, Model};
+use orient::model::{self, ForwardOptions, LogitPositions, Model};
 use orient::output::run::{self as render, PositionTop, RunReport, Timings};
 use orient_inspect::Checkpoint;
 
@@ -58,14 +58,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         model::save::check_target(&ckpt, path, args.force)?;
     }
     let load = start.elapsed();
-    let record = args.save.is_some();
+    // Only the last position's logits are printed unless --all-positions; --save stores all.
+    let every_position = args.save.is_some() || args.all_positions;
+    let opts = ForwardOptions {
+        record: args.save.is_some(),
+        logits: if every_position {
+            LogitPositions::All
+        } else {
+            LogitPositions::Last
+        },
+    };
     let mut forwards = Vec::new();
     let mut output = None;
     for _ in 0..args.repeat.max(1) {
         let t0 = Instant::now();
-        let out = model
-            .forward(&args.tokens, record)
-            .context("running the forward")?;
+        let out = model.forward_with(&args.tokens, &opts).with_context(|| {
+            format!(
+                "running the forward of {} on {} tokens{}",
+                args.model.display(),
+                args.tokens.len(),
+                if every_position {
+                    " (--save and --all-positions keep the logits of every position)"
+                } else {
+                    ""
+                }
+            )
+        })?;
         forwards.push(t0.elapsed());
         output = Some(out);
     }
@@ -75,7 +93,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             load,
             forwards,
             tokens: out.len(),
-            flops: 2.0 * model.parameters() as f64 * out.len() as f64,
+            // 2·parameters per token, less the lm_head rows not computed (V·H per position)
+            flops: 2.0 * model.parameters() as f64 * out.len() as f64
+                - 2.0
+                    * (model.config().vocab_size * model.config().hidden_size) as f64
+                    * (out.len() - out.logit_positions.len()) as f64,
         };
         render::render_timings(&timings, &mut orient::output::stderr())?;
     }

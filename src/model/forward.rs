@@ -2,26 +2,41 @@
 //!
 //! Prefill only: the whole prompt goes through each layer at once, with a causal mask, and
 //! no KV cache is kept. Weights are fetched per layer and their mmap pages released after it.
+//!
+//! Memory is bounded and known before the first allocation: attention runs over blocks of
+//! query rows (a `[block, keys]` score tile per worker, never `[T, T]` per head), the logits
+//! are computed only for the positions asked for, and the peak is estimated from the config
+//! and refused when it exceeds the memory available (see [`super::memory`]).
 
 use orient_inspect::{Arch, ModelConfig, RopeScaling};
-use rayon::prelude::*;
 
-use super::matmul::{matmul, MatMut, MatRef};
+use super::attention::{attention, query_block, Head};
+use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
+use super::memory::{self, Footprint};
 use super::ops;
 use super::rope::{self, Llama3Scaling, RopeTables};
 use super::weights::Weights;
-use super::{ForwardOutput, LayerTrace, ModelError};
+use super::{ForwardOptions, ForwardOutput, LayerTrace, LogitPositions, ModelError};
 
+/// Vocabulary entries per lm_head block: a widened bf16 head never needs V·H f32 at once.
+const VOCAB_BLOCK: usize = 16384;
 /// Sizes of one forward, taken from the config.
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    t: usize,
-    h: usize,
-    n_heads: usize,
-    n_kv: usize,
-    d: usize,
-    inter: usize,
-    vocab: usize,
+pub(super) struct Dims {
+    /// T: prompt length.
+    pub t: usize,
+    /// H.
+    pub h: usize,
+    /// nH.
+    pub n_heads: usize,
+    /// nKV.
+    pub n_kv: usize,
+    /// D.
+    pub d: usize,
+    /// I.
+    pub inter: usize,
+    /// V.
+    pub vocab: usize,
 }
 
 /// The activations of one forward, allocated once and reused by every layer.
@@ -47,14 +62,80 @@ struct Buffers {
     up: Vec<f32>,
 }
 
-/// Runs the model on `tokens`. See [`super::Model::forward`].
+/// The names of the token embedding and of the weight the logits are computed with.
+fn embedding_and_head(gpt2: bool, w: &Weights<'_>) -> (&'static str, &'static str) {
+    let embedding = if gpt2 {
+        "transformer.wte.weight"
+    } else {
+        "model.embed_tokens.weight"
+    };
+    let head = if w.has("lm_head.weight") {
+        "lm_head.weight"
+    } else {
+        embedding
+    };
+    (embedding, head)
+}
+
+/// The peak memory of a forward over `t` tokens computing logits at `positions` positions,
+/// in the buffers [`forward`] allocates (all widths fit: checked by the caller).
+fn footprint(
+    cfg: &ModelConfig,
+    w: &Weights<'_>,
+    dims: Dims,
+    positions: usize,
+    record: bool,
+    threads: usize,
+) -> Footprint {
+    let gpt2 = cfg.arch == Arch::Gpt2;
+    let u = |x: usize| x as u128;
+    let (t, h) = (u(dims.t), u(dims.h));
+    let kv = u(dims.n_kv * dims.d);
+    let attn = u(dims.n_heads * dims.d);
+    let qkv = if gpt2 { 3 * h } else { attn };
+    let inter = u(dims.inter);
+    // x, h, q, (k, v), attn, out, gate, (up); RoPE cos/sin [T, D]; token ids
+    let buffers = t * (h + h + qkv + attn + h + inter)
+        + if gpt2 {
+            t * h
+        } else {
+            t * (2 * kv + inter + 2 * u(dims.d))
+        }
+        + 2 * t;
+    let block = u(query_block(dims.t, threads));
+    let workers = u(threads.max(1)).min(t.div_ceil(block));
+    // the final norm output, the rows the logits are asked for and their logits (+ 2 rows:
+    // the padding of a one-row product, see `matmul_rows`)
+    let rows = u(positions) + 2;
+    let logits = t * h + rows * h + rows * u(dims.vocab);
+    let recorded = if record {
+        t * h * (2 + 2 * u(cfg.num_hidden_layers))
+    } else {
+        0
+    };
+    let (embedding, head) = embedding_and_head(gpt2, w);
+    let resident = w.resident_bytes(dims.t, embedding, head, VOCAB_BLOCK);
+    Footprint {
+        activations: buffers,
+        attention: workers * block * t,
+        logits,
+        recorded,
+        embedding_output: 2 * t * h, // GPT-2 adds the position rows
+        weights_gather: resident.gather,
+        weights_layers: resident.layers,
+        weights_final: resident.logits,
+    }
+}
+
+/// Runs the model on `tokens`. See [`super::Model::forward_with`].
 pub(crate) fn forward(
     cfg: &ModelConfig,
     w: &mut Weights<'_>,
     tokens: &[u32],
-    record: bool,
+    opts: &ForwardOptions,
     threads: usize,
 ) -> Result<ForwardOutput, ModelError> {
+    let record = opts.record;
     let dims = Dims {
         t: tokens.len(),
         h: cfg.hidden_size,
@@ -77,6 +158,21 @@ pub(crate) fn forward(
             });
         }
     }
+    let positions: Vec<usize> = match &opts.logits {
+        LogitPositions::All => (0..t).collect(),
+        LogitPositions::Last => vec![t - 1],
+        LogitPositions::These(p) => {
+            let mut p = p.clone();
+            p.sort_unstable();
+            p.dedup();
+            if let Some(&bad) = p.iter().find(|&&x| x >= t) {
+                return Err(ModelError::Internal(format!(
+                    "logits asked for position {bad} of a {t}-token prompt"
+                )));
+            }
+            p
+        }
+    };
     let rows: Vec<usize> = tokens.iter().map(|&x| x as usize).collect();
     let gpt2 = cfg.arch == Arch::Gpt2;
     let eps = cfg.norm_eps as f32;
@@ -102,12 +198,25 @@ pub(crate) fn forward(
         .and_then(|cells| cells.checked_mul(size_of::<f32>()))
         .filter(|&bytes| isize::try_from(bytes).is_ok())
         .ok_or(ModelError::PromptTooLong { tokens: t })?;
+    // Everything below is known now: refuse before the first large allocation.
+    let estimate = footprint(cfg, w, dims, positions.len(), record, threads).estimate();
+    if let Some(available) = memory::available() {
+        if estimate.total > available.bytes {
+            return Err(ModelError::WouldNotFit(Box::new(super::WouldNotFit {
+                tokens: t,
+                logit_positions: positions.len(),
+                estimate,
+                available,
+            })));
+        }
+    }
     let mut b = Buffers {
         x: Vec::new(),
         h: vec![0.0; t * dims.h],
         q: vec![0.0; t * qkv_width],
-        k: vec![0.0; t * dims.n_kv * dims.d],
-        v: vec![0.0; t * dims.n_kv * dims.d],
+        // GPT-2 keeps its fused q,k,v in `q`
+        k: vec![0.0; if gpt2 { 0 } else { t * dims.n_kv * dims.d }],
+        v: vec![0.0; if gpt2 { 0 } else { t * dims.n_kv * dims.d }],
         attn: vec![0.0; t * dims.n_heads * dims.d],
         out: vec![0.0; t * dims.h],
         gate: vec![0.0; t * dims.inter],
@@ -130,6 +239,8 @@ pub(crate) fn forward(
     } else {
         b.x = w.embedding_rows("model.embed_tokens.weight", &rows)?;
     }
+    // The table is not needed again until a tied lm_head reads it at the end.
+    w.release(embedding_and_head(gpt2, w).0);
     let embedding = if record { b.x.clone() } else { Vec::new() };
 
     let rope_tables = if gpt2 {
@@ -209,36 +320,11 @@ pub(crate) fn forward(
     }
     drop(b);
 
-    // lm_head, in vocabulary blocks so that a widened bf16 head never needs V·H f32 at once.
-    let head = if w.has("lm_head.weight") {
-        "lm_head.weight"
-    } else if gpt2 {
-        "transformer.wte.weight"
-    } else {
-        "model.embed_tokens.weight"
-    };
-    let mut logits = vec![0.0f32; t * dims.vocab]; // [T, V]
-    const VOCAB_BLOCK: usize = 16384;
-    let mut start = 0;
-    while start < dims.vocab {
-        let end = (start + VOCAB_BLOCK).min(dims.vocab);
-        let wm = w.matrix_block(head, start, end)?; // [H, end-start]
-        let dst = MatMut::new(&mut logits[start..], t, end - start, dims.vocab)?;
-        matmul(
-            dst,
-            MatRef::row_major(&normed, t, dims.h)?,
-            wm,
-            false,
-            threads,
-        )?;
-        start = end;
-    }
+    // lm_head on the positions asked for, in vocabulary blocks.
+    let (embedding_name, head) = embedding_and_head(gpt2, w);
+    let logits = lm_head(w, head, &normed, &positions, dims, threads)?;
     w.release(head);
-    if gpt2 {
-        w.release("transformer.wte.weight");
-    } else {
-        w.release("model.embed_tokens.weight");
-    }
+    w.release(embedding_name);
 
     Ok(ForwardOutput {
         tokens: tokens.to_vec(),
@@ -247,8 +333,50 @@ pub(crate) fn forward(
         embedding,
         layers,
         final_norm: if record { normed } else { Vec::new() },
+        logit_positions: positions,
         logits,
     })
+}
+
+/// `[P, V]` logits of the rows `positions` of `normed` `[T, H]`, computed in vocabulary
+/// blocks (a widened bf16 head never needs V·H f32 at once).
+///
+/// A subset of a prompt of several tokens keeps gemm's general path ([`matmul_rows`]) even
+/// for one row: each logit is then summed in the same order as when every position is
+/// computed, and the last position's logits are bit-identical either way.
+fn lm_head(
+    w: &mut Weights<'_>,
+    head: &str,
+    normed: &[f32],
+    positions: &[usize],
+    dims: Dims,
+    threads: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let (t, h, vocab) = (dims.t, dims.h, dims.vocab);
+    let p = positions.len();
+    let gathered: Vec<f32>; // [P, H] when not every position
+    let x = if p == t {
+        normed
+    } else {
+        gathered = positions
+            .iter()
+            .flat_map(|&pos| &normed[pos * h..(pos + 1) * h])
+            .copied()
+            .collect();
+        &gathered
+    };
+    let product = if t > 1 { matmul_rows } else { matmul };
+    let mut logits = vec![0.0f32; p * vocab]; // [P, V]
+    let mut start = 0;
+    while start < vocab {
+        let end = (start + VOCAB_BLOCK).min(vocab);
+        let wm = w.matrix_block(head, start, end)?; // [H, end-start]
+        let dst = MatMut::new(&mut logits[start..], p, end - start, vocab)?;
+        product(dst, MatRef::row_major(x, p, h)?, wm, false, threads)?;
+        w.release_block(head, start, end);
+        start = end;
+    }
+    Ok(logits)
 }
 
 /// `out [T, N] = x [T, K] · W + bias`, W fetched by name (any stored layout).
@@ -347,6 +475,7 @@ fn llama_layer(
         },
         dims,
         window,
+        query_block(t, threads),
         &mut b.attn,
     )?;
     linear(
@@ -439,6 +568,7 @@ fn gpt2_layer(
         },
         dims,
         None,
+        query_block(t, threads),
         &mut b.attn,
     )?;
     linear(
@@ -477,130 +607,4 @@ fn gpt2_layer(
     )?;
     ops::add_in_place(&mut b.x, &b.out);
     Ok(after_attention)
-}
-
-/// Rows of one projection: head `j` of token `t` starts at `data[t·stride + j·D]`.
-#[derive(Clone, Copy)]
-struct Head<'a> {
-    data: &'a [f32],
-    stride: usize,
-}
-
-/// Causal multi-head attention (eager, as transformers' `eager_attention_forward`):
-/// `softmax(q·kᵀ · D^-½ + mask) · v` per head, key/value head `j / (nH/nKV)` for query head
-/// `j` (GQA/MQA). Heads run in parallel; `out` is `[T, nH·D]`.
-fn attention(
-    q: Head<'_>,
-    k: Head<'_>,
-    v: Head<'_>,
-    dims: Dims,
-    window: Option<usize>,
-    out: &mut [f32],
-) -> Result<(), ModelError> {
-    let (t, d) = (dims.t, dims.d);
-    let group = dims.n_heads / dims.n_kv;
-    // transformers: scaling = head_dim ** -0.5 (a Python float), applied as an f32 multiply
-    let scale = (d as f64).powf(-0.5) as f32;
-    let per_head: Vec<Vec<f32>> = (0..dims.n_heads)
-        .into_par_iter()
-        .map(|j| -> Result<Vec<f32>, ModelError> {
-            let kv = j / group;
-            let qh = MatRef::new(&q.data[j * d..], t, d, q.stride, 1)?; // [T, D]
-            let kh = MatRef::new(&k.data[kv * d..], t, d, k.stride, 1)?; // [T, D]
-            let vh = MatRef::new(&v.data[kv * d..], t, d, v.stride, 1)?; // [T, D]
-            let mut scores = vec![0.0f32; t * t]; // [T, T]
-            matmul(MatMut::row_major(&mut scores, t, t)?, qh, kh.t(), false, 1)?;
-            for (i, row) in scores.chunks_mut(t).enumerate() {
-                // allowed keys: i - window < j <= i
-                let lo = window.map_or(0, |wnd| (i + 1).saturating_sub(wnd));
-                let allowed = &mut row[lo..=i];
-                for s in allowed.iter_mut() {
-                    *s *= scale;
-                }
-                ops::softmax_in_place(allowed);
-                row[..lo].fill(0.0);
-                row[i + 1..].fill(0.0);
-            }
-            let mut o = vec![0.0f32; t * d]; // [T, D]
-            matmul(
-                MatMut::row_major(&mut o, t, d)?,
-                MatRef::row_major(&scores, t, t)?,
-                vh,
-                false,
-                1,
-            )?;
-            Ok(o)
-        })
-        .collect::<Result<_, _>>()?;
-    let width = dims.n_heads * d;
-    for (j, o) in per_head.iter().enumerate() {
-        for r in 0..t {
-            out[r * width + j * d..r * width + (j + 1) * d].copy_from_slice(&o[r * d..(r + 1) * d]);
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    /// One head, D = 2, values one-hot per position: the output at position i is the
-    /// attention distribution itself, so the mask can be read off directly.
-    fn attend(t: usize, window: Option<usize>) -> Vec<f32> {
-        let dims = Dims {
-            t,
-            h: 2,
-            n_heads: 1,
-            n_kv: 1,
-            d: 2,
-            inter: 1,
-            vocab: 1,
-        };
-        let q = vec![0.0f32; t * 2]; // zero queries: uniform scores over the allowed keys
-        let k = vec![1.0f32; t * 2];
-        let mut out = vec![0.0f32; t * 2];
-        // values: position j carries (j, 1), so out[i] = (Σ p_j·j, Σ p_j)
-        let v: Vec<f32> = (0..t).flat_map(|j| [j as f32, 1.0]).collect();
-        attention(
-            Head {
-                data: &q,
-                stride: 2,
-            },
-            Head {
-                data: &k,
-                stride: 2,
-            },
-            Head {
-                data: &v,
-                stride: 2,
-            },
-            dims,
-            window,
-            &mut out,
-        )
-        .unwrap();
-        out
-    }
-
-    #[test]
-    fn causal_mask_averages_the_prefix() {
-        let out = attend(4, None);
-        // position i averages keys 0..=i: mean index i/2, weights summing to 1
-        for i in 0..4 {
-            assert!((out[2 * i] - i as f32 / 2.0).abs() < 1e-6, "{out:?}");
-            assert!((out[2 * i + 1] - 1.0).abs() < 1e-6);
-        }
-    }
-
-    #[test]
-    fn sliding_window_keeps_the_last_w_keys() {
-        let out = attend(5, Some(2));
-        // window 2: position i averages keys i-1 and i (position 0 only itself)
-        let want = [0.0, 0.5, 1.5, 2.5, 3.5];
-        for (i, w) in want.iter().enumerate() {
-            assert!((out[2 * i] - w).abs() < 1e-6, "{out:?}");
-        }
-    }
 }

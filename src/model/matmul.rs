@@ -190,6 +190,30 @@ pub fn matmul(
         gemv(dst, lhs, rhs, accumulate);
         return Ok(());
     }
+    matmul_rows(dst, lhs, rhs, accumulate, threads)
+}
+
+/// [`matmul`] without its single-row kernel: a product of one (or a few) rows is padded onto
+/// gemm's general path, so every row of the result has the same bits as it would have within
+/// a product of many rows. For callers that split one product into row blocks (attention
+/// tiles, the logits of chosen positions) and must not change the numbers by doing so.
+pub fn matmul_rows(
+    dst: MatMut<'_>,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    accumulate: bool,
+    threads: usize,
+) -> Result<(), ModelError> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if rhs.rows != k || dst.rows != m || dst.cols != n {
+        return Err(ModelError::Internal(format!(
+            "matmul shapes: [{m}, {k}] · [{}, {n}] → [{}, {}]",
+            rhs.rows, dst.rows, dst.cols
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
     let need = min_rows_for_general_path(n);
     if m >= need || k == 0 {
         raw_gemm(dst, lhs, rhs, accumulate, threads);

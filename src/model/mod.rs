@@ -9,11 +9,15 @@
 //!
 //! Memory stays at about one weight matrix in f32 plus activations: bf16/f16 weights are widened
 //! one matrix at a time into a reused buffer, and each layer's mmap pages are released after
-//! use, so a checkpoint larger than free RAM still runs.
+//! use, so a checkpoint larger than free RAM still runs. Attention is tiled over query rows,
+//! logits are computed only where asked for, and the peak is estimated before the forward
+//! starts ([`memory`]): a prompt that cannot fit is refused with the numbers, not aborted.
 
+mod attention;
 pub mod compare;
 mod forward;
 pub mod matmul;
+pub mod memory;
 pub mod ops;
 pub mod rope;
 pub mod save;
@@ -69,10 +73,10 @@ pub enum ModelError {
         dtype: &'static str,
     },
     /// A RoPE scaling type the forward does not implement.
-    #[error("rope scaling `{0}` is not supported (only the default and `llama3`)")]
+    #[error("config.json: rope scaling `{0}` is not supported (only the default and `llama3`)")]
     UnsupportedRope(String),
     /// An activation the forward does not implement for this architecture.
-    #[error("hidden activation `{0}` is not supported (llama family: silu; GPT-2: gelu_new)")]
+    #[error("config.json: hidden activation `{0}` is not supported (llama family: silu; GPT-2: gelu_new)")]
     UnsupportedActivation(String),
     /// A Qwen2/Qwen3 sliding window shorter than the prompt: it applies only to some layers
     /// (`max_window_layers`), which the forward does not model.
@@ -107,6 +111,9 @@ pub enum ModelError {
         /// Prompt length.
         tokens: usize,
     },
+    /// The estimated peak of the forward exceeds the memory available.
+    #[error("{0}")]
+    WouldNotFit(Box<WouldNotFit>),
     /// No tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -153,6 +160,35 @@ impl std::fmt::Display for ShapeMismatch {
             f,
             "{}: tensor `{}` has shape {:?}, expected {:?} ({}, {} layout)",
             self.path, self.name, self.found, self.expected, self.formula, self.convention
+        )
+    }
+}
+
+/// Details of [`ModelError::WouldNotFit`].
+#[derive(Debug)]
+pub struct WouldNotFit {
+    /// Prompt length.
+    pub tokens: usize,
+    /// Positions whose logits were asked for.
+    pub logit_positions: usize,
+    /// The estimate.
+    pub estimate: memory::MemoryEstimate,
+    /// What the machine (or the cgroup) has.
+    pub available: memory::Available,
+}
+
+impl std::fmt::Display for WouldNotFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a forward over {} tokens (logits at {} position{}) needs {}, but only {} is \
+             available ({}); refusing to start",
+            self.tokens,
+            self.logit_positions,
+            if self.logit_positions == 1 { "" } else { "s" },
+            self.estimate,
+            memory::Bytes(self.available.bytes),
+            self.available.source
         )
     }
 }
@@ -217,8 +253,33 @@ pub struct ForwardOutput {
     pub layers: Vec<LayerTrace>,
     /// `[T, H]` final norm output, the lm_head input; empty unless recorded.
     pub final_norm: Vec<f32>,
-    /// `[T, V]` logits at every position.
+    /// The positions the logits were computed at, ascending (all T by default).
+    pub logit_positions: Vec<usize>,
+    /// `[P, V]` logits at `logit_positions` (`[T, V]` when every position was asked for).
     pub logits: Vec<f32>,
+}
+
+/// Which positions a forward computes logits for. The `[T, V]` logits of a long prompt over a
+/// large vocabulary are often the largest buffer of all (8,192 tokens × 151,936 entries is
+/// 5 GB), while generating or printing the next token needs only the last row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LogitPositions {
+    /// Every position: `[T, V]` (what `verify` and `run --save` compare and store).
+    #[default]
+    All,
+    /// The last position only: `[1, V]`.
+    Last,
+    /// These positions (sorted and deduplicated; each below T).
+    These(Vec<usize>),
+}
+
+/// What a forward computes besides the requested logits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// Keep the embedding output, every layer's residual streams and the final norm output.
+    pub record: bool,
+    /// Which positions get logits.
+    pub logits: LogitPositions,
 }
 
 impl ForwardOutput {
@@ -235,9 +296,13 @@ impl ForwardOutput {
     /// Logits `[V]` at position `t`.
     ///
     /// # Panics
-    /// If `t` is not a position of the prompt (`t >= self.len()`).
+    /// If the forward did not compute logits at `t` (see [`LogitPositions`]).
     pub fn logits_at(&self, t: usize) -> &[f32] {
-        &self.logits[t * self.vocab_size..(t + 1) * self.vocab_size]
+        let row = match self.logit_positions.binary_search(&t) {
+            Ok(row) => row,
+            Err(_) => panic!("no logits computed at position {t}"),
+        };
+        &self.logits[row * self.vocab_size..(row + 1) * self.vocab_size]
     }
 
     /// transformers' `output_hidden_states` (L + 1 tensors `[T, H]`): index 0 the embedding
@@ -272,7 +337,7 @@ impl ForwardOutput {
     /// The `k` highest logits at position `t`, best first (ties: lower id first).
     ///
     /// # Panics
-    /// If `t >= self.len()`, as [`ForwardOutput::logits_at`].
+    /// If the forward did not compute logits at `t`, as [`ForwardOutput::logits_at`].
     pub fn top_k(&self, t: usize, k: usize) -> Vec<TopToken> {
         let row = self.logits_at(t);
         let mut order: Vec<usize> = (0..row.len()).collect();
@@ -364,17 +429,27 @@ impl<'c> Model<'c> {
         self.weights.convention
     }
 
-    /// Runs the prompt through the model (prefill, causal mask). With `record`, keeps the
-    /// embedding output, every layer's residual stream after attention and after the MLP, and
-    /// the final norm output; otherwise only the logits.
+    /// Runs the prompt through the model (prefill, causal mask), with logits at every
+    /// position. With `record`, keeps the embedding output, every layer's residual stream after
+    /// attention and after the MLP, and the final norm output; otherwise only the logits.
     pub fn forward(&mut self, tokens: &[u32], record: bool) -> Result<ForwardOutput, ModelError> {
-        let out = forward::forward(
-            &self.config,
-            &mut self.weights,
+        self.forward_with(
             tokens,
-            record,
-            self.threads,
-        );
+            &ForwardOptions {
+                record,
+                logits: LogitPositions::All,
+            },
+        )
+    }
+
+    /// [`Model::forward`] with the logits computed only where `opts` asks. The peak memory is
+    /// estimated first; [`ModelError::WouldNotFit`] when it exceeds what is available.
+    pub fn forward_with(
+        &mut self,
+        tokens: &[u32],
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput, ModelError> {
+        let out = forward::forward(&self.config, &mut self.weights, tokens, opts, self.threads);
         // Weights used in place are read inside the matmuls, after the per-tensor checks:
         // nothing computed from a file that changed underneath is returned.
         self.weights.check_intact()?;

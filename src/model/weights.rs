@@ -380,6 +380,91 @@ impl<'c> Weights<'c> {
         Ok(out)
     }
 
+    /// Weight bytes resident in the three phases of a forward over `tokens` tokens: while the
+    /// embedding rows are gathered, while the layers run, and while the logits are computed.
+    /// Mapped pages count (one layer at a time when pages are released, every weight
+    /// otherwise; the lm_head `head` one vocabulary block at a time when its rows are its
+    /// outputs), as does the reusable f32 buffer bf16/f16 weights are widened into.
+    pub fn resident_bytes(
+        &self,
+        tokens: usize,
+        embedding: &str,
+        head: &str,
+        head_block: usize,
+    ) -> ResidentWeights {
+        const PAGE: u128 = 4096;
+        let bytes = |f: &Found<'_>| f.info.nbytes() as u128;
+        // The widening buffer grows to the largest matrix (or lm_head block) read widened.
+        let widened = |name: &str, f: &Found<'_>| -> u128 {
+            if self.ckpt.view(f.info).as_f32().is_some() || f.stored == Stored::Vector {
+                return 0;
+            }
+            let numel = f.info.numel() as u128;
+            if name == head {
+                let n_out = self.out_features(name).unwrap_or(1).max(1) as u128;
+                4 * numel / n_out * n_out.min(head_block as u128)
+            } else {
+                4 * numel
+            }
+        };
+        let scratch = self
+            .found
+            .iter()
+            .map(|(name, f)| widened(name, f))
+            .max()
+            .unwrap_or(0);
+        if !self.release_pages {
+            let all: u128 = self.found.values().map(bytes).sum::<u128>() + scratch;
+            return ResidentWeights {
+                gather: all,
+                layers: all,
+                logits: all,
+            };
+        }
+        let mut per_layer: HashMap<usize, u128> = HashMap::new();
+        let mut other = 0u128; // final norm, position table, ...
+        for (name, f) in &self.found {
+            match f.layer {
+                Some(l) => *per_layer.entry(l).or_default() += bytes(f),
+                None if name == embedding || name == head => {}
+                None => other += bytes(f),
+            }
+        }
+        let layer = per_layer.values().copied().max().unwrap_or(0);
+        let table = self.found.get(embedding).map_or(0, bytes);
+        let rows = self
+            .found
+            .get(embedding)
+            .and_then(|f| f.info.shape.first().copied())
+            .unwrap_or(1)
+            .max(1) as u128;
+        // each prompt row touches its own page(s); never more than the whole table
+        let row_bytes = table / rows;
+        let transposed = self
+            .found
+            .get(embedding)
+            .is_some_and(|f| f.stored == Stored::InOut);
+        // The kernel maps up to 16 neighbouring cached pages on each fault (fault-around).
+        const FAULT_AROUND: u128 = 16 * PAGE;
+        let touched = if transposed {
+            table // a row read across a transposed table touches every page
+        } else {
+            (tokens as u128 * (row_bytes + FAULT_AROUND)).min(table)
+        };
+        let head_all = self.found.get(head).map_or(0, bytes);
+        let head_bytes = if self.releases_by_block(head) {
+            let n_out = self.out_features(head).unwrap_or(1).max(1) as u128;
+            head_all / n_out * n_out.min(head_block as u128) + FAULT_AROUND
+        } else {
+            head_all
+        };
+        ResidentWeights {
+            gather: touched + other,
+            layers: layer + other + scratch,
+            logits: head_bytes + other + scratch,
+        }
+    }
+
     /// Drops the mmap pages of every tensor of layer `layer` (see `Checkpoint::release`).
     pub fn release_layer(&self, layer: usize) {
         if !self.release_pages {
@@ -388,6 +473,36 @@ impl<'c> Weights<'c> {
         for f in self.found.values().filter(|f| f.layer == Some(layer)) {
             self.ckpt.release(f.info);
         }
+    }
+
+    /// Drops the mmap pages of the outputs `out_start..out_end` of a weight whose outputs are
+    /// its rows (`[out, in]`, e.g. a tied embedding used as lm_head), so a head read block by
+    /// block is never resident whole. Other layouts keep their pages until [`Weights::release`]
+    /// (a block of columns shares every page with the next).
+    pub fn release_block(&self, name: &str, out_start: usize, out_end: usize) {
+        if !self.release_pages {
+            return;
+        }
+        let Some(f) = self.found.get(name) else {
+            return;
+        };
+        let ([_, n_in], Stored::OutIn) = (f.info.shape.as_slice(), f.stored) else {
+            return;
+        };
+        let row = n_in * (f.info.dtype.bits() / 8);
+        let bytes = self.ckpt.view(f.info).bytes;
+        if let Some(part) = bytes.get(out_start * row..out_end * row) {
+            self.ckpt.release_part(f.info, part);
+        }
+    }
+
+    /// Whether [`Weights::release_block`] frees the pages of `name` block by block.
+    pub fn releases_by_block(&self, name: &str) -> bool {
+        self.release_pages
+            && self
+                .found
+                .get(name)
+                .is_some_and(|f| f.stored == Stored::OutIn && f.info.shape.len() == 2)
     }
 
     /// Drops the mmap pages of one tensor.
@@ -407,6 +522,17 @@ impl<'c> Weights<'c> {
             source: e,
         }
     }
+}
+
+/// Weight bytes resident in each phase of a forward (see [`Weights::resident_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ResidentWeights {
+    /// While the prompt's embedding rows are gathered.
+    pub gather: u128,
+    /// While the layers run (the embedding released).
+    pub layers: u128,
+    /// While the logits are computed.
+    pub logits: u128,
 }
 
 /// Widens little-endian `dtype` elements in `src` into `dst` (same element count), with the
