@@ -12,6 +12,7 @@
 //! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
 //!   name/orientation in each convention.
 //! - [`report`]: the `inspect` report.
+//! - [`write`]: the safetensors header serializer (the parser's inverse) and small files.
 
 pub mod cast;
 pub mod catalogue;
@@ -27,6 +28,7 @@ pub mod layout;
 pub mod mmap;
 pub mod report;
 pub mod view;
+pub mod write;
 
 pub use catalogue::{
     Catalogue, Component, Convention, Entry, Form, NameMatch, Orientation, Role, Variant,

@@ -97,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         atol: 1e-4,
         rtol: 1e-4,
         json: false,
+        layout: Default::default(),
     })?;
     output::verify::render(&report, false, &mut out)?;
     out.flush()?;

@@ -42,6 +42,8 @@ pub struct Args {
     /// (for benchmarks of a model that fits in RAM).
     #[arg(long, hide = true)]
     pub keep_pages: bool,
+    #[command(flatten)]
+    pub layout: super::LayoutArgs,
 }
 
 /// Runs `orient run`.
@@ -50,8 +52,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
     orient::output::notes::warn(ckpt.notes());
-    let mut model =
-        Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
+    let layouts = args.layout.load()?;
+    let mut model = Model::with_layouts(&ckpt, &layouts)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     model.keep_pages(args.keep_pages);
     if let Some(path) = &args.save {
         // Before the forward, which may take minutes.
@@ -132,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = RunReport {
         model: args.model.display().to_string(),
         model_type: model.config().model_type.clone(),
-        convention: model.convention().name().to_string(),
+        convention: model.convention().to_string(),
         tokens: out.len(),
         notes: model.notes().to_vec(),
         positions: positions

@@ -42,6 +42,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Layout files, for the model under test and for `--against` (each is read in the
+    /// convention its names and shapes show; a layout file is used when they do not decide).
+    #[command(flatten)]
+    pub layout: super::LayoutArgs,
 }
 
 /// Runs `orient verify`: exit 0 within tolerance, 1 not.
@@ -66,8 +70,9 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     let ckpt = Checkpoint::open(&args.model)
         .with_context(|| format!("opening {}", args.model.display()))?;
     orient::output::notes::warn(ckpt.notes());
-    let mut model =
-        Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
+    let layouts = args.layout.load()?;
+    let mut model = Model::with_layouts(&ckpt, &layouts)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     if let Some(ref_path) = &args.reference {
         let reference = Reference::read(ref_path)?;
         if let Some(tokens) = &args.tokens {
@@ -121,8 +126,8 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     let other_ckpt = Checkpoint::open(other_path)
         .with_context(|| format!("opening {}", other_path.display()))?;
     orient::output::notes::warn(other_ckpt.notes());
-    let mut other =
-        Model::new(&other_ckpt).with_context(|| format!("loading {}", other_path.display()))?;
+    let mut other = Model::with_layouts(&other_ckpt, &layouts)
+        .with_context(|| format!("loading {}", other_path.display()))?;
     let (va, vb) = (model.config().vocab_size, other.config().vocab_size);
     if va != vb {
         bail!(

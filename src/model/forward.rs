@@ -1,25 +1,31 @@
-//! The layer loop: llama-family decoders (Llama, Mistral, Qwen2, Qwen3) and GPT-2.
+//! The forward, as a sequence of named steps: check the prompt, estimate the memory, embed,
+//! run each decoder layer (attention block, MLP block), final norm, lm_head.
 //!
 //! Prefill only: the whole prompt goes through each layer at once, with a causal mask, and
-//! no KV cache is kept. Weights are fetched per layer and their mmap pages released after it.
+//! no KV cache is kept. Each layer reads its typed weights ([`LayerWeights`]) and its mmap
+//! pages are released after it. What differs between architectures is decided by
+//! [`Traits`], never by the architecture's name.
 //!
 //! Memory is bounded and known before the first allocation: attention runs over blocks of
 //! query rows (a `[block, keys]` score tile per worker, never `[T, T]` per head), the logits
 //! are computed only for the positions asked for, and the peak is estimated from the config
 //! and refused when it exceeds the memory available (see [`super::memory`]).
 
-use orient_inspect::{Arch, ModelConfig, RopeScaling};
+use orient_inspect::ModelConfig;
 
 use super::attention::{attention, query_block, Head};
 use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
 use super::memory::{self, Footprint};
 use super::ops;
-use super::rope::{self, Llama3Scaling, RopeTables};
-use super::weights::Weights;
+use super::read::Reader;
+use super::rope::RopeTables;
+use super::traits::{Activation, MlpKind, NormKind, Position, Residual, Traits};
+use super::weights::{LayerWeights, Linear, Matrix, ModelWeights, Norm};
 use super::{ForwardOptions, ForwardOutput, LayerTrace, LogitPositions, ModelError};
 
 /// Vocabulary entries per lm_head block: a widened bf16 head never needs V·H f32 at once.
 const VOCAB_BLOCK: usize = 16384;
+
 /// Sizes of one forward, taken from the config.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Dims {
@@ -39,6 +45,30 @@ pub(super) struct Dims {
     pub vocab: usize,
 }
 
+impl Dims {
+    fn of(cfg: &ModelConfig, tokens: usize) -> Dims {
+        Dims {
+            t: tokens,
+            h: cfg.hidden_size,
+            n_heads: cfg.num_attention_heads,
+            n_kv: cfg.num_key_value_heads,
+            d: cfg.head_dim,
+            inter: cfg.intermediate_size,
+            vocab: cfg.vocab_size,
+        }
+    }
+
+    /// nH·D: the width of the queries and of the attention output.
+    fn q_width(&self) -> usize {
+        self.n_heads * self.d
+    }
+
+    /// nKV·D: the width of the keys and values.
+    fn kv_width(&self) -> usize {
+        self.n_kv * self.d
+    }
+}
+
 /// The activations of one forward, allocated once and reused by every layer.
 #[derive(Debug)]
 struct Buffers {
@@ -46,7 +76,7 @@ struct Buffers {
     x: Vec<f32>,
     /// `[T, H]` normed input of a block
     h: Vec<f32>,
-    /// `[T, nH·D]` queries (GPT-2: `[T, 3H]` fused q,k,v)
+    /// `[T, nH·D]` queries
     q: Vec<f32>,
     /// `[T, nKV·D]` keys
     k: Vec<f32>,
@@ -56,97 +86,110 @@ struct Buffers {
     attn: Vec<f32>,
     /// `[T, H]` output of a block, before the residual add
     out: Vec<f32>,
-    /// `[T, I]` MLP gate (GPT-2: c_fc output)
-    gate: Vec<f32>,
-    /// `[T, I]` MLP up projection
+    /// `[T, I]` the MLP's inner activation (the gate, or GPT-2's `c_fc` output)
+    inner: Vec<f32>,
+    /// `[T, I]` the up projection of a gated MLP (empty otherwise)
     up: Vec<f32>,
 }
 
-/// The names of the token embedding and of the weight the logits are computed with.
-fn embedding_and_head(gpt2: bool, w: &Weights<'_>) -> (&'static str, &'static str) {
-    let embedding = if gpt2 {
-        "transformer.wte.weight"
-    } else {
-        "model.embed_tokens.weight"
-    };
-    let head = if w.has("lm_head.weight") {
-        "lm_head.weight"
-    } else {
-        embedding
-    };
-    (embedding, head)
+impl Buffers {
+    fn new(dims: Dims, traits: &Traits) -> Buffers {
+        let t = dims.t;
+        Buffers {
+            x: Vec::new(),
+            h: vec![0.0; t * dims.h],
+            q: vec![0.0; t * dims.q_width()],
+            k: vec![0.0; t * dims.kv_width()],
+            v: vec![0.0; t * dims.kv_width()],
+            attn: vec![0.0; t * dims.q_width()],
+            out: vec![0.0; t * dims.h],
+            inner: vec![0.0; t * dims.inter],
+            up: match traits.mlp {
+                MlpKind::Gated => vec![0.0; t * dims.inter],
+                MlpKind::Plain => Vec::new(),
+            },
+        }
+    }
 }
 
-/// The peak memory of a forward over `t` tokens computing logits at `positions` positions,
-/// in the buffers [`forward`] allocates (all widths fit: checked by the caller).
-fn footprint(
-    cfg: &ModelConfig,
-    w: &Weights<'_>,
+/// What every step of the layer loop reads besides the weights and the buffers.
+struct Ctx<'a> {
+    traits: &'a Traits,
     dims: Dims,
-    positions: usize,
-    record: bool,
+    eps: f32,
     threads: usize,
-) -> Footprint {
-    let gpt2 = cfg.arch == Arch::Gpt2;
-    let u = |x: usize| x as u128;
-    let (t, h) = (u(dims.t), u(dims.h));
-    let kv = u(dims.n_kv * dims.d);
-    let attn = u(dims.n_heads * dims.d);
-    let qkv = if gpt2 { 3 * h } else { attn };
-    let inter = u(dims.inter);
-    // x, h, q, (k, v), attn, out, gate, (up); RoPE cos/sin [T, D]; token ids
-    let buffers = t * (h + h + qkv + attn + h + inter)
-        + if gpt2 {
-            t * h
-        } else {
-            t * (2 * kv + inter + 2 * u(dims.d))
-        }
-        + 2 * t;
-    let block = u(query_block(dims.t, threads));
-    let workers = u(threads.max(1)).min(t.div_ceil(block));
-    // the final norm output, the rows the logits are asked for and their logits (+ 2 rows:
-    // the padding of a one-row product, see `matmul_rows`)
-    let rows = u(positions) + 2;
-    let logits = t * h + rows * h + rows * u(dims.vocab);
-    let recorded = if record {
-        t * h * (2 + 2 * u(cfg.num_hidden_layers))
-    } else {
-        0
-    };
-    let (embedding, head) = embedding_and_head(gpt2, w);
-    let resident = w.resident_bytes(dims.t, embedding, head, VOCAB_BLOCK);
-    Footprint {
-        activations: buffers,
-        attention: workers * block * t,
-        logits,
-        recorded,
-        embedding_output: 2 * t * h, // GPT-2 adds the position rows
-        weights_gather: resident.gather,
-        weights_layers: resident.layers,
-        weights_final: resident.logits,
-    }
+    /// The sliding window of every layer, `None` for the plain causal mask.
+    window: Option<usize>,
+    /// cos/sin for rotary positions.
+    rope: Option<&'a RopeTables>,
 }
 
 /// Runs the model on `tokens`. See [`super::Model::forward_with`].
 pub(crate) fn forward(
     cfg: &ModelConfig,
-    w: &mut Weights<'_>,
+    traits: &Traits,
+    w: &ModelWeights,
+    r: &mut Reader<'_>,
     tokens: &[u32],
     opts: &ForwardOptions,
     threads: usize,
 ) -> Result<ForwardOutput, ModelError> {
-    let record = opts.record;
-    let dims = Dims {
-        t: tokens.len(),
-        h: cfg.hidden_size,
-        n_heads: cfg.num_attention_heads,
-        n_kv: cfg.num_key_value_heads,
-        d: cfg.head_dim,
-        inter: cfg.intermediate_size,
-        vocab: cfg.vocab_size,
+    let dims = Dims::of(cfg, tokens.len());
+    check_prompt(w, tokens, dims)?;
+    let positions = logit_positions(&opts.logits, dims.t)?;
+    check_sizes(dims)?;
+    // Everything below is known now: refuse before the first large allocation.
+    let fp = footprint(traits, w, r, dims, positions.len(), opts.record, threads);
+    refuse_if_too_large(&fp, dims.t, positions.len())?;
+    let rope = traits.rope_tables(dims.t);
+    let ctx = Ctx {
+        traits,
+        dims,
+        eps: cfg.norm_eps as f32,
+        threads,
+        window: traits.window(dims.t)?,
+        rope: rope.as_ref(),
     };
-    let t = dims.t;
-    if t == 0 {
+    let mut b = Buffers::new(dims, traits);
+
+    // hidden_states[0]
+    b.x = embed(&ctx, w, r, tokens)?;
+    let embedding = if opts.record { b.x.clone() } else { Vec::new() };
+    let mut layers = Vec::new();
+    for layer in &w.layers {
+        let after_attention = decoder_layer(&ctx, layer, r, &mut b, opts.record)?;
+        if opts.record {
+            layers.push(LayerTrace {
+                after_attention,
+                output: b.x.clone(),
+            });
+        }
+        r.release(&layer.tensors);
+    }
+    // hidden_states[L] in transformers' convention: the final norm's output.
+    let mut normed = vec![0.0f32; dims.t * dims.h]; // [T, H]
+    norm(&ctx, r, &w.final_norm, &b.x, &mut normed)?;
+    drop(b);
+
+    let logits = lm_head(r, &w.lm_head, &normed, &positions, dims, threads)?;
+    r.release(&w.head_tensors());
+    r.release(&w.embed_tensors());
+    Ok(ForwardOutput {
+        tokens: tokens.to_vec(),
+        hidden_size: dims.h,
+        vocab_size: dims.vocab,
+        embedding,
+        layers,
+        final_norm: if opts.record { normed } else { Vec::new() },
+        logit_positions: positions,
+        logits,
+    })
+}
+
+/// A prompt of at least one token, each inside the vocabulary, no longer than a learned
+/// position table.
+fn check_prompt(w: &ModelWeights, tokens: &[u32], dims: Dims) -> Result<(), ModelError> {
+    if tokens.is_empty() {
         return Err(ModelError::EmptyPrompt);
     }
     for (position, &token) in tokens.iter().enumerate() {
@@ -158,7 +201,20 @@ pub(crate) fn forward(
             });
         }
     }
-    let positions: Vec<usize> = match &opts.logits {
+    if let Some(table) = &w.position {
+        if tokens.len() > table.rows {
+            return Err(ModelError::TooManyPositions {
+                tokens: tokens.len(),
+                max: table.rows,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The positions to compute logits at, sorted and distinct.
+fn logit_positions(which: &LogitPositions, t: usize) -> Result<Vec<usize>, ModelError> {
+    Ok(match which {
         LogitPositions::All => (0..t).collect(),
         LogitPositions::Last => vec![t - 1],
         LogitPositions::These(p) => {
@@ -172,170 +228,295 @@ pub(crate) fn forward(
             }
             p
         }
-    };
-    let rows: Vec<usize> = tokens.iter().map(|&x| x as usize).collect();
-    let gpt2 = cfg.arch == Arch::Gpt2;
-    let eps = cfg.norm_eps as f32;
-    let qkv_width = if gpt2 {
-        3 * dims.h
-    } else {
-        dims.n_heads * dims.d
-    };
-    // Every buffer is T × (one of these widths) f32s: check the largest product once, so that
-    // no size below can overflow.
+    })
+}
+
+/// Every buffer is T × (one of the model's widths) f32s: check the largest product once, so
+/// that no size below can overflow.
+fn check_sizes(dims: Dims) -> Result<(), ModelError> {
     let widest = [
         dims.vocab,
         dims.inter,
-        qkv_width,
-        dims.n_heads * dims.d,
+        dims.q_width(),
+        dims.kv_width(),
         dims.h,
-        t,
+        dims.t,
     ]
     .into_iter()
     .max()
     .unwrap_or(0);
-    t.checked_mul(widest)
+    dims.t
+        .checked_mul(widest)
         .and_then(|cells| cells.checked_mul(size_of::<f32>()))
         .filter(|&bytes| isize::try_from(bytes).is_ok())
-        .ok_or(ModelError::PromptTooLong { tokens: t })?;
-    // Everything below is known now: refuse before the first large allocation.
-    let estimate = footprint(cfg, w, dims, positions.len(), record, threads).estimate();
+        .map(|_| ())
+        .ok_or(ModelError::PromptTooLong { tokens: dims.t })
+}
+
+/// The peak memory of a forward over `dims.t` tokens computing logits at `positions`
+/// positions, in the buffers [`forward`] allocates (all widths fit: see [`check_sizes`]).
+fn footprint(
+    traits: &Traits,
+    w: &ModelWeights,
+    r: &Reader<'_>,
+    dims: Dims,
+    positions: usize,
+    record: bool,
+    threads: usize,
+) -> Footprint {
+    let u = |x: usize| x as u128;
+    let (t, h, inter) = (u(dims.t), u(dims.h), u(dims.inter));
+    let (qd, kv) = (u(dims.q_width()), u(dims.kv_width()));
+    // x, h, q, k, v, attn, out, inner; token ids
+    let mut buffers = t * (h + h + qd + 2 * kv + qd + h + inter) + 2 * t;
+    if traits.mlp == MlpKind::Gated {
+        buffers += t * inter; // up
+    }
+    buffers += match &traits.position {
+        Position::Rotary(rot) => 2 * t * u(rot.dims), // cos, sin [T, R]
+        Position::Learned => t * h,                   // the position rows
+    };
+    let block = u(query_block(dims.t, threads));
+    let workers = u(threads.max(1)).min(t.div_ceil(block));
+    // the final norm output, the rows the logits are asked for and their logits (+ 2 rows:
+    // the padding of a one-row product, see `matmul_rows`)
+    let rows = u(positions) + 2;
+    let logits = t * h + rows * h + rows * u(dims.vocab);
+    let recorded = if record {
+        t * h * (2 + 2 * u(w.layers.len()))
+    } else {
+        0
+    };
+    let resident = r.resident_bytes(w, dims.t, VOCAB_BLOCK);
+    Footprint {
+        activations: buffers,
+        attention: workers * block * t,
+        logits,
+        recorded,
+        embedding_output: 2 * t * h, // learned positions add their rows
+        weights_gather: resident.gather,
+        weights_layers: resident.layers,
+        weights_final: resident.logits,
+    }
+}
+
+/// [`ModelError::WouldNotFit`] when the estimate exceeds the memory available.
+fn refuse_if_too_large(fp: &Footprint, tokens: usize, positions: usize) -> Result<(), ModelError> {
+    let estimate = fp.estimate();
     if let Some(available) = memory::available() {
         if estimate.total > available.bytes {
             return Err(ModelError::WouldNotFit(Box::new(super::WouldNotFit {
-                tokens: t,
-                logit_positions: positions.len(),
+                tokens,
+                logit_positions: positions,
                 estimate,
                 available,
             })));
         }
     }
-    let mut b = Buffers {
-        x: Vec::new(),
-        h: vec![0.0; t * dims.h],
-        q: vec![0.0; t * qkv_width],
-        // GPT-2 keeps its fused q,k,v in `q`
-        k: vec![0.0; if gpt2 { 0 } else { t * dims.n_kv * dims.d }],
-        v: vec![0.0; if gpt2 { 0 } else { t * dims.n_kv * dims.d }],
-        attn: vec![0.0; t * dims.n_heads * dims.d],
-        out: vec![0.0; t * dims.h],
-        gate: vec![0.0; t * dims.inter],
-        up: vec![0.0; if gpt2 { 0 } else { t * dims.inter }],
-    };
+    Ok(())
+}
 
-    // Embedding: hidden_states[0].
-    if gpt2 {
-        if t > cfg.max_position_embeddings {
-            return Err(ModelError::TooManyPositions {
-                tokens: t,
-                max: cfg.max_position_embeddings,
-            });
-        }
-        b.x = w.embedding_rows("transformer.wte.weight", &rows)?;
-        let positions: Vec<usize> = (0..t).collect();
-        let wpe = w.embedding_rows("transformer.wpe.weight", &positions)?;
-        ops::add_in_place(&mut b.x, &wpe);
-        w.release("transformer.wpe.weight");
-    } else {
-        b.x = w.embedding_rows("model.embed_tokens.weight", &rows)?;
+/// The embedding output `[T, H]`: token rows (scaled where the architecture scales them),
+/// plus the learned position rows.
+fn embed(
+    ctx: &Ctx<'_>,
+    w: &ModelWeights,
+    r: &Reader<'_>,
+    tokens: &[u32],
+) -> Result<Vec<f32>, ModelError> {
+    let rows: Vec<usize> = tokens.iter().map(|&x| x as usize).collect();
+    let mut x = r.rows(&w.embed, &rows)?; // [T, H]
+    if let Some(scale) = ctx.traits.embedding_scale {
+        x.iter_mut().for_each(|v| *v *= scale);
+    }
+    if let Position::Learned = ctx.traits.position {
+        let table = w
+            .position
+            .as_ref()
+            .ok_or_else(|| ModelError::Internal("no position table".into()))?;
+        let positions: Vec<usize> = (0..ctx.dims.t).collect();
+        let p = r.rows(table, &positions)?; // [T, H]
+        ops::add_in_place(&mut x, &p);
+        r.release(&table.view.sources());
     }
     // The table is not needed again until a tied lm_head reads it at the end.
-    w.release(embedding_and_head(gpt2, w).0);
-    let embedding = if record { b.x.clone() } else { Vec::new() };
+    r.release(&w.embed_tensors());
+    Ok(x)
+}
 
-    let rope_tables = if gpt2 {
-        None
-    } else {
-        let llama3 = match &cfg.rope_scaling {
-            None => None,
-            Some(RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            }) => Some(Llama3Scaling {
-                factor: *factor,
-                low_freq_factor: *low_freq_factor,
-                high_freq_factor: *high_freq_factor,
-                original_max_position_embeddings: *original_max_position_embeddings,
-            }),
-            Some(other) => return Err(ModelError::UnsupportedRope(other.name().to_string())),
-        };
-        let inv = rope::inv_freq(dims.d, cfg.rope_theta, llama3.as_ref());
-        Some(RopeTables::new(&inv, t))
-    };
-    // Mistral slides its window in every layer. Qwen2/Qwen3 (`use_sliding_window`) slide only
-    // from `max_window_layers` on, which the resolved config does not carry: a window shorter
-    // than the prompt is refused there rather than applied to the wrong layers. Within the
-    // window the mask is the plain causal one.
-    let window = match (cfg.arch, cfg.sliding_window) {
-        (Arch::Mistral, Some(w)) if w < t => Some(w),
-        (Arch::Qwen2 | Arch::Qwen3, Some(w)) if w < t => {
-            return Err(ModelError::UnsupportedSlidingWindow {
-                window: w,
-                tokens: t,
-            })
+/// One decoder layer on `b.x` in place; returns the residual stream after the attention
+/// block when `record`.
+fn decoder_layer(
+    ctx: &Ctx<'_>,
+    w: &LayerWeights,
+    r: &mut Reader<'_>,
+    b: &mut Buffers,
+    record: bool,
+) -> Result<Vec<f32>, ModelError> {
+    match ctx.traits.residual {
+        Residual::Sequential => {
+            attention_block(ctx, w, r, b)?;
+            let after_attention = if record { b.x.clone() } else { Vec::new() };
+            mlp_block(ctx, w, r, b)?;
+            Ok(after_attention)
         }
-        _ => None,
-    };
-    let act_ok = if gpt2 {
-        cfg.hidden_act == "gelu_new"
-    } else {
-        cfg.hidden_act == "silu"
-    };
-    if !act_ok {
-        return Err(ModelError::UnsupportedActivation(cfg.hidden_act.clone()));
     }
+}
 
-    let mut layers = Vec::new();
-    for layer in 0..cfg.num_hidden_layers {
-        let after_attention = if gpt2 {
-            gpt2_layer(w, &mut b, dims, layer, eps, record, threads)?
-        } else {
-            let rope = rope_tables
-                .as_ref()
-                .ok_or_else(|| ModelError::Internal("rope tables missing".into()))?;
-            llama_layer(
-                cfg, w, &mut b, dims, layer, eps, rope, window, record, threads,
-            )?
-        };
-        if record {
-            layers.push(LayerTrace {
-                after_attention,
-                output: b.x.clone(),
-            });
+/// `x += o(attention(rope(q(n)), rope(k(n)), v(n)))` with `n = norm(x)`.
+fn attention_block(
+    ctx: &Ctx<'_>,
+    w: &LayerWeights,
+    r: &mut Reader<'_>,
+    b: &mut Buffers,
+) -> Result<(), ModelError> {
+    let (dims, threads) = (ctx.dims, ctx.threads);
+    let t = dims.t;
+    norm(ctx, r, &w.attn_norm, &b.x, &mut b.h)?;
+    linear(r, &w.q, &b.h, t, &mut b.q, threads)?;
+    linear(r, &w.k, &b.h, t, &mut b.k, threads)?;
+    linear(r, &w.v, &b.h, t, &mut b.v, threads)?;
+    if let Some((qn, kn)) = &w.qk_norm {
+        let qn = r.norm_weight(qn, ctx.traits.norm)?;
+        let kn = r.norm_weight(kn, ctx.traits.norm)?;
+        ops::rms_norm_in_place(&mut b.q, &qn, ctx.eps);
+        ops::rms_norm_in_place(&mut b.k, &kn, ctx.eps);
+    }
+    if let Some(rope) = ctx.rope {
+        rope.apply(&mut b.q, t, dims.d);
+        rope.apply(&mut b.k, t, dims.d);
+    }
+    let (qd, kvd) = (dims.q_width(), dims.kv_width());
+    attention(
+        Head {
+            data: &b.q,
+            stride: qd,
+        },
+        Head {
+            data: &b.k,
+            stride: kvd,
+        },
+        Head {
+            data: &b.v,
+            stride: kvd,
+        },
+        dims,
+        ctx.window,
+        query_block(t, threads),
+        &mut b.attn,
+    )?;
+    linear(r, &w.o, &b.attn, t, &mut b.out, threads)?;
+    ops::add_in_place(&mut b.x, &b.out);
+    Ok(())
+}
+
+/// `x += down(act(gate(n)) · up(n))` (gated) or `x += down(act(up(n)))` (plain), with
+/// `n = norm(x)`.
+fn mlp_block(
+    ctx: &Ctx<'_>,
+    w: &LayerWeights,
+    r: &mut Reader<'_>,
+    b: &mut Buffers,
+) -> Result<(), ModelError> {
+    let (t, threads) = (ctx.dims.t, ctx.threads);
+    norm(ctx, r, &w.mlp_norm, &b.x, &mut b.h)?;
+    match (ctx.traits.mlp, &w.mlp.gate) {
+        (MlpKind::Gated, Some(gate)) => {
+            linear(r, gate, &b.h, t, &mut b.inner, threads)?;
+            linear(r, &w.mlp.up, &b.h, t, &mut b.up, threads)?;
+            match ctx.traits.activation {
+                Activation::Silu => ops::gated_in_place(&mut b.inner, &b.up, ops::silu),
+                Activation::GeluNew => ops::gated_in_place(&mut b.inner, &b.up, ops::gelu_new),
+            }
         }
-        w.release_layer(layer);
+        (MlpKind::Plain, _) => {
+            linear(r, &w.mlp.up, &b.h, t, &mut b.inner, threads)?;
+            match ctx.traits.activation {
+                Activation::Silu => ops::map_in_place(&mut b.inner, ops::silu),
+                Activation::GeluNew => ops::map_in_place(&mut b.inner, ops::gelu_new),
+            }
+        }
+        (MlpKind::Gated, None) => {
+            return Err(ModelError::Internal("a gated MLP without its gate".into()))
+        }
     }
+    linear(r, &w.mlp.down, &b.inner, t, &mut b.out, threads)?;
+    ops::add_in_place(&mut b.x, &b.out);
+    Ok(())
+}
 
-    // Final norm: hidden_states[L] in transformers' convention.
-    let mut normed = vec![0.0f32; t * dims.h]; // [T, H]
-    if gpt2 {
-        let g = w.vector("transformer.ln_f.weight")?;
-        let beta = w.vector("transformer.ln_f.bias")?;
-        ops::layer_norm(&b.x, &g, &beta, eps, &mut normed);
-    } else {
-        let g = w.vector("model.norm.weight")?;
-        ops::rms_norm(&b.x, &g, eps, &mut normed);
+/// `out [T, H] = norm(x [T, H])` with the norm `n` of the architecture's kind.
+fn norm(
+    ctx: &Ctx<'_>,
+    r: &Reader<'_>,
+    n: &Norm,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<(), ModelError> {
+    let g = r.norm_weight(&n.weight, ctx.traits.norm)?;
+    if g.len() != ctx.dims.h {
+        return Err(ModelError::Internal(format!(
+            "`{}` has {} values, expected {}",
+            n.weight.name,
+            g.len(),
+            ctx.dims.h
+        )));
     }
-    drop(b);
+    match (ctx.traits.norm, &n.bias) {
+        (NormKind::Rms { .. }, _) => ops::rms_norm(x, &g, ctx.eps, out),
+        (NormKind::Layer, Some(bias)) => {
+            let beta = r.vector(bias)?;
+            ops::layer_norm(x, &g, &beta, ctx.eps, out);
+        }
+        (NormKind::Layer, None) => {
+            return Err(ModelError::Internal(format!(
+                "LayerNorm `{}` without its bias",
+                n.weight.name
+            )))
+        }
+    }
+    Ok(())
+}
 
-    // lm_head on the positions asked for, in vocabulary blocks.
-    let (embedding_name, head) = embedding_and_head(gpt2, w);
-    let logits = lm_head(w, head, &normed, &positions, dims, threads)?;
-    w.release(head);
-    w.release(embedding_name);
-
-    Ok(ForwardOutput {
-        tokens: tokens.to_vec(),
-        hidden_size: dims.h,
-        vocab_size: dims.vocab,
-        embedding,
-        layers,
-        final_norm: if record { normed } else { Vec::new() },
-        logit_positions: positions,
-        logits,
-    })
+/// `out [T, N] = x [T, K] · Wᵀ + bias` for the `[N, K]` weight of `l`, read in place or
+/// gathered.
+fn linear(
+    r: &mut Reader<'_>,
+    l: &Linear,
+    x: &[f32],
+    t: usize,
+    out: &mut [f32],
+    threads: usize,
+) -> Result<(), ModelError> {
+    let bias = l.bias.as_ref().map(|b| r.vector(b)).transpose()?;
+    let wm = r.matrix(&l.weight, 0..l.weight.out)?; // [K, N]
+    let (k, n) = (wm.rows(), wm.cols());
+    let size = |len: usize, what: &str| {
+        ModelError::Internal(format!(
+            "`{}`: {what} holds {len} values, fewer than {t} rows",
+            l.weight.name
+        ))
+    };
+    let (out_len, x_len) = (out.len(), x.len());
+    let out = out.get_mut(..t * n).ok_or_else(|| size(out_len, "the output"))?;
+    let x = x.get(..t * k).ok_or_else(|| size(x_len, "the input"))?;
+    if let Some(bias) = &bias {
+        if bias.len() != n {
+            return Err(ModelError::Internal(format!(
+                "bias of `{}` has {} values, expected {n}",
+                l.weight.name,
+                bias.len()
+            )));
+        }
+        ops::fill_rows(out, bias);
+    }
+    matmul(
+        MatMut::row_major(out, t, n)?,
+        MatRef::row_major(x, t, k)?,
+        wm,
+        bias.is_some(),
+        threads,
+    )
 }
 
 /// `[P, V]` logits of the rows `positions` of `normed` `[T, H]`, computed in vocabulary
@@ -345,8 +526,8 @@ pub(crate) fn forward(
 /// for one row: each logit is then summed in the same order as when every position is
 /// computed, and the last position's logits are bit-identical either way.
 fn lm_head(
-    w: &mut Weights<'_>,
-    head: &str,
+    r: &mut Reader<'_>,
+    head: &Matrix,
     normed: &[f32],
     positions: &[usize],
     dims: Dims,
@@ -370,241 +551,11 @@ fn lm_head(
     let mut start = 0;
     while start < vocab {
         let end = (start + VOCAB_BLOCK).min(vocab);
-        let wm = w.matrix_block(head, start, end)?; // [H, end-start]
+        let wm = r.matrix(head, start..end)?; // [H, end-start]
         let dst = MatMut::new(&mut logits[start..], p, end - start, vocab)?;
         product(dst, MatRef::row_major(x, p, h)?, wm, false, threads)?;
-        w.release_block(head, start, end);
+        r.release_rows(head, start..end);
         start = end;
     }
     Ok(logits)
-}
-
-/// `out [T, N] = x [T, K] · W + bias`, W fetched by name (any stored layout).
-fn linear(
-    w: &mut Weights<'_>,
-    x: &[f32],
-    t: usize,
-    weight: &str,
-    bias: Option<&str>,
-    out: &mut [f32],
-    threads: usize,
-) -> Result<(), ModelError> {
-    let bias = match bias {
-        Some(name) if w.has(name) => Some(w.vector(name)?),
-        _ => None,
-    };
-    let wm = w.matrix(weight)?; // [K, N]
-    let (k, n) = (wm.rows(), wm.cols());
-    if let Some(bias) = &bias {
-        if bias.len() != n {
-            return Err(ModelError::Internal(format!(
-                "bias of `{weight}` has {} values, expected {n}",
-                bias.len()
-            )));
-        }
-        ops::fill_rows(&mut out[..t * n], bias);
-    }
-    matmul(
-        MatMut::row_major(&mut out[..t * n], t, n)?,
-        MatRef::row_major(&x[..t * k], t, k)?,
-        wm,
-        bias.is_some(),
-        threads,
-    )
-}
-
-/// One llama-family decoder layer on `b.x` in place; returns the residual stream after the
-/// attention block when `record`.
-#[allow(clippy::too_many_arguments)]
-fn llama_layer(
-    cfg: &ModelConfig,
-    w: &mut Weights<'_>,
-    b: &mut Buffers,
-    dims: Dims,
-    i: usize,
-    eps: f32,
-    rope: &RopeTables,
-    window: Option<usize>,
-    record: bool,
-    threads: usize,
-) -> Result<Vec<f32>, ModelError> {
-    let t = dims.t;
-    let p = format!("model.layers.{i}.");
-    let name = |s: &str| format!("{p}{s}");
-
-    // attention block
-    let g = w.vector(&name("input_layernorm.weight"))?;
-    ops::rms_norm(&b.x, &g, eps, &mut b.h);
-    for (proj, buf) in [
-        ("q_proj", &mut b.q),
-        ("k_proj", &mut b.k),
-        ("v_proj", &mut b.v),
-    ] {
-        linear(
-            w,
-            &b.h,
-            t,
-            &name(&format!("self_attn.{proj}.weight")),
-            Some(&name(&format!("self_attn.{proj}.bias"))),
-            buf,
-            threads,
-        )?;
-    }
-    if cfg.qk_norm {
-        let qn = w.vector(&name("self_attn.q_norm.weight"))?;
-        let kn = w.vector(&name("self_attn.k_norm.weight"))?;
-        ops::rms_norm_in_place(&mut b.q, &qn, eps);
-        ops::rms_norm_in_place(&mut b.k, &kn, eps);
-    }
-    rope.apply(&mut b.q, t);
-    rope.apply(&mut b.k, t);
-    let qd = dims.n_heads * dims.d;
-    let kvd = dims.n_kv * dims.d;
-    attention(
-        Head {
-            data: &b.q,
-            stride: qd,
-        },
-        Head {
-            data: &b.k,
-            stride: kvd,
-        },
-        Head {
-            data: &b.v,
-            stride: kvd,
-        },
-        dims,
-        window,
-        query_block(t, threads),
-        &mut b.attn,
-    )?;
-    linear(
-        w,
-        &b.attn,
-        t,
-        &name("self_attn.o_proj.weight"),
-        Some(&name("self_attn.o_proj.bias")),
-        &mut b.out,
-        threads,
-    )?;
-    ops::add_in_place(&mut b.x, &b.out);
-    let after_attention = if record { b.x.clone() } else { Vec::new() };
-
-    // MLP block: down(silu(gate(x)) * up(x))
-    let g = w.vector(&name("post_attention_layernorm.weight"))?;
-    ops::rms_norm(&b.x, &g, eps, &mut b.h);
-    linear(
-        w,
-        &b.h,
-        t,
-        &name("mlp.gate_proj.weight"),
-        Some(&name("mlp.gate_proj.bias")),
-        &mut b.gate,
-        threads,
-    )?;
-    linear(
-        w,
-        &b.h,
-        t,
-        &name("mlp.up_proj.weight"),
-        Some(&name("mlp.up_proj.bias")),
-        &mut b.up,
-        threads,
-    )?;
-    ops::silu_mul_in_place(&mut b.gate, &b.up);
-    linear(
-        w,
-        &b.gate,
-        t,
-        &name("mlp.down_proj.weight"),
-        Some(&name("mlp.down_proj.bias")),
-        &mut b.out,
-        threads,
-    )?;
-    ops::add_in_place(&mut b.x, &b.out);
-    Ok(after_attention)
-}
-
-/// One GPT-2 block on `b.x` in place; returns the residual stream after attention when
-/// `record`.
-fn gpt2_layer(
-    w: &mut Weights<'_>,
-    b: &mut Buffers,
-    dims: Dims,
-    i: usize,
-    eps: f32,
-    record: bool,
-    threads: usize,
-) -> Result<Vec<f32>, ModelError> {
-    let t = dims.t;
-    let h = dims.h;
-    let name = |s: &str| format!("transformer.h.{i}.{s}");
-
-    let g = w.vector(&name("ln_1.weight"))?;
-    let beta = w.vector(&name("ln_1.bias"))?;
-    ops::layer_norm(&b.x, &g, &beta, eps, &mut b.h);
-    // fused q,k,v: [T, 3H], split along the columns
-    linear(
-        w,
-        &b.h,
-        t,
-        &name("attn.c_attn.weight"),
-        Some(&name("attn.c_attn.bias")),
-        &mut b.q,
-        threads,
-    )?;
-    attention(
-        Head {
-            data: &b.q,
-            stride: 3 * h,
-        },
-        Head {
-            data: &b.q[h..],
-            stride: 3 * h,
-        },
-        Head {
-            data: &b.q[2 * h..],
-            stride: 3 * h,
-        },
-        dims,
-        None,
-        query_block(t, threads),
-        &mut b.attn,
-    )?;
-    linear(
-        w,
-        &b.attn,
-        t,
-        &name("attn.c_proj.weight"),
-        Some(&name("attn.c_proj.bias")),
-        &mut b.out,
-        threads,
-    )?;
-    ops::add_in_place(&mut b.x, &b.out);
-    let after_attention = if record { b.x.clone() } else { Vec::new() };
-
-    let g = w.vector(&name("ln_2.weight"))?;
-    let beta = w.vector(&name("ln_2.bias"))?;
-    ops::layer_norm(&b.x, &g, &beta, eps, &mut b.h);
-    linear(
-        w,
-        &b.h,
-        t,
-        &name("mlp.c_fc.weight"),
-        Some(&name("mlp.c_fc.bias")),
-        &mut b.gate,
-        threads,
-    )?;
-    ops::gelu_new_in_place(&mut b.gate);
-    linear(
-        w,
-        &b.gate,
-        t,
-        &name("mlp.c_proj.weight"),
-        Some(&name("mlp.c_proj.bias")),
-        &mut b.out,
-        threads,
-    )?;
-    ops::add_in_place(&mut b.x, &b.out);
-    Ok(after_attention)
 }

@@ -3,15 +3,18 @@
 //! A conversion is only proven when the converted file computes the same logits as the
 //! original. This module runs the catalogue's architectures (Llama incl. `llama3` RoPE scaling,
 //! Mistral, Qwen2, Qwen3, GPT-2) on a prompt, in f32, following transformers' numerics closely
-//! enough to match its logits to ~1e-5 and to be *bit-identical* across storage layouts (HF vs
-//! Flax). Weights are read straight from the mmap in whichever convention the catalogue
-//! recognises; a transposed layout is a strided view, not a copy.
+//! enough to match its logits to ~1e-5 and to be *bit-identical* across storage layouts (HF,
+//! Flax, a user's layout file). The layout catalogue binds the checkpoint's tensors, in
+//! whichever convention it is stored, to typed per-layer weights ([`weights`]): lazy views that
+//! [`read`] hands to the matrix product in place (a transposed layout is a strided view, not a
+//! copy) or gathers into f32. What differs between architectures is data ([`traits`]).
 //!
-//! Memory stays at about one weight matrix in f32 plus activations: bf16/f16 weights are widened
-//! one matrix at a time into a reused buffer, and each layer's mmap pages are released after
-//! use, so a checkpoint larger than free RAM still runs. Attention is tiled over query rows,
-//! logits are computed only where asked for, and the peak is estimated before the forward
-//! starts ([`memory`]): a prompt that cannot fit is refused with the numbers, not aborted.
+//! Memory stays at about one weight matrix in f32 plus activations: bf16/f16 weights (and
+//! permuted views) are gathered one matrix at a time into a reused buffer, and each layer's
+//! mmap pages are released after use, so a checkpoint larger than free RAM still runs.
+//! Attention is tiled over query rows, logits are computed only where asked for, and the peak
+//! is estimated before the forward starts ([`memory`]): a prompt that cannot fit is refused
+//! with the numbers, not aborted.
 
 mod attention;
 pub mod compare;
@@ -19,11 +22,18 @@ mod forward;
 pub mod matmul;
 pub mod memory;
 pub mod ops;
+mod read;
 pub mod rope;
 pub mod save;
+mod traits;
 mod weights;
 
-use orient_inspect::{Checkpoint, ConfigStatus, Convention, ModelConfig};
+use std::sync::Arc;
+
+use orient_inspect::layout::catalogue::CatalogueError;
+use orient_inspect::layout::convention::Convention;
+use orient_inspect::layout::gather::GatherError;
+use orient_inspect::{Checkpoint, ConfigStatus, ModelConfig};
 use serde::Serialize;
 
 /// Why the forward could not run.
@@ -40,15 +50,44 @@ pub enum ModelError {
     /// A tensor's shape is neither the expected one nor its exact transpose.
     #[error("{0}")]
     ShapeMismatch(Box<ShapeMismatch>),
+    /// A user layout file does not fit this model.
+    #[error("{path}: the layout does not fit this model")]
+    Layout {
+        /// Model folder.
+        path: String,
+        /// What does not fit.
+        #[source]
+        source: CatalogueError,
+    },
+    /// No tensor of the checkpoint is named as any known convention names this architecture's.
+    #[error(
+        "{path}: none of its {tensors} tensors (e.g. `{example}`) is named as the {conventions} \
+         layouts name a {arch} model's; if its code names them its own way, describe that in a \
+         layout file and pass --layout FILE"
+    )]
+    NoKnownTensors {
+        /// Model folder.
+        path: String,
+        /// How many tensors it has.
+        tensors: usize,
+        /// One of their names.
+        example: String,
+        /// The architecture of its config.
+        arch: String,
+        /// The conventions tried, comma-separated.
+        conventions: String,
+    },
     /// A required weight is absent.
-    #[error("{path}: missing tensor `{name}`{}", if flax_name.is_empty() { String::new() } else { format!(" (or its Flax form `{flax_name}`)") })]
+    #[error("{path}: missing tensor `{name}`{} ({convention} layout)", if name == canonical { String::new() } else { format!(", the model's `{canonical}`") })]
     MissingTensor {
         /// Model folder.
         path: String,
-        /// Canonical (HF) name.
+        /// Its name in the convention the checkpoint is read in.
         name: String,
-        /// Flax name, when different.
-        flax_name: String,
+        /// Canonical (HF) name.
+        canonical: String,
+        /// The convention.
+        convention: String,
     },
     /// The same weight is stored under two names (e.g. both its HF and Flax forms).
     #[error("{path}: `{canonical}` is stored twice, as `{first}` and as `{second}`")]
@@ -75,9 +114,12 @@ pub enum ModelError {
     /// A RoPE scaling type the forward does not implement.
     #[error("config.json: rope scaling `{0}` is not supported (only the default and `llama3`)")]
     UnsupportedRope(String),
-    /// An activation the forward does not implement for this architecture.
-    #[error("config.json: hidden activation `{0}` is not supported (llama family: silu; GPT-2: gelu_new)")]
+    /// An activation the forward does not implement.
+    #[error("config.json: hidden activation `{0}` is not supported (silu, gelu_new)")]
     UnsupportedActivation(String),
+    /// An architecture the layout catalogue knows but the forward has no traits for.
+    #[error("config.json: the forward does not run `{0}` models yet")]
+    UnsupportedArch(String),
     /// A Qwen2/Qwen3 sliding window shorter than the prompt: it applies only to some layers
     /// (`max_window_layers`), which the forward does not model.
     #[error("the model slides a {window}-token attention window over some layers; prompts longer than the window ({tokens} tokens) are not supported for this architecture")]
@@ -117,16 +159,16 @@ pub enum ModelError {
     /// No tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
-    /// A tensor's bytes could not be read as numbers.
-    #[error("{path}: reading `{name}`: {source}")]
+    /// A weight's bytes could not be read as numbers.
+    #[error("{path}: reading `{name}`")]
     Read {
         /// Model folder.
         path: String,
-        /// Tensor name.
+        /// The weight (canonical name).
         name: String,
         /// The reader's error.
         #[source]
-        source: orient_inspect::ViewError,
+        source: GatherError,
     },
     /// A weight file changed while the forward read it (truncated or rewritten by
     /// another process): the values read are garbage. The error names the file.
@@ -148,10 +190,10 @@ pub struct ShapeMismatch {
     pub found: Vec<usize>,
     /// Shape the catalogue expects in that convention.
     pub expected: Vec<usize>,
-    /// The expected shape in words.
-    pub formula: &'static str,
-    /// `hf` or `flax`.
-    pub convention: &'static str,
+    /// The canonical shape in words.
+    pub formula: String,
+    /// The convention it is read in.
+    pub convention: String,
 }
 
 impl std::fmt::Display for ShapeMismatch {
@@ -380,23 +422,41 @@ pub fn default_prompt(vocab: usize, len: usize) -> Vec<u32> {
 /// Default length of [`default_prompt`].
 pub const DEFAULT_PROMPT_LEN: usize = 80;
 
-/// A model ready to run: its config and where each weight lives in the checkpoint.
+/// A model ready to run: its config, its architecture's traits, and its typed weights.
 #[derive(Debug)]
 pub struct Model<'c> {
     config: ModelConfig,
-    weights: weights::Weights<'c>,
+    traits: traits::Traits,
+    weights: weights::ModelWeights,
+    reader: read::Reader<'c>,
+    notes: Vec<LoadNote>,
+    convention: String,
     threads: usize,
 }
 
 impl<'c> Model<'c> {
-    /// Resolves every weight of `ckpt` (any convention the catalogue knows) and checks shapes.
-    /// Nothing is read yet.
+    /// Resolves every weight of `ckpt` (any built-in convention) and checks shapes. Nothing is
+    /// read yet.
     pub fn new(ckpt: &'c Checkpoint) -> Result<Model<'c>, ModelError> {
+        Model::with_layouts(ckpt, &[])
+    }
+
+    /// [`Model::new`] with user layout files (`--layout`) besides the built-in conventions;
+    /// the last one is preferred when the tensors' names and shapes do not decide.
+    pub fn with_layouts(
+        ckpt: &'c Checkpoint,
+        layouts: &[Arc<Convention>],
+    ) -> Result<Model<'c>, ModelError> {
         let config = model_config(ckpt)?;
-        let weights = weights::Weights::locate(ckpt, &config)?;
+        let traits = traits::Traits::of(&config)?;
+        let located = weights::locate(ckpt, &config, &traits, layouts)?;
         Ok(Model {
             config,
-            weights,
+            traits,
+            weights: located.weights,
+            reader: read::Reader::new(ckpt),
+            notes: located.notes,
+            convention: located.convention,
             threads: rayon::current_num_threads(),
         })
     }
@@ -408,25 +468,32 @@ impl<'c> Model<'c> {
 
     /// What loading noticed (transposed reads, tied embeddings, ignored tensors).
     pub fn notes(&self) -> &[LoadNote] {
-        &self.weights.notes
+        &self.notes
     }
 
     /// Number of weight parameters the forward uses (a tied lm_head counted once), for
     /// `2 · parameters · tokens` FLOP counts.
     pub fn parameters(&self) -> usize {
-        self.weights.parameters()
+        let all = self.reader.tensors();
+        self.weights
+            .all_tensors()
+            .into_iter()
+            .filter_map(|k| all.get(k))
+            .map(|t| t.numel())
+            .sum()
     }
 
     /// By default each layer's mmap pages are released after use, so resident memory stays
     /// at about one layer even for a model larger than RAM. `keep = true` leaves them mapped:
     /// repeated forwards skip the page faults, at the cost of RSS growing to the model size.
     pub fn keep_pages(&mut self, keep: bool) {
-        self.weights.release_pages = !keep;
+        self.reader.release_pages = !keep;
     }
 
-    /// The convention most weights are stored in.
-    pub fn convention(&self) -> Convention {
-        self.weights.convention
+    /// The name of the convention the checkpoint is read in (`hf`, `flax`, or a layout
+    /// file's): the one its names and shapes show, else the `--layout` one.
+    pub fn convention(&self) -> &str {
+        &self.convention
     }
 
     /// Runs the prompt through the model (prefill, causal mask), with logits at every
@@ -449,10 +516,18 @@ impl<'c> Model<'c> {
         tokens: &[u32],
         opts: &ForwardOptions,
     ) -> Result<ForwardOutput, ModelError> {
-        let out = forward::forward(&self.config, &mut self.weights, tokens, opts, self.threads);
+        let out = forward::forward(
+            &self.config,
+            &self.traits,
+            &self.weights,
+            &mut self.reader,
+            tokens,
+            opts,
+            self.threads,
+        );
         // Weights used in place are read inside the matmuls, after the per-tensor checks:
         // nothing computed from a file that changed underneath is returned.
-        self.weights.check_intact()?;
+        self.reader.check_intact()?;
         out
     }
 }

@@ -109,22 +109,22 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]`, the SwiGLU of llama-family MLPs, in parallel.
-pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+/// `gate[i] = act(gate[i]) * up[i]`, the gated MLP (SwiGLU with [`silu`]), in parallel.
+pub fn gated_in_place(gate: &mut [f32], up: &[f32], act: impl Fn(f32) -> f32 + Sync) {
     gate.par_chunks_mut(4096)
         .zip(up.par_chunks(4096))
         .for_each(|(g, u)| {
             for (g, &u) in g.iter_mut().zip(u) {
-                *g = silu(*g) * u;
+                *g = act(*g) * u;
             }
         });
 }
 
-/// `gelu_new` in place, in parallel.
-pub fn gelu_new_in_place(x: &mut [f32]) {
+/// `x[i] = act(x[i])` (e.g. [`gelu_new`]), in parallel.
+pub fn map_in_place(x: &mut [f32], act: impl Fn(f32) -> f32 + Sync) {
     x.par_chunks_mut(4096).for_each(|c| {
         for v in c {
-            *v = gelu_new(*v);
+            *v = act(*v);
         }
     });
 }
@@ -202,5 +202,15 @@ mod tests {
     fn silu_matches_definition() {
         assert_eq!(silu(0.0), 0.0);
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-7);
+    }
+
+    #[test]
+    fn gated_and_plain_activations_apply_elementwise() {
+        let mut g = vec![0.0f32, 1.0, -1.0];
+        gated_in_place(&mut g, &[5.0, 2.0, 3.0], silu);
+        assert_eq!(g, [0.0, silu(1.0) * 2.0, silu(-1.0) * 3.0]);
+        let mut x = vec![0.0f32, 1.0];
+        map_in_place(&mut x, gelu_new);
+        assert_eq!(x, [0.0, gelu_new(1.0)]);
     }
 }

@@ -62,16 +62,16 @@ pub fn inv_freq(head_dim: usize, theta: f64, llama3: Option<&Llama3Scaling>) -> 
     inv
 }
 
-/// The `cos` and `sin` tables for positions `0..len`, each `[len, D]` (the half-width table
-/// repeated twice, as `torch.cat((freqs, freqs), -1)`).
+/// The `cos` and `sin` tables for positions `0..len`, each `[len, R]` for R rotated dimensions
+/// per head (the half-width table repeated twice, as `torch.cat((freqs, freqs), -1)`).
 #[derive(Clone, Debug)]
 pub struct RopeTables {
-    /// `[len, D]`
+    /// `[len, R]`
     pub cos: Vec<f32>,
-    /// `[len, D]`
+    /// `[len, R]`
     pub sin: Vec<f32>,
-    /// D
-    pub head_dim: usize,
+    /// R: the rotated dimensions at the start of each head (D unless the rotary is partial).
+    pub rotary: usize,
 }
 
 impl RopeTables {
@@ -94,23 +94,24 @@ impl RopeTables {
         RopeTables {
             cos,
             sin,
-            head_dim: d,
+            rotary: d,
         }
     }
 
-    /// Rotates every head of `x` `[T, heads·D]` in place:
-    /// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x[D/2:], x[:D/2])`.
-    pub fn apply(&self, x: &mut [f32], tokens: usize) {
-        let d = self.head_dim;
+    /// Rotates the first R dimensions of every head of `x` `[T, heads·head_dim]` in place,
+    /// leaving the rest of each head as it is (transformers' partial rotary):
+    /// `x·cos + rotate_half(x)·sin`, `rotate_half(x) = cat(-x[R/2:R], x[:R/2])`.
+    pub fn apply(&self, x: &mut [f32], tokens: usize, head_dim: usize) {
+        let d = self.rotary;
         let half = d / 2;
         let width = x.len().checked_div(tokens).unwrap_or(0);
-        if width == 0 {
+        if width == 0 || head_dim < d || head_dim == 0 {
             return;
         }
         x.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
             let cos = &self.cos[t * d..(t + 1) * d];
             let sin = &self.sin[t * d..(t + 1) * d];
-            for head in row.chunks_mut(d) {
+            for head in row.chunks_mut(head_dim) {
                 for i in 0..half {
                     let (a, b) = (head[i], head[i + half]);
                     head[i] = a * cos[i] + (-b) * sin[i];
@@ -177,9 +178,19 @@ mod tests {
         // D = 2, inv_freq = [1]: position 1 rotates (a, b) by 1 radian.
         let tables = RopeTables::new(&[1.0], 2);
         let mut x = vec![1.0, 0.0, 1.0, 0.0]; // [T=2, D=2]
-        tables.apply(&mut x, 2);
+        tables.apply(&mut x, 2, 2);
         assert_eq!(&x[..2], &[1.0, 0.0]); // position 0: identity
         let (s, c) = (1.0f64.sin() as f32, 1.0f64.cos() as f32);
         assert_eq!(&x[2..], &[c, s]);
+    }
+
+    /// Partial rotary: heads of 4 with 2 rotated dimensions keep their last two untouched.
+    #[test]
+    fn partial_rotary_leaves_the_rest_of_each_head() {
+        let tables = RopeTables::new(&[1.0], 2);
+        let mut x = vec![1.0, 0.0, 7.0, 8.0, 1.0, 0.0, 7.0, 8.0]; // [T=2, heads=1, D=4]
+        tables.apply(&mut x, 2, 4);
+        let (s, c) = (1.0f64.sin() as f32, 1.0f64.cos() as f32);
+        assert_eq!(x, [1.0, 0.0, 7.0, 8.0, c, s, 7.0, 8.0]);
     }
 }

@@ -10,10 +10,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use orient_convert::convert::COMPANION_FILES;
-use orient_inspect::{Checkpoint, Source};
-
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use orient_inspect::header::{self, HeaderError, HeaderTensor};
+use orient_inspect::write::{self, WriteError};
+use orient_inspect::{Checkpoint, Dtype, Source};
 
 use super::ForwardOutput;
 
@@ -36,7 +35,16 @@ pub enum ReferenceError {
         path: String,
         /// The parser's error.
         #[source]
-        source: safetensors::SafeTensorError,
+        source: HeaderError,
+    },
+    /// The forward cannot be written as safetensors (a bug: its sizes are the model's).
+    #[error("{path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The writer's error.
+        #[source]
+        source: WriteError,
     },
     /// A required tensor is absent.
     #[error("{path}: no `{name}` tensor")]
@@ -132,62 +140,105 @@ type Shape2 = [usize; 2];
 /// A tensor's f32 values and its 2-D shape.
 type Stored = (Vec<f32>, Shape2);
 
-/// The F32 2-D tensor `name` with its shape, `None` when absent.
-fn f32_tensor(
-    st: &SafeTensors<'_>,
-    path: &str,
-    name: &str,
-    width: Option<usize>,
-) -> Result<Option<Stored>, ReferenceError> {
-    let Ok(t) = st.tensor(name) else {
-        return Ok(None);
-    };
-    let shape = match (t.dtype(), t.shape()) {
-        (Dtype::F32, [rows, cols]) if width.is_none_or(|w| *cols == w) => [*rows, *cols],
-        _ => {
-            return Err(ReferenceError::Malformed {
-                path: path.to_string(),
-                name: name.to_string(),
-                dtype: format!("{:?}", t.dtype()),
-                shape: t.shape().to_vec(),
-                expected: "F32 [T, width]".to_string(),
-            })
-        }
-    };
-    let data = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(Some((data, shape)))
+/// A reference file read into memory and its validated header (orient's own reader: the
+/// offsets tile the data, every size is checked).
+struct RefFile<'a> {
+    path: &'a str,
+    bytes: &'a [u8],
+    header: header::Header,
 }
 
-/// `prefix.0`, `prefix.1`, … up to the first absent index, refusing any `prefix.N` stored
-/// beyond that gap.
-fn numbered(
-    st: &SafeTensors<'_>,
-    path: &str,
-    prefix: &str,
-) -> Result<(Vec<Vec<f32>>, Vec<Shape2>), ReferenceError> {
-    let (mut data, mut shapes) = (Vec::new(), Vec::new());
-    while let Some((d, s)) = f32_tensor(st, path, &format!("{prefix}.{}", data.len()), None)? {
-        data.push(d);
-        shapes.push(s);
+impl RefFile<'_> {
+    fn get(&self, name: &str) -> Option<&HeaderTensor> {
+        self.header.tensors.iter().find(|t| t.name == name)
     }
-    let beyond = st.names().into_iter().find(|name| {
-        name.strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('.'))
-            .and_then(|i| i.parse::<usize>().ok())
-            .is_some_and(|i| i > data.len())
-    });
-    if let Some(name) = beyond {
-        return Err(ReferenceError::Gap {
-            path: path.to_string(),
+
+    /// The data bytes of `t` (inside the file: the header was validated against its length).
+    fn data(&self, t: &HeaderTensor) -> &[u8] {
+        let (s, e) = t.data_offsets;
+        &self.bytes[self.header.data_start + s..self.header.data_start + e]
+    }
+
+    fn malformed(&self, t: &HeaderTensor, expected: String) -> ReferenceError {
+        ReferenceError::Malformed {
+            path: self.path.to_string(),
+            name: t.name.clone(),
+            dtype: t.dtype.name().to_string(),
+            shape: t.shape.clone(),
+            expected,
+        }
+    }
+
+    fn missing(&self, name: &str) -> ReferenceError {
+        ReferenceError::Missing {
+            path: self.path.to_string(),
             name: name.to_string(),
-            missing: format!("{prefix}.{}", data.len()),
-        });
+        }
     }
-    Ok((data, shapes))
+
+    /// The F32 2-D tensor `name` with its shape, `None` when absent.
+    fn f32_tensor(&self, name: &str, width: Option<usize>) -> Result<Option<Stored>, ReferenceError> {
+        let Some(t) = self.get(name) else {
+            return Ok(None);
+        };
+        let shape = match (t.dtype, t.shape.as_slice()) {
+            (Dtype::F32, [rows, cols]) if width.is_none_or(|w| *cols == w) => [*rows, *cols],
+            _ => return Err(self.malformed(t, "F32 [T, width]".to_string())),
+        };
+        let data = self
+            .data(t)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Some((data, shape)))
+    }
+
+    /// `prefix.0`, `prefix.1`, … up to the first absent index, refusing any `prefix.N` stored
+    /// beyond that gap.
+    fn numbered(&self, prefix: &str) -> Result<(Vec<Vec<f32>>, Vec<Shape2>), ReferenceError> {
+        let (mut data, mut shapes) = (Vec::new(), Vec::new());
+        while let Some((d, s)) = self.f32_tensor(&format!("{prefix}.{}", data.len()), None)? {
+            data.push(d);
+            shapes.push(s);
+        }
+        let beyond = self.header.tensors.iter().find(|t| {
+            t.name
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i > data.len())
+        });
+        if let Some(t) = beyond {
+            return Err(ReferenceError::Gap {
+                path: self.path.to_string(),
+                name: t.name.clone(),
+                missing: format!("{prefix}.{}", data.len()),
+            });
+        }
+        Ok((data, shapes))
+    }
+
+    /// `input_ids` (I64 `[T]`) as token ids.
+    fn input_ids(&self) -> Result<Vec<u32>, ReferenceError> {
+        let ids = self.get("input_ids").ok_or_else(|| self.missing("input_ids"))?;
+        if ids.dtype != Dtype::I64 || ids.shape.len() != 1 {
+            return Err(self.malformed(ids, "I64 [T]".into()));
+        }
+        self.data(ids)
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(position, c)| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                let value = i64::from_le_bytes(b);
+                u32::try_from(value).map_err(|_| ReferenceError::BadToken {
+                    path: self.path.to_string(),
+                    position,
+                    value,
+                })
+            })
+            .collect()
+    }
 }
 
 impl Reference {
@@ -201,65 +252,28 @@ impl Reference {
                 source,
             }
         })?;
-        let (_, meta) =
-            SafeTensors::read_metadata(&bytes).map_err(|source| ReferenceError::Format {
-                path: p.clone(),
-                source,
-            })?;
-        let metadata = meta.metadata().clone().unwrap_or_default();
-        let st = SafeTensors::deserialize(&bytes).map_err(|source| ReferenceError::Format {
+        let header = header::parse(&bytes).map_err(|source| ReferenceError::Format {
             path: p.clone(),
             source,
         })?;
-        let ids = st
-            .tensor("input_ids")
-            .map_err(|_| ReferenceError::Missing {
-                path: p.clone(),
-                name: "input_ids".into(),
-            })?;
-        if ids.dtype() != Dtype::I64 || ids.shape().len() != 1 {
-            return Err(ReferenceError::Malformed {
-                path: p,
-                name: "input_ids".into(),
-                dtype: format!("{:?}", ids.dtype()),
-                shape: ids.shape().to_vec(),
-                expected: "I64 [T]".into(),
-            });
-        }
-        let mut input_ids = Vec::new();
-        for (position, c) in ids.data().chunks_exact(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            let value = i64::from_le_bytes(b);
-            let id = u32::try_from(value).map_err(|_| ReferenceError::BadToken {
-                path: p.clone(),
-                position,
-                value,
-            })?;
-            input_ids.push(id);
-        }
-        let t = input_ids.len();
-        let logits_view = st.tensor("logits").map_err(|_| ReferenceError::Missing {
-            path: p.clone(),
-            name: "logits".into(),
-        })?;
-        let vocab_size = match logits_view.shape() {
-            [rows, v] if *rows == t => *v,
-            other => {
-                return Err(ReferenceError::Malformed {
-                    path: p,
-                    name: "logits".into(),
-                    dtype: format!("{:?}", logits_view.dtype()),
-                    shape: other.to_vec(),
-                    expected: format!("F32 [{t}, V]"),
-                })
-            }
+        let file = RefFile {
+            path: &p,
+            bytes: &bytes,
+            header,
         };
-        let logits = f32_tensor(&st, &p, "logits", Some(vocab_size))?
+        let input_ids = file.input_ids()?;
+        let t = input_ids.len();
+        let logits_t = file.get("logits").ok_or_else(|| file.missing("logits"))?;
+        let vocab_size = match logits_t.shape.as_slice() {
+            [rows, v] if *rows == t => *v,
+            _ => return Err(file.malformed(logits_t, format!("F32 [{t}, V]"))),
+        };
+        let logits = file
+            .f32_tensor("logits", Some(vocab_size))?
             .map(|(data, _)| data)
             .unwrap_or_default();
-        let (hidden_states, hidden_state_shapes) = numbered(&st, &p, "hidden_states")?;
-        let (layer_outputs, layer_output_shapes) = numbered(&st, &p, "layer_output")?;
+        let (hidden_states, hidden_state_shapes) = file.numbered("hidden_states")?;
+        let (layer_outputs, layer_output_shapes) = file.numbered("layer_output")?;
         Ok(Reference {
             input_ids,
             logits,
@@ -268,7 +282,7 @@ impl Reference {
             hidden_state_shapes,
             layer_outputs,
             layer_output_shapes,
-            metadata,
+            metadata: file.header.metadata.into_iter().collect(),
         })
     }
 }
@@ -340,6 +354,7 @@ pub fn write(
         .flat_map(|&x| i64::from(x).to_le_bytes())
         .collect();
     let as_bytes = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let hidden = out.hidden_states();
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
         ("input_ids".into(), Dtype::I64, vec![t], ids),
         (
@@ -349,7 +364,7 @@ pub fn write(
             as_bytes(&out.logits),
         ),
     ];
-    for (i, hs) in out.hidden_states().iter().enumerate() {
+    for (i, hs) in hidden.iter().enumerate() {
         owned.push((
             format!("hidden_states.{i}"),
             Dtype::F32,
@@ -365,21 +380,21 @@ pub fn write(
             as_bytes(&layer.output),
         ));
     }
-    let mut views = Vec::new();
-    for (name, dtype, shape, data) in &owned {
-        let v = TensorView::new(*dtype, shape.clone(), data).map_err(|source| {
-            ReferenceError::Format {
-                path: p.clone(),
-                source,
-            }
-        })?;
-        views.push((name.clone(), v));
-    }
-    let bytes =
-        safetensors::serialize(views, Some(metadata)).map_err(|source| ReferenceError::Format {
+    let tensors: Vec<write::Tensor<'_>> = owned
+        .iter()
+        .map(|(name, dtype, shape, data)| write::Tensor {
+            name,
+            dtype: *dtype,
+            shape,
+            data,
+        })
+        .collect();
+    let bytes = write::to_bytes(&tensors, &metadata.into_iter().collect()).map_err(|source| {
+        ReferenceError::Write {
             path: p.clone(),
             source,
-        })?;
+        }
+    })?;
     // Write beside the destination and rename, so a failure never leaves a partial file.
     let io = |source| ReferenceError::Io {
         path: p.clone(),

@@ -1,552 +1,619 @@
-//! Finding each weight of the model in a checkpoint, in whichever convention it is stored,
-//! and handing it to the forward as an f32 matrix view.
+//! The model's weights as the forward sees them: typed per-layer structs of lazy views, built
+//! once from the layout catalogue.
 //!
-//! Names are resolved through the layout catalogue, so an HF file, a Flax file (or a mix) are
-//! all read directly: an HF `[out, in]` Linear and a Flax `[in, out]` kernel become the same
-//! logical `[in, out]` matrix with different strides. f32 tensors that are aligned in the mmap
-//! are used in place; bf16/f16 (or misaligned f32) are widened into one reusable buffer, so the
-//! memory held is about one weight matrix, whatever the size of the model.
+//! Why views: whatever convention a checkpoint is stored in (HF, Flax, a user's layout file),
+//! the catalogue binds its tensors to canonical entries and the entries to the forward's slots
+//! (`q`, `k`, `o`, `gate`, …), each as a [`View`] over the stored tensors: a transposed kernel
+//! is a strided view, a slice of a fused `c_attn` or `gate_up` tensor an offset one, a
+//! RoPE-permuted projection an index map. Nothing is read here; [`super::read::Reader`]
+//! reads a view when the forward multiplies by it. So model code never spells a tensor name:
+//! it asks for `layer.q`, and the names, transforms and shapes come from the catalogue.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use orient_inspect::catalogue::uses_own_lm_head;
-use orient_inspect::{
-    Catalogue, Checkpoint, Convention, Dtype, ModelConfig, Orientation, Role, TensorInfo,
-};
-use rayon::prelude::*;
+use orient_inspect::layout::arch::{Role, Slot};
+use orient_inspect::layout::catalogue::{Catalogue, ConvId, HF};
+use orient_inspect::layout::convention::Convention;
+use orient_inspect::layout::resolve::{BindError, ReadTransposed, Verdict};
+use orient_inspect::layout::view::View;
+use orient_inspect::{Checkpoint, ModelConfig};
 
-use super::matmul::MatRef;
+use super::traits::{MlpKind, NormKind, Position, Traits};
 use super::{LoadNote, ModelError, ShapeMismatch};
 
-/// How a 2-D weight is stored, relative to the logical `[in, out]` matrix the forward
-/// multiplies by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stored {
-    /// Rows are outputs: HF Linear `[out, in]`, Flax GPT-2 Conv1D `[out, in]`, embeddings
-    /// `[V, H]` used as lm_head.
-    OutIn,
-    /// Rows are inputs: Flax kernel `[in, out]`, HF GPT-2 Conv1D `[in, out]`.
-    InOut,
-    /// Not a matrix (norm weights, biases).
-    Vector,
-}
-
-impl Stored {
-    fn of(o: Orientation) -> Stored {
-        match o {
-            Orientation::HfLinear
-            | Orientation::FlaxConv1dKernel
-            | Orientation::Embedding
-            | Orientation::PositionTable => Stored::OutIn,
-            Orientation::FlaxKernel | Orientation::HfConv1d => Stored::InOut,
-            _ => Stored::Vector,
-        }
-    }
-
-    fn flipped(self) -> Stored {
-        match self {
-            Stored::OutIn => Stored::InOut,
-            Stored::InOut => Stored::OutIn,
-            Stored::Vector => Stored::Vector,
-        }
-    }
-}
-
-/// One weight found in the checkpoint.
+/// A 1-D weight (a norm scale, a bias), read whole when a layer needs it.
 #[derive(Clone, Debug)]
-struct Found<'c> {
-    info: &'c TensorInfo,
-    /// How it is stored (after any transposed-read correction).
-    stored: Stored,
-    /// Layer index, for releasing its pages after the layer.
-    layer: Option<usize>,
+pub(crate) struct Vector {
+    /// `[len]` over the checkpoint's tensors (source `k` = tensor `k`).
+    pub view: View,
+    /// What it is, for messages: the canonical name (and slot, for a split tensor).
+    pub name: String,
 }
 
-/// The model's weights, by canonical (HF) name.
+/// A 2-D weight `[out, in]`, multiplied by without a copy when the view allows.
+#[derive(Clone, Debug)]
+pub(crate) struct Matrix {
+    /// `[out, in]` over the checkpoint's tensors.
+    pub view: View,
+    /// Outputs.
+    pub out: usize,
+    /// Inputs.
+    pub inp: usize,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+/// A `[rows, width]` table whose rows are gathered (token and position embeddings).
+#[derive(Clone, Debug)]
+pub(crate) struct Table {
+    /// `[rows, width]` over the checkpoint's tensors.
+    pub view: View,
+    /// Rows (vocabulary or positions).
+    pub rows: usize,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+/// A norm's scale and, for LayerNorm, its bias.
+#[derive(Clone, Debug)]
+pub(crate) struct Norm {
+    /// `[width]`.
+    pub weight: Vector,
+    /// `[width]`, LayerNorm only.
+    pub bias: Option<Vector>,
+}
+
+/// A projection and its optional bias.
+#[derive(Clone, Debug)]
+pub(crate) struct Linear {
+    /// `[out, in]`.
+    pub weight: Matrix,
+    /// `[out]`.
+    pub bias: Option<Vector>,
+}
+
+/// The feed-forward block.
+#[derive(Clone, Debug)]
+pub(crate) struct Mlp {
+    /// `[I, H]`, gated MLPs only.
+    pub gate: Option<Linear>,
+    /// `[I, H]` (GPT-2's `c_fc`).
+    pub up: Linear,
+    /// `[H, I]` (GPT-2's `mlp.c_proj`).
+    pub down: Linear,
+}
+
+/// Everything one decoder layer reads.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerWeights {
+    /// Norm before attention.
+    pub attn_norm: Norm,
+    /// `[nH·D, H]`.
+    pub q: Linear,
+    /// `[nKV·D, H]`.
+    pub k: Linear,
+    /// `[nKV·D, H]`.
+    pub v: Linear,
+    /// Per-head `[D]` norms on q and k (Qwen3).
+    pub qk_norm: Option<(Vector, Vector)>,
+    /// `[H, nH·D]`.
+    pub o: Linear,
+    /// Norm before the MLP.
+    pub mlp_norm: Norm,
+    /// The MLP.
+    pub mlp: Mlp,
+    /// The checkpoint tensors this layer reads (whose pages are released after it).
+    pub tensors: Vec<usize>,
+}
+
+/// Every weight of the model.
+#[derive(Clone, Debug)]
+pub(crate) struct ModelWeights {
+    /// `[V, H]` token embedding.
+    pub embed: Table,
+    /// `[positions, H]` learned positions (GPT-2).
+    pub position: Option<Table>,
+    /// One per layer.
+    pub layers: Vec<LayerWeights>,
+    /// The final norm.
+    pub final_norm: Norm,
+    /// `[V, H]`: the stored head, or the embedding when tied.
+    pub lm_head: Matrix,
+}
+
+/// View sources are checkpoint tensor indices; the distinct ones of `views`.
+fn sources<'a>(views: impl IntoIterator<Item = &'a View>) -> Vec<usize> {
+    let mut out: Vec<usize> = views.into_iter().flat_map(View::sources).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl Norm {
+    fn views(&self) -> impl Iterator<Item = &View> {
+        std::iter::once(&self.weight.view).chain(self.bias.iter().map(|b| &b.view))
+    }
+}
+
+impl Linear {
+    fn views(&self) -> impl Iterator<Item = &View> {
+        std::iter::once(&self.weight.view).chain(self.bias.iter().map(|b| &b.view))
+    }
+}
+
+impl LayerWeights {
+    fn views(&self) -> Vec<&View> {
+        let mut v: Vec<&View> = self.attn_norm.views().collect();
+        for l in [&self.q, &self.k, &self.v, &self.o] {
+            v.extend(l.views());
+        }
+        if let Some((q, k)) = &self.qk_norm {
+            v.extend([&q.view, &k.view]);
+        }
+        v.extend(self.mlp_norm.views());
+        for l in self.mlp.gate.iter().chain([&self.mlp.up, &self.mlp.down]) {
+            v.extend(l.views());
+        }
+        v
+    }
+
+    /// Every matrix of the layer.
+    pub fn matrices(&self) -> impl Iterator<Item = &Matrix> {
+        [&self.q, &self.k, &self.v, &self.o]
+            .into_iter()
+            .chain(self.mlp.gate.as_ref())
+            .chain([&self.mlp.up, &self.mlp.down])
+            .map(|l| &l.weight)
+    }
+}
+
+impl ModelWeights {
+    /// The checkpoint tensors of the embedding table.
+    pub fn embed_tensors(&self) -> Vec<usize> {
+        self.embed.view.sources()
+    }
+
+    /// The checkpoint tensors the logits are computed from.
+    pub fn head_tensors(&self) -> Vec<usize> {
+        self.lm_head.view.sources()
+    }
+
+    /// Tensors read outside the layers, the embedding and the head: the final norm, the
+    /// position table.
+    pub fn other_tensors(&self) -> Vec<usize> {
+        let mut views: Vec<&View> = self.final_norm.views().collect();
+        views.extend(self.position.iter().map(|p| &p.view));
+        let (embed, head) = (self.embed_tensors(), self.head_tensors());
+        sources(views)
+            .into_iter()
+            .filter(|k| !embed.contains(k) && !head.contains(k))
+            .collect()
+    }
+
+    /// Every checkpoint tensor the forward reads, once each.
+    pub fn all_tensors(&self) -> Vec<usize> {
+        let mut all = self.embed_tensors();
+        all.extend(self.head_tensors());
+        all.extend(self.other_tensors());
+        for l in &self.layers {
+            all.extend(&l.tensors);
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
+/// The weights of a checkpoint, what loading noticed, and the convention they were read in.
 #[derive(Debug)]
-pub(crate) struct Weights<'c> {
-    ckpt: &'c Checkpoint,
-    found: HashMap<String, Found<'c>>,
-    /// Reusable f32 buffer for widened weights. Grows to the largest matrix read.
-    scratch: Vec<f32>,
-    /// What loading noticed (transposed reads, tied embeddings, unknown tensors, ...).
+pub(crate) struct Located {
+    /// The typed weights.
+    pub weights: ModelWeights,
+    /// Notes, in tensor order, then the lm_head's.
     pub notes: Vec<LoadNote>,
-    /// The convention most weights were stored in.
-    pub convention: Convention,
-    /// Release each tensor's mmap pages after use (bounded RSS), or keep them mapped
-    /// (faster repeated forwards on a model that fits in RAM).
-    pub release_pages: bool,
+    /// Name of the convention the checkpoint was bound in.
+    pub convention: String,
 }
 
-impl<'c> Weights<'c> {
-    /// Resolves every tensor of `ckpt` through the catalogue of `cfg` and checks shapes.
-    pub fn locate(ckpt: &'c Checkpoint, cfg: &ModelConfig) -> Result<Weights<'c>, ModelError> {
-        let path = ckpt.root().display().to_string();
-        let cat = Catalogue::new(cfg);
-        let mut found: HashMap<String, Found<'c>> = HashMap::new();
-        let mut notes = Vec::new();
-        let (mut n_hf, mut n_flax) = (0usize, 0usize);
-        // The convention the stored lm_head is named in, if there is one.
-        let mut lm_head_convention = None;
-        for info in ckpt.tensors() {
-            let Some(m) = cat.resolve(&info.name) else {
-                notes.push(LoadNote::Ignored {
-                    name: info.name.clone(),
-                });
-                continue;
-            };
-            let entry = &cat.entries()[m.entry];
-            if entry.role == Role::Buffer {
-                continue;
-            }
-            if !m.shared {
-                match m.convention {
-                    Convention::Hf => n_hf += 1,
-                    Convention::Flax => n_flax += 1,
-                }
-            }
-            let form = entry.form(m.convention);
-            let mut stored = Stored::of(form.orientation);
-            if info.shape != form.shape {
-                let reversed: Vec<usize> = form.shape.iter().rev().copied().collect();
-                if form.shape.len() == 2 && info.shape == reversed && stored != Stored::Vector {
-                    // What a loader that trusts shapes does: read it as the transpose. Loudly.
-                    stored = stored.flipped();
-                    notes.push(LoadNote::ReadTransposed {
-                        name: info.name.clone(),
-                        found: info.shape.clone(),
-                        expected: form.shape.clone(),
-                    });
-                } else {
-                    return Err(ModelError::ShapeMismatch(Box::new(ShapeMismatch {
-                        path,
-                        name: info.name.clone(),
-                        found: info.shape.clone(),
-                        expected: form.shape.clone(),
-                        formula: entry.shape_formula,
-                        convention: m.convention.name(),
-                    })));
-                }
-            }
-            match info.dtype {
-                Dtype::F32 | Dtype::BF16 | Dtype::F16 | Dtype::F64 => {}
-                other => {
-                    return Err(ModelError::UnsupportedDtype {
-                        path,
-                        name: info.name.clone(),
-                        dtype: other.name(),
-                    })
-                }
-            }
-            if entry.role == Role::LmHead {
-                lm_head_convention = Some(m.convention);
-            }
-            let canonical = entry.hf.name.clone();
-            if let Some(previous) = found.get(&canonical) {
-                return Err(ModelError::DuplicateTensor {
-                    path,
-                    canonical,
-                    first: previous.info.name.clone(),
-                    second: info.name.clone(),
-                });
-            }
-            found.insert(
-                canonical,
-                Found {
-                    info,
-                    stored,
-                    layer: entry.layer,
+/// The convention a checkpoint is read in: the one the detector finds, else the user's
+/// layout file, else the one with the most names of its own (HF on a tie or without
+/// evidence).
+fn choose_convention(
+    cat: &Catalogue,
+    tensors: &[(&str, &[usize])],
+    layouts: &[Arc<Convention>],
+) -> ConvId {
+    let candidates: Vec<ConvId> = (0..cat.conventions().len()).collect();
+    let detection = cat.detect(tensors, &candidates);
+    let layout = layouts.last().and_then(|l| cat.convention_id(&l.name));
+    match (&detection.verdict, layout) {
+        (Verdict::One(c), _) => *c,
+        (_, Some(l)) => l,
+        _ => detection
+            .only_names
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .max_by_key(|(c, n)| (*n, std::cmp::Reverse(*c)))
+            .map_or(HF, |(c, _)| *c),
+    }
+}
+
+/// Binds every tensor of `ckpt` through the catalogue of `cfg` (built-in conventions plus
+/// `layouts`), checks names, shapes and dtypes, and builds the typed weights `traits` need.
+/// Nothing is read.
+pub(crate) fn locate(
+    ckpt: &Checkpoint,
+    cfg: &ModelConfig,
+    traits: &Traits,
+    layouts: &[Arc<Convention>],
+) -> Result<Located, ModelError> {
+    let path = ckpt.root().display().to_string();
+    let cat = Catalogue::for_model(cfg, layouts).map_err(|source| ModelError::Layout {
+        path: path.clone(),
+        source,
+    })?;
+    let tensors = ckpt.tensors();
+    let pairs: Vec<(&str, &[usize])> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect();
+    let conv = choose_convention(&cat, &pairs, layouts);
+    let convention = cat.conventions()[conv].name.clone();
+    let names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
+    let binding = cat.bind(&names, conv);
+    if let Some(&(a, b)) = binding.duplicates.first() {
+        let canonical = binding.hits[a]
+            .and_then(|h| cat.forms()[h.form].entries.get(h.member)?.get(h.part).copied())
+            .map_or_else(|| names[a].to_string(), |e| cat.entries()[e].name.clone());
+        return Err(ModelError::DuplicateTensor {
+            path,
+            canonical,
+            first: names[a].to_string(),
+            second: names[b].to_string(),
+        });
+    }
+
+    // Per tensor: unknown names are noted, weights of a dtype the forward cannot read refused.
+    let mut notes: BTreeMap<usize, LoadNote> = BTreeMap::new();
+    let mut bound = 0usize;
+    for (k, (t, hit)) in tensors.iter().zip(&binding.hits).enumerate() {
+        let Some(h) = hit else {
+            notes.insert(
+                k,
+                LoadNote::Ignored {
+                    name: t.name.clone(),
                 },
             );
+            continue;
+        };
+        let is_buffer = cat.forms()[h.form]
+            .entries
+            .iter()
+            .flatten()
+            .all(|&e| cat.entries()[e].role == Role::Buffer);
+        if is_buffer {
+            continue;
         }
-        for entry in cat.entries() {
-            if entry.role == Role::Buffer || entry.optional.is_some() {
-                continue;
-            }
-            if !found.contains_key(&entry.hf.name) {
-                if entry.role == Role::LmHead {
-                    // Config says untied but there is no lm_head: transformers would leave it
-                    // random; the only sensible reading is tied.
-                    notes.push(LoadNote::UntiedButNoLmHead);
-                    continue;
+        bound += 1;
+        if !t.dtype.is_computable() {
+            return Err(ModelError::UnsupportedDtype {
+                path,
+                name: t.name.clone(),
+                dtype: t.dtype.name(),
+            });
+        }
+    }
+    if bound == 0 {
+        return Err(ModelError::NoKnownTensors {
+            path,
+            tensors: tensors.len(),
+            example: names.first().map(|n| n.to_string()).unwrap_or_default(),
+            arch: cfg.arch.model_type().to_string(),
+            conventions: cat
+                .conventions()
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+
+    // Every bound weight's canonical view: checks each stored shape (a 2-D tensor stored as
+    // the exact transpose of its expected shape is read transposed, and noted).
+    let shapes: Vec<&[usize]> = pairs.iter().map(|(_, s)| *s).collect();
+    let mut canonical: Vec<Option<View>> = vec![None; cat.entries().len()];
+    for (e, entry) in cat.entries().iter().enumerate() {
+        if !entry.is_weight() {
+            continue;
+        }
+        let conv_of = |f: Option<usize>| {
+            f.map_or(convention.clone(), |f| {
+                cat.conventions()[cat.forms()[f].convention].name.clone()
+            })
+        };
+        match binding.entry_view(&cat, e, &shapes) {
+            Ok(Some((view, transposed))) => {
+                canonical[e] = Some(view);
+                for ReadTransposed {
+                    tensor,
+                    found,
+                    expected,
+                } in transposed
+                {
+                    notes.insert(
+                        tensor,
+                        LoadNote::ReadTransposed {
+                            name: names[tensor].to_string(),
+                            found,
+                            expected,
+                        },
+                    );
                 }
+            }
+            Ok(None) => {}
+            Err(BindError::Shape {
+                tensor,
+                found,
+                expected,
+            }) => {
+                return Err(ModelError::ShapeMismatch(Box::new(ShapeMismatch {
+                    path,
+                    name: names[tensor].to_string(),
+                    found,
+                    expected,
+                    formula: entry.shape_formula.clone(),
+                    convention: conv_of(binding.entry_form[e]),
+                })))
+            }
+            Err(BindError::Missing { name }) => {
                 return Err(ModelError::MissingTensor {
                     path,
-                    name: entry.hf.name.clone(),
-                    flax_name: entry.flax.name.clone(),
-                });
+                    name,
+                    canonical: entry.name.clone(),
+                    convention: conv_of(binding.entry_form[e]),
+                })
+            }
+            Err(BindError::Transform(source)) => {
+                return Err(ModelError::Internal(format!(
+                    "reading `{}` through its layout: {source}",
+                    entry.name
+                )))
             }
         }
-        // Tied embeddings: compute the logits as the framework that loads the stored layout
-        // does. PyTorch ignores a stored lm_head.weight (logits from the embedding); the Flax
-        // llama-family classes always use their lm_head.kernel. A head that differs from the
-        // embedding then gives different logits, as it would in the two frameworks.
-        let lm_head = cat.entries().iter().find(|e| e.role == Role::LmHead);
-        if cfg.tie_word_embeddings {
-            if let Some(e) = lm_head {
-                match lm_head_convention {
-                    Some(c) if uses_own_lm_head(cfg, c) => {
-                        notes.push(LoadNote::TiedButOwnLmHead {
-                            name: e.form(c).name.clone(),
-                        });
-                    }
-                    Some(_) => {
-                        found.remove(&e.hf.name);
-                        notes.push(LoadNote::TiedLmHeadIgnored);
-                    }
-                    None => notes.push(LoadNote::Tied),
-                }
-            }
+    }
+    let mut notes: Vec<LoadNote> = notes.into_values().collect();
+
+    // Required entries that are absent. A missing lm_head is never fatal: the embedding is
+    // the only sensible head (what a tied model uses).
+    for (e, entry) in cat.entries().iter().enumerate() {
+        if entry.is_weight()
+            && entry.optional.is_none()
+            && entry.role != Role::LmHead
+            && canonical[e].is_none()
+        {
+            let stored = cat
+                .stored(e, conv)
+                .map_or_else(|| entry.name.clone(), |s| s.name.clone());
+            return Err(ModelError::MissingTensor {
+                path,
+                name: stored,
+                canonical: entry.name.clone(),
+                convention,
+            });
         }
-        let convention = if n_flax > n_hf {
-            Convention::Flax
-        } else {
-            Convention::Hf
-        };
-        Ok(Weights {
-            ckpt,
-            found,
-            scratch: Vec::new(),
-            notes,
-            convention,
-            release_pages: true,
+    }
+
+    // Tied embeddings: compute the logits as the framework that loads the stored layout does.
+    // PyTorch ignores a stored head (logits from the embedding); a convention whose framework
+    // always owns a head (the Flax llama family: `Form::tied_stored`) uses it. A head that
+    // differs from the embedding then gives different logits, as in the two frameworks.
+    let head_entry = cat.entries().iter().position(|e| e.role == Role::LmHead);
+    if let Some(h) = head_entry {
+        let stored_head = binding.entry_form[h].filter(|_| canonical[h].is_some());
+        match (cfg.tie_word_embeddings, stored_head) {
+            (true, Some(f)) if cat.forms()[f].tied_stored => {
+                let name = binding.forms[&f]
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .next()
+                    .map_or_else(|| cat.entries()[h].name.clone(), |&k| names[k].to_string());
+                notes.push(LoadNote::TiedButOwnLmHead { name });
+            }
+            (true, Some(_)) => {
+                canonical[h] = None;
+                notes.push(LoadNote::TiedLmHeadIgnored);
+            }
+            (true, None) => notes.push(LoadNote::Tied),
+            (false, Some(_)) => {}
+            (false, None) => notes.push(LoadNote::UntiedButNoLmHead),
+        }
+    }
+
+    // Entries → the forward's slots (a fused tensor feeds several).
+    let mut slots = Slots::default();
+    for (e, view) in canonical.into_iter().enumerate() {
+        let Some(view) = view else { continue };
+        let entry = &cat.entries()[e];
+        let views = cat.slot_views(e, view).map_err(|source| {
+            ModelError::Internal(format!("deriving the forward's slots of `{}`: {source}", entry.name))
+        })?;
+        let several = views.len() > 1;
+        for (slot, v) in views {
+            let name = if several {
+                format!("{} ({})", entry.name, slot_name(slot))
+            } else {
+                entry.name.clone()
+            };
+            slots.0.insert((entry.layer, slot), (v, name));
+        }
+    }
+    let weights = slots.assemble(cfg, traits)?;
+    Ok(Located {
+        weights,
+        notes,
+        convention,
+    })
+}
+
+/// The slot's name in the catalogue's spelling (`q_bias`, `lm_head`).
+fn slot_name(slot: Slot) -> String {
+    serde_json::to_value(slot)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{slot:?}"))
+}
+
+/// Views by (layer, slot), consumed as the typed structs are built.
+#[derive(Default)]
+struct Slots(HashMap<(Option<usize>, Slot), (View, String)>);
+
+impl Slots {
+    fn take(&mut self, layer: Option<usize>, slot: Slot) -> Option<(View, String)> {
+        self.0.remove(&(layer, slot))
+    }
+
+    fn need(&mut self, layer: Option<usize>, slot: Slot) -> Result<(View, String), ModelError> {
+        self.take(layer, slot).ok_or_else(|| {
+            ModelError::Internal(format!(
+                "the layout catalogue has no tensor for the forward's `{}` slot{}",
+                slot_name(slot),
+                layer.map_or(String::new(), |l| format!(" of layer {l}"))
+            ))
         })
     }
 
-    /// Total elements of the located weights.
-    pub fn parameters(&self) -> usize {
-        self.found.values().map(|f| f.info.numel()).sum()
+    fn vector(&mut self, layer: Option<usize>, slot: Slot) -> Result<Option<Vector>, ModelError> {
+        self.take(layer, slot).map(to_vector).transpose()
     }
 
-    /// Whether the weight is present (optional biases, an untied lm_head).
-    pub fn has(&self, name: &str) -> bool {
-        self.found.contains_key(name)
+    fn need_vector(&mut self, layer: Option<usize>, slot: Slot) -> Result<Vector, ModelError> {
+        to_vector(self.need(layer, slot)?)
     }
 
-    fn get(&self, name: &str) -> Result<&Found<'c>, ModelError> {
-        self.found
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.ckpt.root().display().to_string(),
-                name: name.to_string(),
-                flax_name: String::new(),
-            })
+    fn matrix(&mut self, layer: Option<usize>, slot: Slot) -> Result<Matrix, ModelError> {
+        to_matrix(self.need(layer, slot)?)
     }
 
-    /// A 1-D weight (norm scale, bias) as f32.
-    pub fn vector(&self, name: &str) -> Result<Vec<f32>, ModelError> {
-        let f = self.get(name)?;
-        let v = self
-            .ckpt
-            .view(f.info)
-            .to_f32_vec()
-            .map_err(|e| self.read_error(name, e))?;
-        self.check(f.info)?;
-        Ok(v)
+    fn linear(&mut self, layer: Option<usize>, w: Slot, b: Slot) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            weight: self.matrix(layer, w)?,
+            bias: self.vector(layer, b)?,
+        })
     }
 
-    /// Fails if the file holding `t` changed since it was opened (see
-    /// `Checkpoint::check_intact`): run after each read, so that a truncated file ends
-    /// the forward with an error naming it.
-    fn check(&self, t: &TensorInfo) -> Result<(), ModelError> {
-        self.ckpt.check_tensor(t).map_err(ModelError::Changed)
-    }
-
-    /// Fails if any weight file changed since it was opened; run after the forward,
-    /// since weights used in place are read inside the matmuls.
-    pub fn check_intact(&self) -> Result<(), ModelError> {
-        self.ckpt.check_intact().map_err(ModelError::Changed)
-    }
-
-    /// The weight `name` as the logical `[in, out]` matrix (`rows = in`), restricted to the
-    /// outputs `out_start..out_end`. Zero-copy when stored aligned f32, else widened into the
-    /// reusable buffer.
-    pub fn matrix_block(
+    fn norm(
         &mut self,
-        name: &str,
-        out_start: usize,
-        out_end: usize,
-    ) -> Result<MatRef<'_>, ModelError> {
-        let f = self.get(name)?.clone();
-        let shape = &f.info.shape;
-        let (rows, cols) = match shape.as_slice() {
-            [r, c] => (*r, *c),
-            _ => return Err(ModelError::Internal(format!("`{name}` is not 2-D"))),
+        kind: NormKind,
+        layer: Option<usize>,
+        w: Slot,
+        b: Slot,
+    ) -> Result<Norm, ModelError> {
+        let weight = self.need_vector(layer, w)?;
+        let bias = match kind {
+            NormKind::Layer => Some(self.need_vector(layer, b)?),
+            NormKind::Rms { .. } => None,
         };
-        let (n_in, n_out) = match f.stored {
-            Stored::OutIn => (cols, rows),
-            Stored::InOut => (rows, cols),
-            Stored::Vector => {
-                return Err(ModelError::Internal(format!("`{name}` is not a matrix")))
-            }
-        };
-        if out_start > out_end || out_end > n_out {
-            return Err(ModelError::Internal(format!(
-                "`{name}`: output block {out_start}..{out_end} outside {n_out}"
-            )));
-        }
-        let width = out_end - out_start;
-        let view = self.ckpt.view(f.info);
-        if let Some(all) = view.as_f32() {
-            // Read later, in place, by the matmul: `Model::forward` checks the files
-            // after it; this catches a change before it.
-            self.check(f.info)?;
-            // In place: offset the view to the first output of the block.
-            return match f.stored {
-                // [out, in]: element (i, o) at o·in + i
-                Stored::OutIn => MatRef::new(&all[out_start * n_in..], n_in, width, 1, n_in),
-                // [in, out]: element (i, o) at i·out + o
-                _ => MatRef::new(&all[out_start..], n_in, width, n_out, 1),
-            };
-        }
-        let elem = f.info.dtype.bits() / 8;
-        let len = n_in
-            .checked_mul(width)
-            .ok_or_else(|| ModelError::Internal(format!("`{name}` too large")))?;
-        self.scratch.resize(len, 0.0);
-        let bytes = view.bytes;
-        let dtype = f.info.dtype;
-        match f.stored {
-            Stored::OutIn => {
-                // the block is contiguous: outputs out_start..out_end, each n_in long
-                let src = &bytes[out_start * n_in * elem..out_end * n_in * elem];
-                widen_par(dtype, src, &mut self.scratch);
-                self.check(f.info)?;
-                MatRef::new(&self.scratch, n_in, width, 1, n_in)
-            }
-            _ => {
-                // one segment of `width` outputs per input row
-                let scratch = &mut self.scratch;
-                scratch
-                    .par_chunks_mut(width)
-                    .enumerate()
-                    .for_each(|(i, dst)| {
-                        let start = (i * n_out + out_start) * elem;
-                        widen(dtype, &bytes[start..start + width * elem], dst);
-                    });
-                self.check(f.info)?;
-                MatRef::new(&self.scratch, n_in, width, width, 1)
-            }
+        Ok(Norm { weight, bias })
+    }
+
+    fn table(&mut self, layer: Option<usize>, slot: Slot) -> Result<Table, ModelError> {
+        let (view, name) = self.need(layer, slot)?;
+        match view.shape().as_slice() {
+            [rows, _] => Ok(Table {
+                rows: *rows,
+                view,
+                name,
+            }),
+            other => Err(ModelError::Internal(format!("`{name}` is {other:?}, not a table"))),
         }
     }
 
-    /// The whole weight `name` as the logical `[in, out]` matrix.
-    pub fn matrix(&mut self, name: &str) -> Result<MatRef<'_>, ModelError> {
-        let n_out = self.out_features(name)?;
-        self.matrix_block(name, 0, n_out)
-    }
-
-    /// Number of outputs of a 2-D weight.
-    pub fn out_features(&self, name: &str) -> Result<usize, ModelError> {
-        let f = self.get(name)?;
-        match (f.info.shape.as_slice(), f.stored) {
-            ([r, _], Stored::OutIn) => Ok(*r),
-            ([_, c], Stored::InOut) => Ok(*c),
-            _ => Err(ModelError::Internal(format!("`{name}` is not a matrix"))),
-        }
-    }
-
-    /// Rows `tokens` of an embedding table `[V, H]`, as f32 `[T, H]`.
-    pub fn embedding_rows(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let f = self.get(name)?;
-        // A table is [rows, width]; one read transposed is stored [width, rows].
-        let (n_rows, width) = match (f.info.shape.as_slice(), f.stored) {
-            ([r, c], Stored::InOut) => (*c, *r),
-            ([r, c], _) => (*r, *c),
-            _ => return Err(ModelError::Internal(format!("`{name}` is not 2-D"))),
-        };
-        let elem = f.info.dtype.bits() / 8;
-        let bytes = self.ckpt.view(f.info).bytes;
-        let mut out = vec![0.0f32; rows.len() * width]; // [T, H]
-        for (dst, &r) in out.chunks_mut(width).zip(rows) {
-            if r >= n_rows {
-                return Err(ModelError::Internal(format!("row {r} outside `{name}`")));
-            }
-            if f.stored == Stored::InOut {
-                // element (r, h) at h·n_rows + r
-                for (h, d) in dst.iter_mut().enumerate() {
-                    let at = (h * n_rows + r) * elem;
-                    widen(f.info.dtype, &bytes[at..at + elem], std::slice::from_mut(d));
-                }
-            } else {
-                widen(
-                    f.info.dtype,
-                    &bytes[r * width * elem..(r + 1) * width * elem],
-                    dst,
-                );
-            }
-        }
-        self.check(f.info)?;
-        Ok(out)
-    }
-
-    /// Weight bytes resident in the three phases of a forward over `tokens` tokens: while the
-    /// embedding rows are gathered, while the layers run, and while the logits are computed.
-    /// Mapped pages count (one layer at a time when pages are released, every weight
-    /// otherwise; the lm_head `head` one vocabulary block at a time when its rows are its
-    /// outputs), as does the reusable f32 buffer bf16/f16 weights are widened into.
-    pub fn resident_bytes(
-        &self,
-        tokens: usize,
-        embedding: &str,
-        head: &str,
-        head_block: usize,
-    ) -> ResidentWeights {
-        const PAGE: u128 = 4096;
-        let bytes = |f: &Found<'_>| f.info.nbytes() as u128;
-        // The widening buffer grows to the largest matrix (or lm_head block) read widened.
-        let widened = |name: &str, f: &Found<'_>| -> u128 {
-            if self.ckpt.view(f.info).as_f32().is_some() || f.stored == Stored::Vector {
-                return 0;
-            }
-            let numel = f.info.numel() as u128;
-            if name == head {
-                let n_out = self.out_features(name).unwrap_or(1).max(1) as u128;
-                4 * numel / n_out * n_out.min(head_block as u128)
-            } else {
-                4 * numel
-            }
-        };
-        let scratch = self
-            .found
-            .iter()
-            .map(|(name, f)| widened(name, f))
-            .max()
-            .unwrap_or(0);
-        if !self.release_pages {
-            let all: u128 = self.found.values().map(bytes).sum::<u128>() + scratch;
-            return ResidentWeights {
-                gather: all,
-                layers: all,
-                logits: all,
-            };
-        }
-        let mut per_layer: HashMap<usize, u128> = HashMap::new();
-        let mut other = 0u128; // final norm, position table, ...
-        for (name, f) in &self.found {
-            match f.layer {
-                Some(l) => *per_layer.entry(l).or_default() += bytes(f),
-                None if name == embedding || name == head => {}
-                None => other += bytes(f),
-            }
-        }
-        let layer = per_layer.values().copied().max().unwrap_or(0);
-        let table = self.found.get(embedding).map_or(0, bytes);
-        let rows = self
-            .found
-            .get(embedding)
-            .and_then(|f| f.info.shape.first().copied())
-            .unwrap_or(1)
-            .max(1) as u128;
-        // each prompt row touches its own page(s); never more than the whole table
-        let row_bytes = table / rows;
-        let transposed = self
-            .found
-            .get(embedding)
-            .is_some_and(|f| f.stored == Stored::InOut);
-        // The kernel maps up to 16 neighbouring cached pages on each fault (fault-around).
-        const FAULT_AROUND: u128 = 16 * PAGE;
-        let touched = if transposed {
-            table // a row read across a transposed table touches every page
+    fn layer(&mut self, i: usize, traits: &Traits) -> Result<LayerWeights, ModelError> {
+        let l = Some(i);
+        let attn_norm = self.norm(traits.norm, l, Slot::AttnNorm, Slot::AttnNormBias)?;
+        let q = self.linear(l, Slot::Q, Slot::QBias)?;
+        let k = self.linear(l, Slot::K, Slot::KBias)?;
+        let v = self.linear(l, Slot::V, Slot::VBias)?;
+        let qk_norm = if traits.qk_norm {
+            Some((
+                self.need_vector(l, Slot::QNorm)?,
+                self.need_vector(l, Slot::KNorm)?,
+            ))
         } else {
-            (tokens as u128 * (row_bytes + FAULT_AROUND)).min(table)
+            None
         };
-        let head_all = self.found.get(head).map_or(0, bytes);
-        let head_bytes = if self.releases_by_block(head) {
-            let n_out = self.out_features(head).unwrap_or(1).max(1) as u128;
-            head_all / n_out * n_out.min(head_block as u128) + FAULT_AROUND
-        } else {
-            head_all
+        let o = self.linear(l, Slot::O, Slot::OBias)?;
+        let mlp_norm = self.norm(traits.norm, l, Slot::MlpNorm, Slot::MlpNormBias)?;
+        let gate = match traits.mlp {
+            MlpKind::Gated => Some(self.linear(l, Slot::Gate, Slot::GateBias)?),
+            MlpKind::Plain => None,
         };
-        ResidentWeights {
-            gather: touched + other,
-            layers: layer + other + scratch,
-            logits: head_bytes + other + scratch,
-        }
-    }
-
-    /// Drops the mmap pages of every tensor of layer `layer` (see `Checkpoint::release`).
-    pub fn release_layer(&self, layer: usize) {
-        if !self.release_pages {
-            return;
-        }
-        for f in self.found.values().filter(|f| f.layer == Some(layer)) {
-            self.ckpt.release(f.info);
-        }
-    }
-
-    /// Drops the mmap pages of the outputs `out_start..out_end` of a weight whose outputs are
-    /// its rows (`[out, in]`, e.g. a tied embedding used as lm_head), so a head read block by
-    /// block is never resident whole. Other layouts keep their pages until [`Weights::release`]
-    /// (a block of columns shares every page with the next).
-    pub fn release_block(&self, name: &str, out_start: usize, out_end: usize) {
-        if !self.release_pages {
-            return;
-        }
-        let Some(f) = self.found.get(name) else {
-            return;
+        let mlp = Mlp {
+            gate,
+            up: self.linear(l, Slot::Up, Slot::UpBias)?,
+            down: self.linear(l, Slot::Down, Slot::DownBias)?,
         };
-        let ([_, n_in], Stored::OutIn) = (f.info.shape.as_slice(), f.stored) else {
-            return;
+        let mut layer = LayerWeights {
+            attn_norm,
+            q,
+            k,
+            v,
+            qk_norm,
+            o,
+            mlp_norm,
+            mlp,
+            tensors: Vec::new(),
         };
-        let row = n_in * (f.info.dtype.bits() / 8);
-        let bytes = self.ckpt.view(f.info).bytes;
-        if let Some(part) = bytes.get(out_start * row..out_end * row) {
-            self.ckpt.release_part(f.info, part);
-        }
+        layer.tensors = sources(layer.views());
+        Ok(layer)
     }
 
-    /// Whether [`Weights::release_block`] frees the pages of `name` block by block.
-    pub fn releases_by_block(&self, name: &str) -> bool {
-        self.release_pages
-            && self
-                .found
-                .get(name)
-                .is_some_and(|f| f.stored == Stored::OutIn && f.info.shape.len() == 2)
-    }
-
-    /// Drops the mmap pages of one tensor.
-    pub fn release(&self, name: &str) {
-        if !self.release_pages {
-            return;
-        }
-        if let Some(f) = self.found.get(name) {
-            self.ckpt.release(f.info);
-        }
-    }
-
-    fn read_error(&self, name: &str, e: orient_inspect::ViewError) -> ModelError {
-        ModelError::Read {
-            path: self.ckpt.root().display().to_string(),
-            name: name.to_string(),
-            source: e,
-        }
+    fn assemble(mut self, cfg: &ModelConfig, traits: &Traits) -> Result<ModelWeights, ModelError> {
+        let embed = self.table(None, Slot::Embed)?;
+        let position = match traits.position {
+            Position::Learned => Some(self.table(None, Slot::PositionEmbed)?),
+            Position::Rotary(_) => None,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| self.layer(i, traits))
+            .collect::<Result<Vec<_>, _>>()?;
+        let final_norm = self.norm(traits.norm, None, Slot::FinalNorm, Slot::FinalNormBias)?;
+        let lm_head = match self.take(None, Slot::LmHead) {
+            Some(head) => to_matrix(head)?,
+            None => to_matrix((embed.view.clone(), embed.name.clone()))?,
+        };
+        Ok(ModelWeights {
+            embed,
+            position,
+            layers,
+            final_norm,
+            lm_head,
+        })
     }
 }
 
-/// Weight bytes resident in each phase of a forward (see [`Weights::resident_bytes`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct ResidentWeights {
-    /// While the prompt's embedding rows are gathered.
-    pub gather: u128,
-    /// While the layers run (the embedding released).
-    pub layers: u128,
-    /// While the logits are computed.
-    pub logits: u128,
+fn to_vector((view, name): (View, String)) -> Result<Vector, ModelError> {
+    match view.ndim() {
+        1 => Ok(Vector { view, name }),
+        _ => Err(ModelError::Internal(format!(
+            "`{name}` is {:?}, not a vector",
+            view.shape()
+        ))),
+    }
 }
 
-/// Widens little-endian `dtype` elements in `src` into `dst` (same element count), with the
-/// inspect crate's kernels. Only the dtypes accepted by [`Weights::locate`] reach here.
-fn widen(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
-    let widened = orient_inspect::view::widen_into(dtype, src, dst);
-    debug_assert!(widened, "{dtype} reached widen()");
-}
-
-/// [`widen`] split over rayon's threads.
-fn widen_par(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
-    const CHUNK: usize = 1 << 16;
-    let elem = dtype.bits() / 8;
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK * elem))
-        .for_each(|(d, s)| widen(dtype, s, d));
+fn to_matrix((view, name): (View, String)) -> Result<Matrix, ModelError> {
+    match view.shape().as_slice() {
+        [out, inp] => Ok(Matrix {
+            out: *out,
+            inp: *inp,
+            view,
+            name,
+        }),
+        other => Err(ModelError::Internal(format!(
+            "`{name}` is {other:?}, not a matrix"
+        ))),
+    }
 }

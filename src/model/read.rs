@@ -1,0 +1,384 @@
+//! Reading the weights' views out of the memory map, as f32, when the forward needs them.
+//!
+//! A matrix whose view is a plain strided map onto aligned f32 data (HF `[out, in]`, a Flax
+//! `[in, out]` kernel, a slice of a fused kernel) is handed to gemm in place, strides and all:
+//! no copy. Anything else (bf16/f16 data, a misaligned f32 tensor, a RoPE-permuted projection,
+//! interleaved parts) is gathered into one reused f32 buffer, in whichever orientation reads
+//! the source more contiguously; gemm's result does not depend on the strides, so both paths
+//! give the same bits. Memory stays at one matrix of scratch plus each layer's mapped pages,
+//! which are released after the layer; each read is followed by a check that its file did not
+//! change underneath, and a changed file ends the forward with an error naming it.
+
+use std::ops::Range;
+
+use orient_inspect::layout::gather::{self, Source};
+use orient_inspect::layout::view::View;
+use orient_inspect::Checkpoint;
+use rayon::prelude::*;
+
+use super::matmul::MatRef;
+use super::traits::NormKind;
+use super::weights::{Matrix, ModelWeights, Table, Vector};
+use super::ModelError;
+
+/// Elements gathered per rayon task.
+const GATHER_TASK: usize = 1 << 16;
+/// The kernel maps up to 16 neighbouring cached pages on each fault (fault-around).
+const FAULT_AROUND: u128 = 16 * 4096;
+
+/// Reads views over the tensors of one checkpoint.
+#[derive(Debug)]
+pub(crate) struct Reader<'c> {
+    ckpt: &'c Checkpoint,
+    /// Source `k` of every view is tensor `k` of the checkpoint.
+    sources: Vec<Source<'c>>,
+    /// Reusable f32 buffer for gathered matrices. Grows to the largest one read.
+    scratch: Vec<f32>,
+    /// Release each layer's mmap pages after use (bounded RSS), or keep them mapped (faster
+    /// repeated forwards on a model that fits in RAM).
+    pub release_pages: bool,
+}
+
+/// A plain strided view onto aligned f32 data: the data from the view's first element, and
+/// one stride per dimension.
+struct InPlace<'c> {
+    data: &'c [f32],
+    strides: Vec<usize>,
+}
+
+impl<'c> Reader<'c> {
+    /// A reader over every tensor of `ckpt`.
+    pub fn new(ckpt: &'c Checkpoint) -> Reader<'c> {
+        let sources = ckpt
+            .tensors()
+            .iter()
+            .map(|t| Source {
+                bytes: ckpt.view(t).bytes,
+                dtype: t.dtype,
+            })
+            .collect();
+        Reader {
+            ckpt,
+            sources,
+            scratch: Vec::new(),
+            release_pages: true,
+        }
+    }
+
+    /// The checkpoint's tensors (view source `k` is tensor `k`).
+    pub fn tensors(&self) -> &'c [orient_inspect::TensorInfo] {
+        self.ckpt.tensors()
+    }
+
+    fn path(&self) -> String {
+        self.ckpt.root().display().to_string()
+    }
+
+    /// `view` as aligned f32 data read in place, when it is one.
+    fn in_place(&self, view: &View) -> Option<InPlace<'c>> {
+        let (src, offset, strides) = view.simple_strides()?;
+        let info = self.ckpt.tensors().get(src)?;
+        let all = self.ckpt.view(info).as_f32()?;
+        Some(InPlace {
+            data: all.get(offset..)?,
+            strides,
+        })
+    }
+
+    /// Fails if a file `view` reads changed since it was opened (see
+    /// `Checkpoint::check_tensor`): run after each read, so that a truncated file ends the
+    /// forward with an error naming it.
+    fn check(&self, view: &View) -> Result<(), ModelError> {
+        for k in view.sources() {
+            if let Some(t) = self.ckpt.tensors().get(k) {
+                self.ckpt.check_tensor(t).map_err(ModelError::Changed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails if any weight file changed since it was opened; run after the forward, since
+    /// weights used in place are read inside the matmuls.
+    pub fn check_intact(&self) -> Result<(), ModelError> {
+        self.ckpt.check_intact().map_err(ModelError::Changed)
+    }
+
+    fn read_error(&self, name: &str, source: gather::GatherError) -> ModelError {
+        ModelError::Read {
+            path: self.path(),
+            name: name.to_string(),
+            source,
+        }
+    }
+
+    /// A 1-D weight as f32.
+    pub fn vector(&self, v: &Vector) -> Result<Vec<f32>, ModelError> {
+        let out = gather::to_f32(&v.view, &self.sources).map_err(|e| self.read_error(&v.name, e))?;
+        self.check(&v.view)?;
+        Ok(out)
+    }
+
+    /// A norm weight as the norm applies it (`w + offset` for an offset RMSNorm).
+    pub fn norm_weight(&self, v: &Vector, kind: NormKind) -> Result<Vec<f32>, ModelError> {
+        let mut w = self.vector(v)?;
+        if let NormKind::Rms { offset } = kind {
+            if offset != 0.0 {
+                w.iter_mut().for_each(|x| *x += offset);
+            }
+        }
+        Ok(w)
+    }
+
+    /// Rows `rows` of a table, as f32 `[rows.len(), width]`.
+    pub fn rows(&self, t: &Table, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let (_, width) = gather::rows_cols(&t.view);
+        let len = rows
+            .len()
+            .checked_mul(width)
+            .ok_or(ModelError::PromptTooLong { tokens: rows.len() })?;
+        let mut out = vec![0.0f32; len]; // [rows, width]
+        for (dst, &r) in out.chunks_mut(width.max(1)).zip(rows) {
+            if r >= t.rows {
+                return Err(ModelError::Internal(format!(
+                    "row {r} outside `{}` ({} rows)",
+                    t.name, t.rows
+                )));
+            }
+            gather::gather_f32(&t.view, &self.sources, r..r + 1, dst)
+                .map_err(|e| self.read_error(&t.name, e))?;
+        }
+        self.check(&t.view)?;
+        Ok(out)
+    }
+
+    /// The outputs `outs` of `m` as the logical `[in, out]` right-hand side of a product:
+    /// in place when the view is plain aligned f32, else gathered into the reused buffer.
+    pub fn matrix(&mut self, m: &Matrix, outs: Range<usize>) -> Result<MatRef<'_>, ModelError> {
+        if outs.start > outs.end || outs.end > m.out {
+            return Err(ModelError::Internal(format!(
+                "`{}`: output block {}..{} outside {}",
+                m.name, outs.start, outs.end, m.out
+            )));
+        }
+        let (n_in, width) = (m.inp, outs.len());
+        let view = block(m, outs)?;
+        if let Some(p) = self.in_place(&view) {
+            // Read later, in place, by the matmul: `Model::forward_with` checks the files
+            // after it; this catches a change before it.
+            self.check(&view)?;
+            let (s_out, s_in) = match p.strides.as_slice() {
+                [o, i] => (*o, *i),
+                _ => return Err(ModelError::Internal(format!("`{}` is not 2-D", m.name))),
+            };
+            // element (o, i) of [out, in] is element (i, o) of the [in, out] operand
+            return MatRef::new(p.data, n_in, width, s_in, s_out);
+        }
+        let len = n_in
+            .checked_mul(width)
+            .ok_or_else(|| ModelError::Internal(format!("`{}` is too large", m.name)))?;
+        self.scratch.resize(len, 0.0);
+        let as_in_out = reads_columns_faster(&view);
+        let result = if as_in_out {
+            // [in, out] row-major: element (i, o) at i·width + o
+            view.clone()
+                .transpose_last()
+                .map_err(|e| ModelError::Internal(format!("`{}`: {e}", m.name)))
+                .and_then(|t| self.gather(&t, &m.name))
+        } else {
+            // [out, in] row-major: element (i, o) at o·in + i
+            self.gather(&view, &m.name)
+        };
+        result?;
+        self.check(&view)?;
+        let scratch = &self.scratch[..len];
+        if as_in_out {
+            MatRef::new(scratch, n_in, width, width, 1)
+        } else {
+            MatRef::new(scratch, n_in, width, 1, n_in)
+        }
+    }
+
+    /// Gathers all of `view` into the scratch buffer (sized by the caller), in parallel
+    /// bands of rows.
+    fn gather(&mut self, view: &View, name: &str) -> Result<(), ModelError> {
+        let (rows, cols) = gather::rows_cols(view);
+        let cols = cols.max(1);
+        let band = (GATHER_TASK / cols).max(1);
+        let sources = &self.sources;
+        let out = &mut self.scratch[..rows * cols];
+        let result = out
+            .par_chunks_mut(band * cols)
+            .enumerate()
+            .try_for_each(|(b, chunk)| {
+                let first = b * band;
+                gather::gather_f32(view, sources, first..first + chunk.len() / cols, chunk)
+            });
+        result.map_err(|e| ModelError::Read {
+            path: self.ckpt.root().display().to_string(),
+            name: name.to_string(),
+            source: e,
+        })
+    }
+
+    /// Drops the mmap pages of these checkpoint tensors (see `Checkpoint::release`).
+    pub fn release(&self, tensors: &[usize]) {
+        if !self.release_pages {
+            return;
+        }
+        for &k in tensors {
+            if let Some(t) = self.ckpt.tensors().get(k) {
+                self.ckpt.release(t);
+            }
+        }
+    }
+
+    /// Drops the mmap pages of the outputs `outs` of a matrix whose outputs are contiguous rows
+    /// of its tensor (`[out, in]`, e.g. a tied embedding used as lm_head), so a head read block
+    /// by block is never resident whole. Other layouts keep their pages until
+    /// [`Reader::release`] (a block of columns shares every page with the next).
+    pub fn release_rows(&self, m: &Matrix, outs: Range<usize>) {
+        if !self.release_pages {
+            return;
+        }
+        let Some((k, bytes)) = block(m, outs).ok().and_then(|v| self.row_bytes(&v)) else {
+            return;
+        };
+        if let Some(t) = self.ckpt.tensors().get(k) {
+            self.ckpt.release_part(t, bytes);
+        }
+    }
+
+    /// The tensor and byte range of a view whose rows are contiguous and consecutive in one
+    /// tensor.
+    fn row_bytes(&self, view: &View) -> Option<(usize, &'c [u8])> {
+        let (src, offset, strides) = view.simple_strides()?;
+        let shape = view.shape();
+        let (&[rows, cols], &[s_row, s_col]) = (shape.as_slice(), strides.as_slice()) else {
+            return None;
+        };
+        if (cols > 1 && s_col != 1) || (rows > 1 && s_row != cols) {
+            return None;
+        }
+        let source = self.sources.get(src)?;
+        let elem = source.dtype.bits() / 8;
+        let start = offset.checked_mul(elem)?;
+        let len = rows.checked_mul(cols)?.checked_mul(elem)?;
+        Some((src, source.bytes.get(start..start.checked_add(len)?)?))
+    }
+
+    /// Whether [`Reader::release_rows`] frees the pages of `m` block by block.
+    fn releases_by_rows(&self, m: &Matrix) -> bool {
+        self.release_pages && self.row_bytes(&m.view).is_some()
+    }
+
+    fn nbytes(&self, tensors: &[usize]) -> u128 {
+        tensors
+            .iter()
+            .filter_map(|&k| self.sources.get(k))
+            .map(|s| s.bytes.len() as u128)
+            .sum()
+    }
+
+    /// Weight bytes resident in the three phases of a forward over `tokens` tokens: while the
+    /// embedding rows are gathered, while the layers run, and while the logits are computed.
+    /// Mapped pages count (one layer at a time when pages are released, every weight
+    /// otherwise; the lm_head one block of `head_block` outputs at a time when its outputs are
+    /// contiguous rows), as does the reusable f32 buffer gathered matrices are read into.
+    pub fn resident_bytes(&self, w: &ModelWeights, tokens: usize, head_block: usize) -> Resident {
+        // The gathering buffer grows to the largest matrix (or lm_head block) not read in place.
+        let gathered = |m: &Matrix, block: usize| -> u128 {
+            if self.in_place(&m.view).is_some() {
+                0
+            } else {
+                4 * m.inp as u128 * m.out.min(block) as u128
+            }
+        };
+        let scratch = w
+            .layers
+            .iter()
+            .flat_map(|l| l.matrices())
+            .map(|m| gathered(m, m.out))
+            .chain([gathered(&w.lm_head, head_block)])
+            .max()
+            .unwrap_or(0);
+        if !self.release_pages {
+            let all = self.nbytes(&w.all_tensors()) + scratch;
+            return Resident {
+                gather: all,
+                layers: all,
+                logits: all,
+            };
+        }
+        let other = self.nbytes(&w.other_tensors());
+        let layer = w
+            .layers
+            .iter()
+            .map(|l| self.nbytes(&l.tensors))
+            .max()
+            .unwrap_or(0);
+        let table = self.nbytes(&w.embed_tensors());
+        // Each prompt row touches its own page(s), never more than the whole table; a row
+        // read across a table whose rows are not contiguous touches every page.
+        let touched = if self.row_bytes(&w.embed.view).is_some() {
+            let row = table / w.embed.rows.max(1) as u128;
+            (tokens as u128 * (row + FAULT_AROUND)).min(table)
+        } else {
+            table
+        };
+        let head_all = self.nbytes(&w.head_tensors());
+        let head = if self.releases_by_rows(&w.lm_head) {
+            let out = w.lm_head.out.max(1) as u128;
+            head_all / out * out.min(head_block as u128) + FAULT_AROUND
+        } else {
+            head_all
+        };
+        Resident {
+            gather: touched + other,
+            layers: layer + other + scratch,
+            logits: head + other + scratch,
+        }
+    }
+}
+
+/// The view of outputs `outs` of `m` (`[outs.len(), in]`).
+fn block(m: &Matrix, outs: Range<usize>) -> Result<View, ModelError> {
+    if outs.start == 0 && outs.end == m.out {
+        return Ok(m.view.clone());
+    }
+    m.view
+        .clone()
+        .slice(0, outs.start, outs.len())
+        .map_err(|e| ModelError::Internal(format!("`{}`: {e}", m.name)))
+}
+
+/// True when the `[out, in]` view's output axis lies more contiguously in its source than its
+/// input axis (a Flax `[in, out]` kernel, a RoPE-permuted one): gathering `[in, out]` rows
+/// then reads runs instead of single elements.
+fn reads_columns_faster(view: &View) -> bool {
+    fn inner_strides(v: &View) -> Option<(usize, usize)> {
+        match v {
+            View::Strided(s) => {
+                let inner = |a: usize| {
+                    s.axes
+                        .get(a)
+                        .and_then(|ax| ax.0.last())
+                        .map_or(usize::MAX, |&(_, st)| st)
+                };
+                Some((inner(0), inner(1)))
+            }
+            View::Pieces(p) => p.chunks.first().and_then(|(_, v)| inner_strides(v)),
+        }
+    }
+    inner_strides(view).is_some_and(|(out, inp)| out < inp)
+}
+
+/// Weight bytes resident in each phase of a forward (see [`Reader::resident_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Resident {
+    /// While the prompt's embedding rows are gathered.
+    pub gather: u128,
+    /// While the layers run (the embedding released).
+    pub layers: u128,
+    /// While the logits are computed.
+    pub logits: u128,
+}
