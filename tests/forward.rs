@@ -338,3 +338,34 @@ fn logits_at_chosen_positions_are_rows_of_the_full_logits() {
         }
     }
 }
+
+/// The made-up JAX port of the qwen2 fixture (its own names, `[in, out]` kernels, q/k and their
+/// biases in interleaved RoPE order, gate/up fused), read through its layout file: a pure
+/// relayout, so the same bits as qwen2 at every stage, for short and long prompts.
+#[test]
+fn qwen2_port_through_its_layout_is_bit_identical_to_qwen2() {
+    use orient_inspect::layout::convention;
+    use std::sync::Arc;
+    let layout =
+        convention::load_with(&fixture("qwen2-port/layout.toml"), convention::builtins()).unwrap();
+    let ckpt = Checkpoint::open(fixture("qwen2-port")).unwrap();
+    let mut port = Model::with_layouts(&ckpt, &[Arc::new(layout)]).unwrap();
+    assert_eq!(port.convention(), "qwen2-jax-port");
+    assert!(port.notes().is_empty(), "{:?}", port.notes());
+    let ids = reference("qwen2").input_ids;
+    for len in [80, 1, 2, 3] {
+        let a = port.forward(&ids[..len], true).unwrap();
+        let b = run("qwen2", &ids[..len]);
+        assert_eq!(bits(&a.logits), bits(&b.logits), "{len} tokens: logits");
+        assert_eq!(bits(&a.embedding), bits(&b.embedding), "{len} tokens");
+        for (i, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
+            assert_eq!(
+                bits(&x.after_attention),
+                bits(&y.after_attention),
+                "layer {i}"
+            );
+            assert_eq!(bits(&x.output), bits(&y.output), "{len} tokens: layer {i}");
+        }
+        assert_eq!(bits(&a.final_norm), bits(&b.final_norm), "{len} tokens");
+    }
+}

@@ -174,3 +174,96 @@ fn demo_inspects_converts_and_verifies_the_bundled_flax_qwen2() {
         .stdout(predicate::str::contains("80/80"))
         .stdout(predicate::str::contains("PASS"));
 }
+
+/// `orient verify --layout` on the made-up JAX port of qwen2: passes against transformers'
+/// reference, with exactly the numbers of verifying qwen2 itself.
+#[test]
+fn verify_a_port_through_its_layout_file() {
+    let verify = |model: &str, layout: bool| -> serde_json::Value {
+        let mut c = orient();
+        c.args(["verify", "--json"]).arg(fixture(model));
+        if layout {
+            c.arg("--layout").arg(fixture("qwen2-port/layout.toml"));
+        }
+        let out = c
+            .arg("--reference")
+            .arg(fixture("qwen2/reference.safetensors"))
+            .assert()
+            .code(0)
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let port = verify("qwen2-port", true);
+    let qwen2 = verify("qwen2", false);
+    assert_eq!(port["passed"], true);
+    assert!(
+        port["comparison"]["rows"][4]["diff"]["max_abs"]
+            .as_f64()
+            .unwrap()
+            <= 1e-4
+    );
+    assert_eq!(port["comparison"], qwen2["comparison"]);
+}
+
+/// `orient run --layout`: the port's next-token candidates are qwen2's, bit for bit, and the
+/// header names the layout it was read in.
+#[test]
+fn run_a_port_through_its_layout_file() {
+    let run = |model: &str, layout: bool| -> serde_json::Value {
+        let mut c = orient();
+        c.args([
+            "run",
+            "--json",
+            "--all-positions",
+            "--tokens",
+            "5,17,300,2,99,511,0,42",
+        ])
+        .arg(fixture(model));
+        if layout {
+            c.arg("--layout").arg(fixture("qwen2-port/layout.toml"));
+        }
+        let out = c.assert().success().get_output().stdout.clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let port = run("qwen2-port", true);
+    assert_eq!(port["convention"], "qwen2-jax-port");
+    assert_eq!(port["notes"], serde_json::json!([]));
+    assert_eq!(port["positions"], run("qwen2", false)["positions"]);
+}
+
+/// Without its layout file the port cannot be read: exit 2, naming a missing tensor and the
+/// tensors no convention recognised, and saying what to do.
+#[test]
+fn a_port_without_its_layout_file_is_refused_with_a_hint() {
+    orient()
+        .arg("verify")
+        .arg(fixture("qwen2-port"))
+        .arg("--against")
+        .arg(fixture("qwen2"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing tensor `model.embed_tokens.embedding`"))
+        .stderr(predicate::str::contains(
+            "24 of its 25 tensors (e.g. `params.decoder.layer_0.attn.bk`) have names no known layout gives a qwen2 model",
+        ))
+        .stderr(predicate::str::contains("pass --layout FILE"));
+    // With it, against qwen2 itself: exact at every stage.
+    let out = orient()
+        .args(["verify", "--json", "--atol", "0", "--rtol", "0"])
+        .arg(fixture("qwen2-port"))
+        .arg("--layout")
+        .arg(fixture("qwen2-port/layout.toml"))
+        .arg("--against")
+        .arg(fixture("qwen2"))
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for row in v["comparison"]["rows"].as_array().unwrap() {
+        assert_eq!(row["diff"]["max_abs"], 0.0, "{row}");
+    }
+}

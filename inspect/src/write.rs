@@ -174,8 +174,18 @@ mod tests {
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let bytes = to_bytes(
             &[
-                Tensor { name: "z", dtype: Dtype::F32, shape: &[2, 3], data: &a },
-                Tensor { name: "ids", dtype: Dtype::I64, shape: &[2], data: &ids },
+                Tensor {
+                    name: "z",
+                    dtype: Dtype::F32,
+                    shape: &[2, 3],
+                    data: &a,
+                },
+                Tensor {
+                    name: "ids",
+                    dtype: Dtype::I64,
+                    shape: &[2],
+                    data: &ids,
+                },
             ],
             &meta,
         )
@@ -209,8 +219,11 @@ mod tests {
             e.to_string(),
             "tensor `x`: F32 [2] needs 8 bytes, but 4 were given"
         );
-        let e = to_bytes(&[t("x", &[1], &[0u8; 4]), t("x", &[1], &[0u8; 4])], &BTreeMap::new())
-            .unwrap_err();
+        let e = to_bytes(
+            &[t("x", &[1], &[0u8; 4]), t("x", &[1], &[0u8; 4])],
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert_eq!(e, WriteError::Duplicate("x".into()));
         assert_eq!(
             to_bytes(&[t("__metadata__", &[1], &[0u8; 4])], &BTreeMap::new()).unwrap_err(),

@@ -498,7 +498,9 @@ fn linear(
         ))
     };
     let (out_len, x_len) = (out.len(), x.len());
-    let out = out.get_mut(..t * n).ok_or_else(|| size(out_len, "the output"))?;
+    let out = out
+        .get_mut(..t * n)
+        .ok_or_else(|| size(out_len, "the output"))?;
     let x = x.get(..t * k).ok_or_else(|| size(x_len, "the input"))?;
     if let Some(bias) = &bias {
         if bias.len() != n {

@@ -19,6 +19,7 @@
 mod attention;
 pub mod compare;
 mod forward;
+mod locate;
 pub mod matmul;
 pub mod memory;
 pub mod ops;
@@ -59,26 +60,12 @@ pub enum ModelError {
         #[source]
         source: CatalogueError,
     },
-    /// No tensor of the checkpoint is named as any known convention names this architecture's.
-    #[error(
-        "{path}: none of its {tensors} tensors (e.g. `{example}`) is named as the {conventions} \
-         layouts name a {arch} model's; if its code names them its own way, describe that in a \
-         layout file and pass --layout FILE"
-    )]
-    NoKnownTensors {
-        /// Model folder.
-        path: String,
-        /// How many tensors it has.
-        tensors: usize,
-        /// One of their names.
-        example: String,
-        /// The architecture of its config.
-        arch: String,
-        /// The conventions tried, comma-separated.
-        conventions: String,
-    },
     /// A required weight is absent.
-    #[error("{path}: missing tensor `{name}`{} ({convention} layout)", if name == canonical { String::new() } else { format!(", the model's `{canonical}`") })]
+    #[error(
+        "{path}: missing tensor `{name}`{} ({convention} layout){}",
+        if name == canonical { String::new() } else { format!(", the model's `{canonical}`") },
+        unrecognised.as_ref().map_or(String::new(), |u| format!("; {u}"))
+    )]
     MissingTensor {
         /// Model folder.
         path: String,
@@ -88,6 +75,9 @@ pub enum ModelError {
         canonical: String,
         /// The convention.
         convention: String,
+        /// The checkpoint's tensors no convention recognised, when there are any: the likely
+        /// reason (a checkpoint that names its tensors its own way).
+        unrecognised: Option<Unrecognised>,
     },
     /// The same weight is stored under two names (e.g. both its HF and Flax forms).
     #[error("{path}: `{canonical}` is stored twice, as `{first}` and as `{second}`")]
@@ -202,6 +192,30 @@ impl std::fmt::Display for ShapeMismatch {
             f,
             "{}: tensor `{}` has shape {:?}, expected {:?} ({}, {} layout)",
             self.path, self.name, self.found, self.expected, self.formula, self.convention
+        )
+    }
+}
+
+/// Tensors of a checkpoint that no known convention names (see [`ModelError::MissingTensor`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecognised {
+    /// How many.
+    pub count: usize,
+    /// Tensors in the checkpoint.
+    pub total: usize,
+    /// The first one's name.
+    pub example: String,
+    /// The architecture of the config.
+    pub arch: String,
+}
+
+impl std::fmt::Display for Unrecognised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of its {} tensors (e.g. `{}`) have names no known layout gives a {} model: if \
+             its code names them its own way, describe that in a layout file and pass --layout FILE",
+            self.count, self.total, self.example, self.arch
         )
     }
 }
@@ -449,7 +463,7 @@ impl<'c> Model<'c> {
     ) -> Result<Model<'c>, ModelError> {
         let config = model_config(ckpt)?;
         let traits = traits::Traits::of(&config)?;
-        let located = weights::locate(ckpt, &config, &traits, layouts)?;
+        let located = locate::locate(ckpt, &config, &traits, layouts)?;
         Ok(Model {
             config,
             traits,

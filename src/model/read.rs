@@ -113,7 +113,8 @@ impl<'c> Reader<'c> {
 
     /// A 1-D weight as f32.
     pub fn vector(&self, v: &Vector) -> Result<Vec<f32>, ModelError> {
-        let out = gather::to_f32(&v.view, &self.sources).map_err(|e| self.read_error(&v.name, e))?;
+        let out =
+            gather::to_f32(&v.view, &self.sources).map_err(|e| self.read_error(&v.name, e))?;
         self.check(&v.view)?;
         Ok(out)
     }
@@ -381,4 +382,152 @@ pub(crate) struct Resident {
     pub layers: u128,
     /// While the logits are computed.
     pub logits: u128,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use orient_inspect::write;
+    use orient_inspect::Dtype;
+
+    /// A checkpoint of one `[3, 4]` matrix `w[o, i] = 10·o + i` stored four ways: as is (f32),
+    /// transposed (f32 `[4, 3]`), as bf16, and as f32 with a permuted row order.
+    fn checkpoint(dir: &std::path::Path) -> Checkpoint {
+        let w = |o: usize, i: usize| (10 * o + i) as f32;
+        let f32s = |v: Vec<f32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let plain = f32s((0..3).flat_map(|o| (0..4).map(move |i| w(o, i))).collect());
+        let transposed = f32s((0..4).flat_map(|i| (0..3).map(move |o| w(o, i))).collect());
+        let bf16: Vec<u8> = (0..3)
+            .flat_map(|o| (0..4).map(move |i| w(o, i)))
+            .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let tensors = [
+            write::Tensor {
+                name: "a_plain",
+                dtype: Dtype::F32,
+                shape: &[3, 4],
+                data: &plain,
+            },
+            write::Tensor {
+                name: "b_transposed",
+                dtype: Dtype::F32,
+                shape: &[4, 3],
+                data: &transposed,
+            },
+            write::Tensor {
+                name: "c_bf16",
+                dtype: Dtype::BF16,
+                shape: &[3, 4],
+                data: &bf16,
+            },
+        ];
+        let path = dir.join("model.safetensors");
+        std::fs::write(
+            &path,
+            write::to_bytes(&tensors, &Default::default()).unwrap(),
+        )
+        .unwrap();
+        Checkpoint::open(&path).unwrap()
+    }
+
+    fn matrix(view: View) -> Matrix {
+        let shape = view.shape();
+        Matrix {
+            view,
+            out: shape[0],
+            inp: shape[1],
+            name: "w".into(),
+        }
+    }
+
+    /// Every element of the `[in, out]` operand for outputs `outs` of `m`.
+    fn operand(r: &mut Reader<'_>, m: &Matrix, outs: Range<usize>) -> Vec<Vec<f32>> {
+        let mr = r.matrix(m, outs.clone()).unwrap();
+        assert_eq!((mr.rows(), mr.cols()), (m.inp, outs.len()));
+        (0..m.inp)
+            .map(|i| (0..outs.len()).map(|o| mr.get(i, o).unwrap()).collect())
+            .collect()
+    }
+
+    fn expected(outs: Range<usize>, rows: &[usize]) -> Vec<Vec<f32>> {
+        (0..4)
+            .map(|i| outs.clone().map(|o| (10 * rows[o] + i) as f32).collect())
+            .collect()
+    }
+
+    #[test]
+    fn plain_and_transposed_f32_are_read_in_place_other_views_gathered() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = checkpoint(dir.path());
+        let mut r = Reader::new(&ckpt);
+        let ids = [0, 1, 2];
+        let plain = matrix(View::contiguous(0, &[3, 4]));
+        let transposed = matrix(View::contiguous(1, &[4, 3]).transpose_last().unwrap());
+        let bf16 = matrix(View::contiguous(2, &[3, 4]));
+        // rows in the order 2, 0, 1: a permutation no single stride expresses
+        let permuted = matrix(
+            View::contiguous(0, &[3, 4])
+                .slice(0, 2, 1)
+                .and_then(|last| {
+                    View::concat(0, vec![last, View::contiguous(0, &[3, 4]).slice(0, 0, 2)?])
+                })
+                .unwrap(),
+        );
+        assert!(r.in_place(&plain.view).is_some());
+        assert!(r.in_place(&transposed.view).is_some());
+        assert!(r.in_place(&bf16.view).is_none());
+        assert!(r.in_place(&permuted.view).is_none());
+        for m in [&plain, &transposed, &bf16] {
+            assert_eq!(
+                operand(&mut r, m, 0..3),
+                expected(0..3, &ids),
+                "{:?}",
+                m.view
+            );
+            assert_eq!(
+                operand(&mut r, m, 1..3),
+                expected(1..3, &ids),
+                "{:?}",
+                m.view
+            );
+        }
+        assert_eq!(operand(&mut r, &permuted, 0..3), expected(0..3, &[2, 0, 1]));
+        // the transposed gather reads [in, out] rows; the plain one [out, in] rows
+        assert!(reads_columns_faster(&transposed.view));
+        assert!(!reads_columns_faster(&plain.view));
+    }
+
+    #[test]
+    fn rows_vectors_and_release_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = checkpoint(dir.path());
+        let r = Reader::new(&ckpt);
+        let table = Table {
+            view: View::contiguous(1, &[4, 3]).transpose_last().unwrap(),
+            rows: 3,
+            name: "t".into(),
+        };
+        // rows of a transposed table are gathered across the stored columns
+        assert_eq!(
+            r.rows(&table, &[2, 0]).unwrap(),
+            [20.0, 21.0, 22.0, 23.0, 0.0, 1.0, 2.0, 3.0]
+        );
+        assert!(r.rows(&table, &[3]).is_err());
+        let v = Vector {
+            view: View::contiguous(2, &[12]).slice(0, 4, 4).unwrap(),
+            name: "v".into(),
+        };
+        assert_eq!(r.vector(&v).unwrap(), [10.0, 11.0, 12.0, 13.0]);
+        assert_eq!(
+            r.norm_weight(&v, NormKind::Rms { offset: 1.0 }).unwrap(),
+            [11.0, 12.0, 13.0, 14.0]
+        );
+        // contiguous rows release by block (any dtype); a transposed matrix does not
+        let (k, bytes) = r
+            .row_bytes(&View::contiguous(2, &[3, 4]).slice(0, 1, 2).unwrap())
+            .unwrap();
+        assert_eq!((k, bytes.len()), (2, 2 * 4 * 2));
+        assert!(r.row_bytes(&table.view).is_none());
+    }
 }

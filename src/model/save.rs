@@ -177,7 +177,11 @@ impl RefFile<'_> {
     }
 
     /// The F32 2-D tensor `name` with its shape, `None` when absent.
-    fn f32_tensor(&self, name: &str, width: Option<usize>) -> Result<Option<Stored>, ReferenceError> {
+    fn f32_tensor(
+        &self,
+        name: &str,
+        width: Option<usize>,
+    ) -> Result<Option<Stored>, ReferenceError> {
         let Some(t) = self.get(name) else {
             return Ok(None);
         };
@@ -220,7 +224,9 @@ impl RefFile<'_> {
 
     /// `input_ids` (I64 `[T]`) as token ids.
     fn input_ids(&self) -> Result<Vec<u32>, ReferenceError> {
-        let ids = self.get("input_ids").ok_or_else(|| self.missing("input_ids"))?;
+        let ids = self
+            .get("input_ids")
+            .ok_or_else(|| self.missing("input_ids"))?;
         if ids.dtype != Dtype::I64 || ids.shape.len() != 1 {
             return Err(self.malformed(ids, "I64 [T]".into()));
         }

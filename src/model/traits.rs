@@ -159,7 +159,9 @@ impl Traits {
         #[allow(unreachable_patterns)] // architectures the catalogue knows before the forward
         match cfg.arch {
             Arch::Llama => llama_family(Window::Full),
-            Arch::Mistral => llama_family(cfg.sliding_window.map_or(Window::Full, Window::EveryLayer)),
+            Arch::Mistral => {
+                llama_family(cfg.sliding_window.map_or(Window::Full, Window::EveryLayer))
+            }
             Arch::Qwen2 | Arch::Qwen3 => {
                 llama_family(cfg.sliding_window.map_or(Window::Full, Window::SomeLayers))
             }
@@ -183,10 +185,9 @@ impl Traits {
         match self.window {
             Window::Full => Ok(None),
             Window::EveryLayer(w) => Ok((w < tokens).then_some(w)),
-            Window::SomeLayers(w) if w < tokens => Err(ModelError::UnsupportedSlidingWindow {
-                window: w,
-                tokens,
-            }),
+            Window::SomeLayers(w) if w < tokens => {
+                Err(ModelError::UnsupportedSlidingWindow { window: w, tokens })
+            }
             Window::SomeLayers(_) => Ok(None),
         }
     }
@@ -229,7 +230,10 @@ mod tests {
         let t = Traits::of(&cfg(&llama(""))).unwrap();
         assert_eq!(t.norm, NormKind::Rms { offset: 0.0 });
         assert_eq!((t.mlp, t.activation), (MlpKind::Gated, Activation::Silu));
-        assert!(matches!(t.position, Position::Rotary(Rotary { dims: 16, .. })));
+        assert!(matches!(
+            t.position,
+            Position::Rotary(Rotary { dims: 16, .. })
+        ));
         let g = Traits::of(&cfg(
             r#"{"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 512}"#,
         ))
@@ -268,7 +272,10 @@ mod tests {
         assert_eq!(q.window(8).unwrap(), None);
         assert!(matches!(
             q.window(9),
-            Err(ModelError::UnsupportedSlidingWindow { window: 8, tokens: 9 })
+            Err(ModelError::UnsupportedSlidingWindow {
+                window: 8,
+                tokens: 9
+            })
         ));
     }
 }

@@ -7,20 +7,18 @@
 //! is a strided view, a slice of a fused `c_attn` or `gate_up` tensor an offset one, a
 //! RoPE-permuted projection an index map. Nothing is read here; [`super::read::Reader`]
 //! reads a view when the forward multiplies by it. So model code never spells a tensor name:
-//! it asks for `layer.q`, and the names, transforms and shapes come from the catalogue.
+//! it asks for `layer.q`, and the names, transforms and shapes come from the catalogue
+//! ([`super::locate`] binds the checkpoint; [`Slots::assemble`] builds the structs the
+//! architecture's traits call for).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use orient_inspect::layout::arch::{Role, Slot};
-use orient_inspect::layout::catalogue::{Catalogue, ConvId, HF};
-use orient_inspect::layout::convention::Convention;
-use orient_inspect::layout::resolve::{BindError, ReadTransposed, Verdict};
+use orient_inspect::layout::arch::Slot;
 use orient_inspect::layout::view::View;
-use orient_inspect::{Checkpoint, ModelConfig};
+use orient_inspect::ModelConfig;
 
 use super::traits::{MlpKind, NormKind, Position, Traits};
-use super::{LoadNote, ModelError, ShapeMismatch};
+use super::ModelError;
 
 /// A 1-D weight (a norm scale, a bias), read whole when a layer needs it.
 #[derive(Clone, Debug)]
@@ -205,271 +203,25 @@ impl ModelWeights {
     }
 }
 
-/// The weights of a checkpoint, what loading noticed, and the convention they were read in.
-#[derive(Debug)]
-pub(crate) struct Located {
-    /// The typed weights.
-    pub weights: ModelWeights,
-    /// Notes, in tensor order, then the lm_head's.
-    pub notes: Vec<LoadNote>,
-    /// Name of the convention the checkpoint was bound in.
-    pub convention: String,
-}
-
-/// The convention a checkpoint is read in: the one the detector finds, else the user's
-/// layout file, else the one with the most names of its own (HF on a tie or without
-/// evidence).
-fn choose_convention(
-    cat: &Catalogue,
-    tensors: &[(&str, &[usize])],
-    layouts: &[Arc<Convention>],
-) -> ConvId {
-    let candidates: Vec<ConvId> = (0..cat.conventions().len()).collect();
-    let detection = cat.detect(tensors, &candidates);
-    let layout = layouts.last().and_then(|l| cat.convention_id(&l.name));
-    match (&detection.verdict, layout) {
-        (Verdict::One(c), _) => *c,
-        (_, Some(l)) => l,
-        _ => detection
-            .only_names
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .max_by_key(|(c, n)| (*n, std::cmp::Reverse(*c)))
-            .map_or(HF, |(c, _)| *c),
-    }
-}
-
-/// Binds every tensor of `ckpt` through the catalogue of `cfg` (built-in conventions plus
-/// `layouts`), checks names, shapes and dtypes, and builds the typed weights `traits` need.
-/// Nothing is read.
-pub(crate) fn locate(
-    ckpt: &Checkpoint,
-    cfg: &ModelConfig,
-    traits: &Traits,
-    layouts: &[Arc<Convention>],
-) -> Result<Located, ModelError> {
-    let path = ckpt.root().display().to_string();
-    let cat = Catalogue::for_model(cfg, layouts).map_err(|source| ModelError::Layout {
-        path: path.clone(),
-        source,
-    })?;
-    let tensors = ckpt.tensors();
-    let pairs: Vec<(&str, &[usize])> = tensors
-        .iter()
-        .map(|t| (t.name.as_str(), t.shape.as_slice()))
-        .collect();
-    let conv = choose_convention(&cat, &pairs, layouts);
-    let convention = cat.conventions()[conv].name.clone();
-    let names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
-    let binding = cat.bind(&names, conv);
-    if let Some(&(a, b)) = binding.duplicates.first() {
-        let canonical = binding.hits[a]
-            .and_then(|h| cat.forms()[h.form].entries.get(h.member)?.get(h.part).copied())
-            .map_or_else(|| names[a].to_string(), |e| cat.entries()[e].name.clone());
-        return Err(ModelError::DuplicateTensor {
-            path,
-            canonical,
-            first: names[a].to_string(),
-            second: names[b].to_string(),
-        });
-    }
-
-    // Per tensor: unknown names are noted, weights of a dtype the forward cannot read refused.
-    let mut notes: BTreeMap<usize, LoadNote> = BTreeMap::new();
-    let mut bound = 0usize;
-    for (k, (t, hit)) in tensors.iter().zip(&binding.hits).enumerate() {
-        let Some(h) = hit else {
-            notes.insert(
-                k,
-                LoadNote::Ignored {
-                    name: t.name.clone(),
-                },
-            );
-            continue;
-        };
-        let is_buffer = cat.forms()[h.form]
-            .entries
-            .iter()
-            .flatten()
-            .all(|&e| cat.entries()[e].role == Role::Buffer);
-        if is_buffer {
-            continue;
-        }
-        bound += 1;
-        if !t.dtype.is_computable() {
-            return Err(ModelError::UnsupportedDtype {
-                path,
-                name: t.name.clone(),
-                dtype: t.dtype.name(),
-            });
-        }
-    }
-    if bound == 0 {
-        return Err(ModelError::NoKnownTensors {
-            path,
-            tensors: tensors.len(),
-            example: names.first().map(|n| n.to_string()).unwrap_or_default(),
-            arch: cfg.arch.model_type().to_string(),
-            conventions: cat
-                .conventions()
-                .iter()
-                .map(|c| c.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-
-    // Every bound weight's canonical view: checks each stored shape (a 2-D tensor stored as
-    // the exact transpose of its expected shape is read transposed, and noted).
-    let shapes: Vec<&[usize]> = pairs.iter().map(|(_, s)| *s).collect();
-    let mut canonical: Vec<Option<View>> = vec![None; cat.entries().len()];
-    for (e, entry) in cat.entries().iter().enumerate() {
-        if !entry.is_weight() {
-            continue;
-        }
-        let conv_of = |f: Option<usize>| {
-            f.map_or(convention.clone(), |f| {
-                cat.conventions()[cat.forms()[f].convention].name.clone()
-            })
-        };
-        match binding.entry_view(&cat, e, &shapes) {
-            Ok(Some((view, transposed))) => {
-                canonical[e] = Some(view);
-                for ReadTransposed {
-                    tensor,
-                    found,
-                    expected,
-                } in transposed
-                {
-                    notes.insert(
-                        tensor,
-                        LoadNote::ReadTransposed {
-                            name: names[tensor].to_string(),
-                            found,
-                            expected,
-                        },
-                    );
-                }
-            }
-            Ok(None) => {}
-            Err(BindError::Shape {
-                tensor,
-                found,
-                expected,
-            }) => {
-                return Err(ModelError::ShapeMismatch(Box::new(ShapeMismatch {
-                    path,
-                    name: names[tensor].to_string(),
-                    found,
-                    expected,
-                    formula: entry.shape_formula.clone(),
-                    convention: conv_of(binding.entry_form[e]),
-                })))
-            }
-            Err(BindError::Missing { name }) => {
-                return Err(ModelError::MissingTensor {
-                    path,
-                    name,
-                    canonical: entry.name.clone(),
-                    convention: conv_of(binding.entry_form[e]),
-                })
-            }
-            Err(BindError::Transform(source)) => {
-                return Err(ModelError::Internal(format!(
-                    "reading `{}` through its layout: {source}",
-                    entry.name
-                )))
-            }
-        }
-    }
-    let mut notes: Vec<LoadNote> = notes.into_values().collect();
-
-    // Required entries that are absent. A missing lm_head is never fatal: the embedding is
-    // the only sensible head (what a tied model uses).
-    for (e, entry) in cat.entries().iter().enumerate() {
-        if entry.is_weight()
-            && entry.optional.is_none()
-            && entry.role != Role::LmHead
-            && canonical[e].is_none()
-        {
-            let stored = cat
-                .stored(e, conv)
-                .map_or_else(|| entry.name.clone(), |s| s.name.clone());
-            return Err(ModelError::MissingTensor {
-                path,
-                name: stored,
-                canonical: entry.name.clone(),
-                convention,
-            });
-        }
-    }
-
-    // Tied embeddings: compute the logits as the framework that loads the stored layout does.
-    // PyTorch ignores a stored head (logits from the embedding); a convention whose framework
-    // always owns a head (the Flax llama family: `Form::tied_stored`) uses it. A head that
-    // differs from the embedding then gives different logits, as in the two frameworks.
-    let head_entry = cat.entries().iter().position(|e| e.role == Role::LmHead);
-    if let Some(h) = head_entry {
-        let stored_head = binding.entry_form[h].filter(|_| canonical[h].is_some());
-        match (cfg.tie_word_embeddings, stored_head) {
-            (true, Some(f)) if cat.forms()[f].tied_stored => {
-                let name = binding.forms[&f]
-                    .iter()
-                    .flatten()
-                    .flatten()
-                    .next()
-                    .map_or_else(|| cat.entries()[h].name.clone(), |&k| names[k].to_string());
-                notes.push(LoadNote::TiedButOwnLmHead { name });
-            }
-            (true, Some(_)) => {
-                canonical[h] = None;
-                notes.push(LoadNote::TiedLmHeadIgnored);
-            }
-            (true, None) => notes.push(LoadNote::Tied),
-            (false, Some(_)) => {}
-            (false, None) => notes.push(LoadNote::UntiedButNoLmHead),
-        }
-    }
-
-    // Entries → the forward's slots (a fused tensor feeds several).
-    let mut slots = Slots::default();
-    for (e, view) in canonical.into_iter().enumerate() {
-        let Some(view) = view else { continue };
-        let entry = &cat.entries()[e];
-        let views = cat.slot_views(e, view).map_err(|source| {
-            ModelError::Internal(format!("deriving the forward's slots of `{}`: {source}", entry.name))
-        })?;
-        let several = views.len() > 1;
-        for (slot, v) in views {
-            let name = if several {
-                format!("{} ({})", entry.name, slot_name(slot))
-            } else {
-                entry.name.clone()
-            };
-            slots.0.insert((entry.layer, slot), (v, name));
-        }
-    }
-    let weights = slots.assemble(cfg, traits)?;
-    Ok(Located {
-        weights,
-        notes,
-        convention,
-    })
-}
-
 /// The slot's name in the catalogue's spelling (`q_bias`, `lm_head`).
-fn slot_name(slot: Slot) -> String {
+pub(crate) fn slot_name(slot: Slot) -> String {
     serde_json::to_value(slot)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_else(|| format!("{slot:?}"))
 }
 
-/// Views by (layer, slot), consumed as the typed structs are built.
-#[derive(Default)]
-struct Slots(HashMap<(Option<usize>, Slot), (View, String)>);
+/// Views by (layer, slot), each with a name for messages; consumed as the typed structs are
+/// built.
+#[derive(Debug, Default)]
+pub(crate) struct Slots(HashMap<(Option<usize>, Slot), (View, String)>);
 
 impl Slots {
+    /// Adds the view of `slot` (of layer `layer`).
+    pub fn insert(&mut self, layer: Option<usize>, slot: Slot, view: View, name: String) {
+        self.0.insert((layer, slot), (view, name));
+    }
+
     fn take(&mut self, layer: Option<usize>, slot: Slot) -> Option<(View, String)> {
         self.0.remove(&(layer, slot))
     }
@@ -526,7 +278,9 @@ impl Slots {
                 view,
                 name,
             }),
-            other => Err(ModelError::Internal(format!("`{name}` is {other:?}, not a table"))),
+            other => Err(ModelError::Internal(format!(
+                "`{name}` is {other:?}, not a table"
+            ))),
         }
     }
 
@@ -570,7 +324,12 @@ impl Slots {
         Ok(layer)
     }
 
-    fn assemble(mut self, cfg: &ModelConfig, traits: &Traits) -> Result<ModelWeights, ModelError> {
+    /// The typed weights `traits` call for; an error names a slot the catalogue left empty.
+    pub fn assemble(
+        mut self,
+        cfg: &ModelConfig,
+        traits: &Traits,
+    ) -> Result<ModelWeights, ModelError> {
         let embed = self.table(None, Slot::Embed)?;
         let position = match traits.position {
             Position::Learned => Some(self.table(None, Slot::PositionEmbed)?),
