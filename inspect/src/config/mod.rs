@@ -99,7 +99,11 @@ const ARCHS: &[(Arch, &str, &[&str])] = &[
     (Arch::Qwen3, "qwen3", &["Qwen3ForCausalLM", "Qwen3Model"]),
     (Arch::Gpt2, "gpt2", &["GPT2LMHeadModel", "GPT2Model"]),
     (Arch::Gemma, "gemma", &["GemmaForCausalLM", "GemmaModel"]),
-    (Arch::Gemma2, "gemma2", &["Gemma2ForCausalLM", "Gemma2Model"]),
+    (
+        Arch::Gemma2,
+        "gemma2",
+        &["Gemma2ForCausalLM", "Gemma2Model"],
+    ),
     (
         Arch::Gemma3,
         "gemma3_text",
@@ -184,7 +188,10 @@ impl Arch {
     /// True for the decoder family that shares llama's tensor names and computation (llama,
     /// mistral, qwen2, qwen3).
     pub fn is_llama_family(self) -> bool {
-        matches!(self, Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3)
+        matches!(
+            self,
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3
+        )
     }
 
     /// True for the Gemma family (`x·(1 + w)` norms, embeddings × √H).

@@ -149,10 +149,9 @@ pub(super) fn decoder_or_encoder(
         None => def.max_position_embeddings,
     };
     let norm_eps = match arch {
-        Arch::GptNeox | Arch::Bert => positive_finite(
-            raw.layer_norm_eps.unwrap_or(def.norm_eps),
-            "layer_norm_eps",
-        )?,
+        Arch::GptNeox | Arch::Bert => {
+            positive_finite(raw.layer_norm_eps.unwrap_or(def.norm_eps), "layer_norm_eps")?
+        }
         _ => positive_finite(raw.rms_norm_eps.unwrap_or(def.norm_eps), "rms_norm_eps")?,
     };
 
@@ -165,7 +164,13 @@ pub(super) fn decoder_or_encoder(
     };
     let partial_rotary_factor = rope.as_ref().map_or(1.0, |r| r.partial_rotary_factor);
     if uses_rope {
-        check_rotary(head_dim, head_dim_explicit, partial_rotary_factor, hidden_size, heads)?;
+        check_rotary(
+            head_dim,
+            head_dim_explicit,
+            partial_rotary_factor,
+            hidden_size,
+            heads,
+        )?;
     }
 
     let tie_word_embeddings = raw.tie_word_embeddings.unwrap_or(def.tie_word_embeddings);
@@ -193,14 +198,23 @@ pub(super) fn decoder_or_encoder(
         Arch::Gemma2 => (Some(50.0), Some(30.0)),
         _ => (None, None),
     };
-    let (attn_logit_softcapping, final_logit_softcapping) = if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
-        (
-            cap(raw.attn_logit_softcapping, attn_cap, "attn_logit_softcapping")?,
-            cap(raw.final_logit_softcapping, final_cap, "final_logit_softcapping")?,
-        )
-    } else {
-        (None, None)
-    };
+    let (attn_logit_softcapping, final_logit_softcapping) =
+        if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+            (
+                cap(
+                    raw.attn_logit_softcapping,
+                    attn_cap,
+                    "attn_logit_softcapping",
+                )?,
+                cap(
+                    raw.final_logit_softcapping,
+                    final_cap,
+                    "final_logit_softcapping",
+                )?,
+            )
+        } else {
+            (None, None)
+        };
     // Gemma2Config / Gemma3TextConfig: `query_pre_attn_scalar: int = 256`.
     let query_pre_attn_scalar = if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
         Some(positive_finite(
@@ -213,7 +227,10 @@ pub(super) fn decoder_or_encoder(
     let type_vocab_size = if arch == Arch::Bert {
         bert_checks(&raw)?;
         // BertConfig: `type_vocab_size: int = 2`.
-        Some(nonzero(raw.type_vocab_size.unwrap_or(2), "type_vocab_size")?)
+        Some(nonzero(
+            raw.type_vocab_size.unwrap_or(2),
+            "type_vocab_size",
+        )?)
     } else {
         None
     };

@@ -198,7 +198,7 @@ fn gemma3(raw: &RawConfig, max_position_embeddings: usize) -> Result<Rope, Confi
     };
     let flat: Vec<&str> = params
         .iter()
-        .filter(|(k, v)| !v.is_object() && !(v.is_null() && is_layer_type(k)))
+        .filter(|(k, v)| !(v.is_object() || v.is_null() && is_layer_type(k)))
         .map(|(k, _)| k.as_str())
         .collect();
     if !flat.is_empty() {
@@ -223,14 +223,14 @@ fn gemma3(raw: &RawConfig, max_position_embeddings: usize) -> Result<Rope, Confi
                 .to_string(),
         });
     }
-    let dict = |key: &str| -> Result<(Map<String, Value>, String), ConfigError> {
+    let dict = |key: &str| -> (Map<String, Value>, String) {
         let field = format!("rope_parameters.{key}");
         match params.get(key) {
-            Some(Value::Object(m)) => Ok((m.clone(), field)),
-            _ => Ok((Map::new(), field)),
+            Some(Value::Object(m)) => (m.clone(), field),
+            _ => (Map::new(), field),
         }
     };
-    let (mut full, mut full_field) = dict("full_attention")?;
+    let (mut full, mut full_field) = dict("full_attention");
     if let Some(Value::Object(s)) = &raw.rope_scaling {
         for (k, v) in s {
             full.insert(k.clone(), v.clone());
@@ -239,7 +239,7 @@ fn gemma3(raw: &RawConfig, max_position_embeddings: usize) -> Result<Rope, Confi
             full_field = "rope_scaling".to_string();
         }
     }
-    let (sliding, sliding_field) = dict("sliding_attention")?;
+    let (sliding, sliding_field) = dict("sliding_attention");
     let full_rope: RawRope = deserialize_named(&full, &format!("{full_field}."))?;
     let sliding_rope: RawRope = deserialize_named(&sliding, &format!("{sliding_field}."))?;
     let theta = match (full_rope.rope_theta, raw.rope_theta) {

@@ -432,9 +432,8 @@ fn error_inconsistent_heads() {
             kv_heads: 3
         }
     ));
-    let e = err(
-        r#"{"model_type": "gpt2", "n_embd": 64, "n_head": 5, "n_layer": 2, "vocab_size": 5}"#,
-    );
+    let e =
+        err(r#"{"model_type": "gpt2", "n_embd": 64, "n_head": 5, "n_layer": 2, "vocab_size": 5}"#);
     assert!(matches!(
         e,
         ConfigError::HiddenNotDivisibleByHeads {
@@ -553,7 +552,10 @@ use AttentionKind::{Full, Sliding};
 fn gemma_fixture_and_hub_config() {
     let c = fixture("gemma");
     assert_eq!(c.arch, Arch::Gemma);
-    assert_eq!((c.hidden_size, c.head_dim, c.q_dim, c.kv_dim), (32, 16, 64, 16));
+    assert_eq!(
+        (c.hidden_size, c.head_dim, c.q_dim, c.kv_dim),
+        (32, 16, 64, 16)
+    );
     assert!(c.head_dim_explicit);
     assert_eq!(c.num_key_value_heads, 1);
     assert!(c.tie_word_embeddings && c.norm_unit_offset && c.causal);
@@ -639,12 +641,16 @@ fn gemma2_fixture_and_hub_config() {
     let c = known(&format!(
         r#"{{{base}, "attn_logit_softcapping": null, "final_logit_softcapping": null}}"#
     ));
-    assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (None, None));
+    assert_eq!(
+        (c.attn_logit_softcapping, c.final_logit_softcapping),
+        (None, None)
+    );
     // A sliding layer without a window cannot run (transformers refuses it too).
     let e = err(&format!(r#"{{{base}, "sliding_window": null}}"#));
     assert!(
-        e.to_string()
-            .starts_with("field `sliding_window` has an invalid value: layer 0 is a sliding_attention layer"),
+        e.to_string().starts_with(
+            "field `sliding_window` has an invalid value: layer 0 is a sliding_attention layer"
+        ),
         "{e}"
     );
     // Gemma 2's RoPE is one flat dict: a nested one is refused by name.
@@ -676,7 +682,10 @@ fn gemma3_fixture_nested_rope_and_old_style() {
     assert_eq!(c.layer_rope(2), (1.0e6, None));
     assert!(c.qk_norm && c.norm_unit_offset);
     assert_eq!(c.query_pre_attn_scalar, Some(32.0));
-    assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (None, None));
+    assert_eq!(
+        (c.attn_logit_softcapping, c.final_logit_softcapping),
+        (None, None)
+    );
     assert_eq!(c.norm_placement, NormPlacement::Sandwich);
     // The same model in the 4.x spelling (what generate_zoo.py loads into transformers 5 to
     // the same logits): rope_theta + rope_local_base_freq + sliding_window_pattern.
@@ -705,7 +714,10 @@ fn gemma3_fixture_nested_rope_and_old_style() {
     );
     assert_eq!(c.layer_types.iter().filter(|k| **k == Full).count(), 5);
     assert_eq!(c.layer_types[5], Full);
-    assert_eq!(c.layer_rope(5), (1.0e6, Some(&RopeScaling::Linear { factor: 8.0 })));
+    assert_eq!(
+        c.layer_rope(5),
+        (1.0e6, Some(&RopeScaling::Linear { factor: 8.0 }))
+    );
     assert_eq!(c.layer_rope(4), (1.0e4, None));
     let base = r#""model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 7, "num_attention_heads": 4, "head_dim": 16, "vocab_size": 10"#;
@@ -776,7 +788,10 @@ fn phi3_fixture_and_rope_scaling_kept_for_refusal() {
 fn gpt_neox_fixtures_and_pythia_config() {
     let c = fixture("gpt-neox");
     assert_eq!(c.arch, Arch::GptNeox);
-    assert_eq!((c.head_dim, c.partial_rotary_factor, c.rotary_dim()), (16, 0.25, 4));
+    assert_eq!(
+        (c.head_dim, c.partial_rotary_factor, c.rotary_dim()),
+        (16, 0.25, 4)
+    );
     assert!(c.parallel_residual);
     assert!(c.qkv_bias && c.o_bias && c.mlp_bias && c.attention_bias);
     assert!(!c.tie_word_embeddings);
@@ -796,7 +811,10 @@ fn gpt_neox_fixtures_and_pythia_config() {
           "torch_dtype": "float16", "use_cache": true, "use_parallel_residual": true,
           "vocab_size": 50304}"#,
     );
-    assert_eq!((c.head_dim, c.rotary_dim(), c.rope_theta), (64, 16, 10000.0));
+    assert_eq!(
+        (c.head_dim, c.rotary_dim(), c.rope_theta),
+        (64, 16, 10000.0)
+    );
     // GPTNeoXConfig ignores a top-level rope_theta / partial_rotary_factor (5.24 reads
     // rotary_emb_base and rotary_pct, defaults 10000 and 0.25), and any head_dim / nKV.
     let c = known(
@@ -864,7 +882,10 @@ fn mixtral_fixture_and_hub_config() {
     );
     assert_eq!((c.rope_theta, c.num_key_value_heads), (1.0e6, 8));
     assert_eq!(
-        (c.moe.as_ref().unwrap().num_experts, c.moe.as_ref().unwrap().top_k),
+        (
+            c.moe.as_ref().unwrap().num_experts,
+            c.moe.as_ref().unwrap().top_k
+        ),
         (8, 2)
     );
     assert_eq!(c.layer_types, [Sliding]);
@@ -882,7 +903,16 @@ fn mixtral_fixture_and_hub_config() {
           "num_hidden_layers": 1, "num_attention_heads": 8, "vocab_size": 10,
           "num_local_experts": 100000}"#,
     );
-    assert!(matches!(e, ConfigError::TooLarge { field: "num_experts", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ConfigError::TooLarge {
+                field: "num_experts",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -938,7 +968,15 @@ fn qwen2_moe_fixture_hub_config_and_its_sliding_rule() {
     let c = known(&format!(r#"{{{base}, "qkv_bias": false}}"#));
     assert!(!c.qkv_bias);
     let e = err(&format!(r#"{{{base}, "decoder_sparse_step": 0}}"#));
-    assert!(matches!(e, ConfigError::Zero { field: "decoder_sparse_step" }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ConfigError::Zero {
+                field: "decoder_sparse_step"
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1022,7 +1060,9 @@ fn bert_fixture_hub_config_and_refusals() {
          distance_embedding tensors; transformers 5.24's BertModel silently ignores this field)"
     );
     let e = err(&format!(r#"{{{base}, "add_cross_attention": true}}"#));
-    assert!(matches!(e, ConfigError::Unsupported { ref field, .. } if field == "add_cross_attention"));
+    assert!(
+        matches!(e, ConfigError::Unsupported { ref field, .. } if field == "add_cross_attention")
+    );
     let c = known(&format!(r#"{{{base}, "is_decoder": true}}"#));
     assert!(c.causal);
 }
@@ -1056,9 +1096,7 @@ fn qwen_sliding_window_over_some_layers() {
                             "full_attention"]}}"#
     ));
     assert_eq!(c.layer_types, [Sliding, Full, Full, Full]);
-    let e = err(&format!(
-        r#"{{{base}, "layer_types": ["full_attention"]}}"#
-    ));
+    let e = err(&format!(r#"{{{base}, "layer_types": ["full_attention"]}}"#));
     assert_eq!(
         e.to_string(),
         "field `layer_types` has an invalid value: 1 entries for 4 layers (num_hidden_layers)"
