@@ -61,9 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = match parse_config(&text).with_context(|| format!("{}", path.display()))? {
         ConfigOutcome::Known(cfg) => cfg,
         ConfigOutcome::UnknownArch { model_type, .. } => anyhow::bail!(
-            "{}: the layout catalogue has no entry for model_type `{}` (known: llama, mistral, qwen2, qwen3, gpt2)",
+            "{}: the layout catalogue has no entry for model_type `{}` (known: {})",
             path.display(),
-            model_type.unwrap_or_default()
+            model_type.unwrap_or_default(),
+            orient_inspect::Arch::names().join(", ")
         ),
     };
     let opts = SynthOptions {

@@ -1043,6 +1043,22 @@ mod tests {
     }
 
     #[test]
+    fn built_ins_that_explain_a_file_equally_resolve_to_the_first() {
+        // A tied GPT-NeoX has no embed_out: every name is spelled alike in hf and hf-packed.
+        let cat = Catalogue::new(&tiny("gpt_neox", r#", "tie_word_embeddings": true"#));
+        let p = cat.convention_id("hf-packed").unwrap();
+        let hf = listing(&cat, HF);
+        let t: Vec<(&str, &[usize])> = hf.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
+        assert_eq!(cat.detect(&t, &[HF, FLAX, p]).verdict, Verdict::One(HF));
+        // Untied, embed_out (hf) or lm_head (hf-packed) decides.
+        let cat = Catalogue::new(&tiny("gpt_neox", ""));
+        let t = [("embed_out.weight", [512usize, 64].as_slice())];
+        assert_eq!(cat.detect(&t, &[HF, FLAX, p]).verdict, Verdict::One(HF));
+        let t = [("lm_head.weight", [512usize, 64].as_slice())];
+        assert_eq!(cat.detect(&t, &[HF, FLAX, p]).verdict, Verdict::One(p));
+    }
+
+    #[test]
     fn square_ambiguity() {
         let cat = Catalogue::new(&tiny("qwen2", ""));
         let amb: Vec<&str> = cat
