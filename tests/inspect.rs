@@ -267,7 +267,7 @@ fn no_config_and_unknown_arch_still_list_everything() {
 
     std::fs::write(
         dir.path().join("config.json"),
-        r#"{"model_type":"bert","hidden_size":8}"#,
+        r#"{"model_type":"falcon","hidden_size":8}"#,
     )
     .unwrap();
     let v = inspect_json(&[p]);
@@ -275,8 +275,8 @@ fn no_config_and_unknown_arch_still_list_everything() {
     assert!(v["summary"]["notes"][0]
         .as_str()
         .unwrap()
-        .contains("`bert` is not in the layout catalogue"));
-    assert_eq!(v["summary"]["config"], "unknown-architecture (bert)");
+        .contains("`falcon` is not in the layout catalogue"));
+    assert_eq!(v["summary"]["config"], "unknown-architecture (falcon)");
 }
 
 #[test]

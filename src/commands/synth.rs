@@ -61,9 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = match parse_config(&text).with_context(|| format!("{}", path.display()))? {
         ConfigOutcome::Known(cfg) => cfg,
         ConfigOutcome::UnknownArch { model_type, .. } => anyhow::bail!(
-            "{}: the layout catalogue has no entry for model_type `{}` (known: llama, mistral, qwen2, qwen3, gpt2)",
+            "{}: the layout catalogue has no entry for model_type `{}` (known: {})",
             path.display(),
-            model_type.unwrap_or_default()
+            model_type.unwrap_or_default(),
+            orient_inspect::Arch::names().join(", ")
         ),
     };
     let opts = SynthOptions {
@@ -79,10 +80,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // The config (or its folder) is this command's source: never replace it.
     let target = destination::check_destination(&args.config, &args.out, args.write.force)?;
-    let total: u64 = synth::tensors(&cfg, opts.dtype)?
-        .iter()
-        .map(|(t, _)| t.nbytes)
-        .sum();
+    let list = synth::tensors(&cfg, opts.dtype)?;
+    // The config resolver knows more architectures than synth's tensor list does yet: an
+    // empty list would be an empty "checkpoint".
+    if list.is_empty() {
+        anyhow::bail!(
+            "{}: synth cannot make model_type `{}` yet (it makes llama, mistral, qwen2, qwen3, gpt2)",
+            path.display(),
+            cfg.model_type
+        );
+    }
+    let total: u64 = list.iter().map(|(t, _)| t.nbytes).sum();
     super::convert::prepare_write(&target)?;
     let progress = output::progress::BytesProgress::new(!args.write.quiet, total, "synthesizing");
     let start = Instant::now();

@@ -99,6 +99,8 @@ pub enum Component {
     FinalNorm,
     /// The output projection.
     LmHead,
+    /// The pooler over the first token (BERT).
+    Pooler,
 }
 
 /// Where the forward uses a tensor. Matrices are read as `[out, in]`, tables as
@@ -156,6 +158,42 @@ pub enum Slot {
     FinalNormBias,
     /// Output projection `[V, H]`.
     LmHead,
+    /// Norm after attention: Gemma 2/3's `post_attention_layernorm` on the attention output
+    /// before the residual add; BERT's `attention.output.LayerNorm` on x + attention(x).
+    PostAttnNorm,
+    /// Its bias (BERT).
+    PostAttnNormBias,
+    /// Norm after the MLP: Gemma 2/3's `post_feedforward_layernorm` on the MLP output before the
+    /// residual add; BERT's `output.LayerNorm` on x + mlp(x).
+    PostMlpNorm,
+    /// Its bias (BERT).
+    PostMlpNormBias,
+    /// MoE router `[E, H]`: `softmax(x · routerᵀ)` picks the top-k experts.
+    Router,
+    /// One routed expert's gate projection `[I_moe, H]` (the entry's `expert` says which).
+    ExpertGate,
+    /// One routed expert's up projection `[I_moe, H]`.
+    ExpertUp,
+    /// One routed expert's down projection `[H, I_moe]`.
+    ExpertDown,
+    /// The shared expert's gate projection `[I_shared, H]` (Qwen2-MoE).
+    SharedGate,
+    /// The shared expert's up projection `[I_shared, H]`.
+    SharedUp,
+    /// The shared expert's down projection `[H, I_shared]`.
+    SharedDown,
+    /// The shared expert's output gate `[1, H]`: its output is scaled by sigmoid(x · gateᵀ).
+    SharedExpertGate,
+    /// Token-type table `[n_types, H]` (BERT).
+    TokenTypeEmbed,
+    /// Norm of the summed embeddings (BERT `embeddings.LayerNorm`).
+    EmbedNorm,
+    /// Its bias.
+    EmbedNormBias,
+    /// Pooler projection `[H, H]` (BERT: tanh(dense(first token))).
+    Pooler,
+    /// Its bias.
+    PoolerBias,
 }
 
 /// A config predicate for tensors that exist only in some models.
@@ -170,15 +208,32 @@ pub enum When {
     MlpBias,
     /// Per-head q/k norms ([`ModelConfig::qk_norm`]).
     QkNorm,
+    /// Per layer: the layer's MLP is the sparse mixture of experts
+    /// ([`ModelConfig::is_moe_layer`]).
+    MoeLayer,
+    /// Per layer: the layer's MLP is dense (every layer of a dense model).
+    DenseMlp,
 }
 
 impl When {
+    /// True when some layer (or the model) has the tensor.
     fn holds(self, cfg: &ModelConfig) -> bool {
         match self {
             When::QkvBias => cfg.qkv_bias,
             When::OBias => cfg.o_bias,
             When::MlpBias => cfg.mlp_bias,
             When::QkNorm => cfg.qk_norm,
+            When::MoeLayer => (0..cfg.num_hidden_layers).any(|i| cfg.is_moe_layer(i)),
+            When::DenseMlp => (0..cfg.num_hidden_layers).any(|i| !cfg.is_moe_layer(i)),
+        }
+    }
+
+    /// True when layer `layer` has the tensor.
+    fn holds_at(self, cfg: &ModelConfig, layer: usize) -> bool {
+        match self {
+            When::MoeLayer => cfg.is_moe_layer(layer),
+            When::DenseMlp => !cfg.is_moe_layer(layer),
+            other => other.holds(cfg),
         }
     }
 }
@@ -364,7 +419,9 @@ impl Entry {
 }
 
 /// Expands the templates of `cfg.arch` into concrete entries, in model order: rows containing
-/// `{i}` are expanded per layer, consecutive layer rows forming one block.
+/// `{i}` are expanded per layer, consecutive layer rows forming one block; within a layer,
+/// consecutive rows containing `{j}` are expanded per expert (expert 0's rows, then expert 1's).
+/// Per-layer conditions (`moe_layer`, `dense_mlp`) are decided layer by layer.
 pub fn expand(templates: &[Template], cfg: &ModelConfig) -> Result<Vec<Entry>, LayoutError> {
     let rows: Vec<(usize, &Template)> = templates
         .iter()
@@ -373,7 +430,12 @@ pub fn expand(templates: &[Template], cfg: &ModelConfig) -> Result<Vec<Entry>, L
         .collect();
     let mut entries = Vec::new();
     let mut block: Vec<(usize, &Template)> = Vec::new();
-    let one = |k: usize, t: &Template, layer: Option<usize>| -> Result<Entry, LayoutError> {
+    let experts = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
+    let one = |k: usize,
+               t: &Template,
+               layer: Option<usize>,
+               expert: Option<usize>|
+     -> Result<Entry, LayoutError> {
         let shape = t.shape.eval(cfg).map_err(|e| LayoutError {
             file: "built-in canonical.toml".into(),
             line: None,
@@ -395,15 +457,19 @@ pub fn expand(templates: &[Template], cfg: &ModelConfig) -> Result<Vec<Entry>, L
                 false,
             ),
         };
+        let mut name = t.name.clone();
+        if let Some(i) = layer {
+            name = name.replace("{i}", &i.to_string());
+        }
+        if let Some(j) = expert {
+            name = name.replace("{j}", &j.to_string());
+        }
         Ok(Entry {
-            name: match layer {
-                Some(i) => t.name.replace("{i}", &i.to_string()),
-                None => t.name.clone(),
-            },
+            name,
             role: t.role,
             component: t.component,
             layer,
-            expert: None,
+            expert,
             shape,
             shape_formula: t.shape.text.clone(),
             layout: t.layout.clone(),
@@ -413,12 +479,44 @@ pub fn expand(templates: &[Template], cfg: &ModelConfig) -> Result<Vec<Entry>, L
             template: k,
         })
     };
+    let no_experts = |t: &Template| LayoutError {
+        file: "built-in canonical.toml".into(),
+        line: None,
+        field: Some(t.name.clone()),
+        message: format!(
+            "a per-expert tensor, but the {} config has no experts",
+            cfg.model_type
+        ),
+    };
     let flush = |block: &mut Vec<(usize, &Template)>,
                  entries: &mut Vec<Entry>|
      -> Result<(), LayoutError> {
         for i in 0..cfg.num_hidden_layers {
-            for (k, t) in block.iter() {
-                entries.push(one(*k, t, Some(i))?);
+            let here: Vec<(usize, &Template)> = block
+                .iter()
+                .copied()
+                .filter(|(_, t)| t.when.is_none_or(|w| w.holds_at(cfg, i)))
+                .collect();
+            let mut r = 0;
+            while r < here.len() {
+                if !here[r].1.name.contains("{j}") {
+                    entries.push(one(here[r].0, here[r].1, Some(i), None)?);
+                    r += 1;
+                    continue;
+                }
+                let run_end = here[r..]
+                    .iter()
+                    .position(|(_, t)| !t.name.contains("{j}"))
+                    .map_or(here.len(), |n| r + n);
+                if experts == 0 {
+                    return Err(no_experts(here[r].1));
+                }
+                for j in 0..experts {
+                    for (k, t) in &here[r..run_end] {
+                        entries.push(one(*k, t, Some(i), Some(j))?);
+                    }
+                }
+                r = run_end;
             }
         }
         block.clear();
@@ -427,9 +525,14 @@ pub fn expand(templates: &[Template], cfg: &ModelConfig) -> Result<Vec<Entry>, L
     for (k, t) in rows {
         if t.name.contains("{i}") {
             block.push((k, t));
+        } else if t.name.contains("{j}") {
+            return Err(LayoutError {
+                message: "`{j}` (an expert) in a tensor that is not per layer (`{i}`)".into(),
+                ..no_experts(t)
+            });
         } else {
             flush(&mut block, &mut entries)?;
-            entries.push(one(k, t, None)?);
+            entries.push(one(k, t, None, None)?);
         }
     }
     flush(&mut block, &mut entries)?;

@@ -166,6 +166,8 @@ pub struct Catalogue {
 pub fn base_prefix(arch: Arch) -> &'static str {
     match arch {
         Arch::Gpt2 => "transformer.",
+        Arch::GptNeox => "gpt_neox.",
+        Arch::Bert => "bert.",
         _ => "model.",
     }
 }
@@ -191,11 +193,14 @@ impl Catalogue {
         Catalogue::with_conventions(cfg, all)
     }
 
-    /// The catalogue of `cfg` in `conventions` (built-ins first, by convention).
+    /// The catalogue of `cfg` in `conventions` (built-ins first, by convention). Conventions
+    /// restricted to other architectures (`archs` in their header, e.g. hf-packed) are left
+    /// out, so the built-in ids [`HF`] and [`FLAX`] hold for every model.
     pub fn with_conventions(
         cfg: &ModelConfig,
-        conventions: Vec<Arc<Convention>>,
+        mut conventions: Vec<Arc<Convention>>,
     ) -> Result<Catalogue, CatalogueError> {
+        conventions.retain(|c| c.archs.as_ref().is_none_or(|a| a.contains(&cfg.arch)));
         let templates = arch::builtin_templates();
         let entries = arch::expand(templates, cfg)?;
         let derive = entries
@@ -941,6 +946,26 @@ mod tests {
             tiny("qwen2", ""),
             tiny("qwen3", r#", "head_dim": 32"#),
             tiny_gpt2(""),
+            tiny("gemma", r#", "head_dim": 32, "attention_bias": true"#),
+            tiny(
+                "gemma2",
+                r#", "head_dim": 32, "tie_word_embeddings": false"#,
+            ),
+            tiny("gemma3_text", r#", "head_dim": 32"#),
+            tiny("phi3", r#", "tie_word_embeddings": true"#),
+            tiny("gpt_neox", r#", "tie_word_embeddings": true"#),
+            tiny("mixtral", r#", "num_local_experts": 3"#),
+            tiny(
+                "qwen2_moe",
+                r#", "num_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                    "shared_expert_intermediate_size": 32, "mlp_only_layers": [0]"#,
+            ),
+            tiny(
+                "qwen3_moe",
+                r#", "num_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                    "decoder_sparse_step": 2"#,
+            ),
+            tiny("bert", ""),
         ] {
             let cat = Catalogue::new(&c);
             for (f, form) in cat.forms().iter().enumerate() {
@@ -957,6 +982,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn experts_expand_per_layer_and_per_expert_in_model_order() {
+        let cat = Catalogue::new(&tiny(
+            "qwen2_moe",
+            r#", "num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16,
+                "shared_expert_intermediate_size": 32, "mlp_only_layers": [0]"#,
+        ));
+        let names: Vec<&str> = cat
+            .entries()
+            .iter()
+            .map(|e| e.name.as_str())
+            .filter(|n| n.contains(".mlp."))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "model.layers.0.mlp.gate_proj.weight",
+                "model.layers.0.mlp.up_proj.weight",
+                "model.layers.0.mlp.down_proj.weight",
+                "model.layers.1.mlp.gate.weight",
+                "model.layers.1.mlp.experts.0.gate_proj.weight",
+                "model.layers.1.mlp.experts.0.up_proj.weight",
+                "model.layers.1.mlp.experts.0.down_proj.weight",
+                "model.layers.1.mlp.experts.1.gate_proj.weight",
+                "model.layers.1.mlp.experts.1.up_proj.weight",
+                "model.layers.1.mlp.experts.1.down_proj.weight",
+                "model.layers.1.mlp.shared_expert.gate_proj.weight",
+                "model.layers.1.mlp.shared_expert.up_proj.weight",
+                "model.layers.1.mlp.shared_expert.down_proj.weight",
+                "model.layers.1.mlp.shared_expert_gate.weight",
+            ]
+        );
+        let e = cat
+            .entries()
+            .iter()
+            .find(|e| e.name == "model.layers.1.mlp.experts.1.down_proj.weight")
+            .unwrap();
+        assert_eq!(
+            (e.layer, e.expert, e.shape.clone()),
+            (Some(1), Some(1), vec![64, 16])
+        );
+        assert_eq!(e.slots, [Slot::ExpertDown]);
+        // In hf-packed the two experts of layer 1 are one gate_up tensor [E, 2·I_moe, H].
+        let p = cat.convention_id("hf-packed").unwrap();
+        let gu = cat
+            .resolve("model.layers.1.mlp.experts.gate_up_proj")
+            .unwrap();
+        let form = &cat.forms()[gu.form];
+        assert_eq!(form.convention, p);
+        assert_eq!(form.entries.len(), 2);
+        assert_eq!(form.single().unwrap().shape, [2, 32, 64]);
+        assert_eq!(
+            form.chain.describe(),
+            "fuse(concat, axis=0, outer=1) → stack(axis=0)"
+        );
+        assert_eq!(cat.resolve("model.layers.0.mlp.experts.gate_up_proj"), None);
+    }
+
+    #[test]
+    fn built_ins_that_explain_a_file_equally_resolve_to_the_first() {
+        // A tied GPT-NeoX has no embed_out: every name is spelled alike in hf and hf-packed.
+        let cat = Catalogue::new(&tiny("gpt_neox", r#", "tie_word_embeddings": true"#));
+        let p = cat.convention_id("hf-packed").unwrap();
+        let hf = listing(&cat, HF);
+        let t: Vec<(&str, &[usize])> = hf.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
+        assert_eq!(cat.detect(&t, &[HF, FLAX, p]).verdict, Verdict::One(HF));
+        // Untied, embed_out (hf) or lm_head (hf-packed) decides.
+        let cat = Catalogue::new(&tiny("gpt_neox", ""));
+        let t = [("embed_out.weight", [512usize, 64].as_slice())];
+        assert_eq!(cat.detect(&t, &[HF, FLAX, p]).verdict, Verdict::One(HF));
+        let t = [("lm_head.weight", [512usize, 64].as_slice())];
+        assert_eq!(cat.detect(&t, &[HF, FLAX, p]).verdict, Verdict::One(p));
     }
 
     #[test]

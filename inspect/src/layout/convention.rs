@@ -206,6 +206,10 @@ pub struct Convention {
     pub origin: String,
     /// Shipped with orient.
     pub builtin: bool,
+    /// The architectures it applies to (`None`: all). A catalogue for another architecture
+    /// leaves it out, so that a convention that differs from another only for some
+    /// architectures (hf-packed from hf) never competes with it elsewhere.
+    pub archs: Option<Vec<Arch>>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +236,8 @@ struct RawHeader {
     read_prefixes: Option<Vec<String>>,
     #[serde(default)]
     strip_base_prefix: Option<bool>,
+    #[serde(default)]
+    archs: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +277,7 @@ struct RawRule {
 pub const BUILTIN: &[(&str, &str)] = &[
     ("hf", include_str!("../../layouts/hf.toml")),
     ("flax", include_str!("../../layouts/flax.toml")),
+    ("hf-packed", include_str!("../../layouts/hf-packed.toml")),
 ];
 
 /// The built-in conventions, parsed once.
@@ -300,7 +307,10 @@ pub fn load(path: &std::path::Path) -> Result<Convention, LayoutError> {
 }
 
 /// Reads a user's layout file whose `base` may name any of `known`.
-pub fn load_with(path: &std::path::Path, known: &[Arc<Convention>]) -> Result<Convention, LayoutError> {
+pub fn load_with(
+    path: &std::path::Path,
+    known: &[Arc<Convention>],
+) -> Result<Convention, LayoutError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| LayoutError {
         file: file.clone(),
@@ -313,7 +323,7 @@ pub fn load_with(path: &std::path::Path, known: &[Arc<Convention>]) -> Result<Co
             file: &file,
             text: &text,
         },
-        builtins(),
+        known,
     )
 }
 
@@ -364,6 +374,11 @@ pub fn parse(src: &Source<'_>, known: &[Arc<Convention>]) -> Result<Convention, 
         ),
         None => None,
     };
+    let archs = h
+        .archs
+        .as_ref()
+        .map(|a| arch_list(src, a, "convention.archs"))
+        .transpose()?;
     let mut rules = raw
         .rule
         .iter()
@@ -395,7 +410,31 @@ pub fn parse(src: &Source<'_>, known: &[Arc<Convention>]) -> Result<Convention, 
         rules,
         origin: src.file.to_string(),
         builtin: false,
+        archs,
     })
+}
+
+/// A list of `model_type`s, each known.
+fn arch_list(
+    src: &Source<'_>,
+    a: &Spanned<Vec<String>>,
+    field: &str,
+) -> Result<Vec<Arch>, LayoutError> {
+    a.get_ref()
+        .iter()
+        .map(|n| {
+            Arch::from_model_type(n).ok_or_else(|| {
+                src.error(
+                    a.span(),
+                    field,
+                    format!(
+                        "unknown architecture `{n}` (known: {})",
+                        Arch::names().join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 fn rule(src: &Source<'_>, r: &RawRule, k: usize) -> Result<Rule, LayoutError> {
@@ -488,23 +527,7 @@ fn rule(src: &Source<'_>, r: &RawRule, k: usize) -> Result<Rule, LayoutError> {
     let archs = r
         .archs
         .as_ref()
-        .map(|a| {
-            a.get_ref()
-                .iter()
-                .map(|n| {
-                    Arch::from_model_type(n).ok_or_else(|| {
-                        src.error(
-                            a.span(),
-                            field("archs"),
-                            format!(
-                                "unknown architecture `{n}` (known: {})",
-                                Arch::names().join(", ")
-                            ),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
+        .map(|a| arch_list(src, a, &field("archs")))
         .transpose()?;
     let tied_stored = match &r.tied {
         None => false,
@@ -568,10 +591,15 @@ mod tests {
         let b = builtins();
         assert_eq!(
             b.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-            ["hf", "flax"]
+            ["hf", "flax", "hf-packed"]
         );
         assert!(b[0].rules.is_empty());
         assert_eq!(b[1].read_prefixes, ["params."]);
+        assert_eq!((&b[0].archs, &b[1].archs), (&None, &None));
+        assert_eq!(
+            b[2].archs.as_deref(),
+            Some([Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::GptNeox].as_slice())
+        );
     }
 
     #[test]
@@ -590,7 +618,7 @@ mod tests {
         assert_eq!(c.rules[0].origin, ("p.toml".to_string(), 7));
         for (text, want) in [
             ("[convention]\nname = \"hf\"\n", "p.toml:2: `convention.name`: `hf` is a built-in convention; choose another name"),
-            ("[convention]\nname = \"x\"\nbase = \"gguf2\"\n", "p.toml:3: `convention.base`: unknown convention `gguf2` (known: hf, flax)"),
+            ("[convention]\nname = \"x\"\nbase = \"gguf2\"\n", "p.toml:3: `convention.base`: unknown convention `gguf2` (known: hf, flax, hf-packed)"),
             ("[convention]\nname = \"x\"\n[[rule]]\ncanonical = \"a.{i}\"\nstored = \"b.{k}\"\n", "p.toml:5: `rule[0].stored`: `{k}` is not captured by the canonical pattern"),
             ("[convention]\nname = \"x\"\n[[rule]]\ncanonical = \"a\"\nstored = \"b\"\ntransforms = [{ rope_permute = { heads = \"nH\" } }]\n", "p.toml:6: `rule[0].transforms[0].rope_permute.to`: required argument is missing"),
             ("[convention]\nname = \"x\"\n[[rule]]\ncanonical = \"a\"\nstored = \"b\"\nroles = [\"lin\"]\n", "p.toml:6: `rule[0].roles`: unknown role `lin` (known: embedding, position-embedding, linear, conv1d, fused-qkv, norm, bias, lm-head, buffer)"),

@@ -102,7 +102,15 @@ pub fn symbol(cfg: &ModelConfig, name: &str) -> Result<Option<usize>, ExprError>
         "D" => cfg.head_dim,
         "R" => cfg.rotary_dim(),
         "n_positions" => cfg.max_position_embeddings,
-        "E" | "I_moe" | "I_shared" | "n_types" => return Ok(None),
+        "E" => return Ok(cfg.moe.as_ref().map(|m| m.num_experts)),
+        "I_moe" => return Ok(cfg.moe.as_ref().map(|m| m.expert_intermediate_size)),
+        "I_shared" => {
+            return Ok(cfg
+                .moe
+                .as_ref()
+                .and_then(|m| m.shared_expert_intermediate_size))
+        }
+        "n_types" => return Ok(cfg.type_vocab_size),
         _ => {
             return Err(ExprError::UnknownSymbol {
                 name: name.to_string(),
@@ -435,6 +443,39 @@ mod tests {
     }
 
     #[test]
+    fn moe_and_bert_sizes() {
+        let moe = |text: &str| match parse_config(text).unwrap() {
+            ConfigOutcome::Known(c) => c,
+            other => panic!("{other:?}"),
+        };
+        let c = moe(
+            r#"{"model_type": "qwen2_moe", "hidden_size": 64, "intermediate_size": 176,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 512, "num_experts": 8, "num_experts_per_tok": 2,
+            "moe_intermediate_size": 24, "shared_expert_intermediate_size": 48}"#,
+        );
+        let f = ShapeFormula::parse("[E, 2·I_moe, H]").unwrap();
+        assert_eq!(f.eval(&c).unwrap(), [8, 48, 64]);
+        assert_eq!(Expr::parse("I_shared").unwrap().eval(&c).unwrap(), 48);
+        let c = moe(
+            r#"{"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 176,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 512, "num_local_experts": 4}"#,
+        );
+        assert_eq!(Expr::parse("I_moe").unwrap().eval(&c).unwrap(), 176);
+        assert!(matches!(
+            Expr::parse("I_shared").unwrap().eval(&c),
+            Err(ExprError::Undefined { .. })
+        ));
+        let c = moe(
+            r#"{"model_type": "bert", "hidden_size": 64, "intermediate_size": 176,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 512,
+            "type_vocab_size": 3}"#,
+        );
+        assert_eq!(Expr::parse("n_types").unwrap().eval(&c).unwrap(), 3);
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         assert!(
             matches!(Expr::parse("nQ"), Err(ExprError::UnknownSymbol { name }) if name == "nQ")
@@ -456,6 +497,10 @@ mod tests {
         let c = cfg();
         assert!(matches!(
             Expr::parse("E").unwrap().eval(&c),
+            Err(ExprError::Undefined { .. })
+        ));
+        assert!(matches!(
+            Expr::parse("n_types").unwrap().eval(&c),
             Err(ExprError::Undefined { .. })
         ));
         let big = Expr::parse("18446744073709551615 · 2").unwrap();

@@ -185,6 +185,12 @@ impl Catalogue {
                 Verdict::Mixed
             }
             [] => Verdict::NoEvidence,
+            // Built-in conventions that differ only for some tensors (hf and hf-packed, when a
+            // file has none of the packed ones, e.g. a tied GPT-NeoX): the first, what
+            // transformers' save_pretrained writes.
+            several if several.iter().all(|&c| self.conventions()[c].builtin) => {
+                Verdict::One(several[0])
+            }
             several => Verdict::Ambiguous(several.to_vec()),
         };
         Detection {
