@@ -369,3 +369,35 @@ fn qwen2_port_through_its_layout_is_bit_identical_to_qwen2() {
         assert_eq!(bits(&a.final_norm), bits(&b.final_norm), "{len} tokens");
     }
 }
+
+/// Qwen2 and Qwen3 with `use_sliding_window` slide a 64-token window over the layers from
+/// `max_window_layers` on (qwen2-sw: full, sliding, sliding; qwen3-sw: full, full, sliding),
+/// on a 208-token prompt: logits within 1e-4 of transformers with the same top-1 everywhere,
+/// every stored hidden state close.
+#[test]
+fn sliding_windows_on_some_layers_match_transformers() {
+    for name in ["qwen2-sw", "qwen3-sw"] {
+        let r = reference(name);
+        assert_eq!(r.input_ids.len(), 208);
+        let out = run(name, &r.input_ids);
+        let tol = Tolerance {
+            atol: 1e-4,
+            rtol: 0.0,
+        };
+        let c = compare::compare_reference(&out, &r, tol);
+        assert!(
+            c.passed(),
+            "{name}: first failure {:?}",
+            c.first_failing_stage()
+        );
+        let logits = c.logits().unwrap();
+        assert!(
+            logits.diff.max_abs <= 1e-4,
+            "{name}: {}",
+            logits.diff.max_abs
+        );
+        assert_eq!(logits.agreement.unwrap().top1_agree, 208, "{name}");
+        // embedding, layers 0..L-2 (hidden_states), final norm, logits
+        assert_eq!(c.rows.len(), out.layers.len() + 2, "{name}");
+    }
+}

@@ -42,7 +42,8 @@ pub(super) struct Head<'a> {
 }
 
 /// Causal multi-head attention (eager, as transformers' `eager_attention_forward`):
-/// `softmax(q·kᵀ · D^-½ + mask) · v` per head, key/value head `j / (nH/nKV)` for query head
+/// `softmax(q·kᵀ · scale + mask) · v` per head (`scale` is `D^-½` unless the model says
+/// otherwise), key/value head `j / (nH/nKV)` for query head
 /// `j` (GQA/MQA); `out` is `[T, nH·D]`.
 ///
 /// Tiled over blocks of `block` query rows (in parallel; each block runs every head in turn):
@@ -58,14 +59,13 @@ pub(super) fn attention(
     v: Head<'_>,
     dims: Dims,
     window: Option<usize>,
+    scale: f32,
     block: usize,
     out: &mut [f32],
 ) -> Result<(), ModelError> {
     let (t, d) = (dims.t, dims.d);
     let group = dims.n_heads / dims.n_kv;
     let width = dims.n_heads * d;
-    // transformers: scaling = head_dim ** -0.5 (a Python float), applied as an f32 multiply
-    let scale = (d as f64).powf(-0.5) as f32;
     // first key row i may attend to: i - window < key <= i
     let first_key = |i: usize| window.map_or(0, |wnd| (i + 1).saturating_sub(wnd));
     // A tile of one row keeps the many-row arithmetic (see `matmul_rows`); a one-token
@@ -157,6 +157,7 @@ mod tests {
             },
             dims,
             window,
+            (2f64).powf(-0.5) as f32,
             3, // tiles of 3 query rows: every test below crosses tile boundaries
             &mut out,
         )
@@ -215,6 +216,7 @@ mod tests {
             },
             dims,
             window,
+            (8f64).powf(-0.5) as f32,
             block,
             &mut out,
         )

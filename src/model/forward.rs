@@ -118,8 +118,6 @@ struct Ctx<'a> {
     dims: Dims,
     eps: f32,
     threads: usize,
-    /// The sliding window of every layer, `None` for the plain causal mask.
-    window: Option<usize>,
     /// cos/sin for rotary positions.
     rope: Option<&'a RopeTables>,
 }
@@ -147,7 +145,6 @@ pub(crate) fn forward(
         dims,
         eps: cfg.norm_eps as f32,
         threads,
-        window: traits.window(dims.t)?,
         rope: rope.as_ref(),
     };
     let mut b = Buffers::new(dims, traits);
@@ -156,8 +153,8 @@ pub(crate) fn forward(
     b.x = embed(&ctx, w, r, tokens)?;
     let embedding = if opts.record { b.x.clone() } else { Vec::new() };
     let mut layers = Vec::new();
-    for layer in &w.layers {
-        let after_attention = decoder_layer(&ctx, layer, r, &mut b, opts.record)?;
+    for (i, layer) in w.layers.iter().enumerate() {
+        let after_attention = decoder_layer(&ctx, i, layer, r, &mut b, opts.record)?;
         if opts.record {
             layers.push(LayerTrace {
                 after_attention,
@@ -348,6 +345,7 @@ fn embed(
 /// block when `record`.
 fn decoder_layer(
     ctx: &Ctx<'_>,
+    layer: usize,
     w: &LayerWeights,
     r: &mut Reader<'_>,
     b: &mut Buffers,
@@ -355,7 +353,7 @@ fn decoder_layer(
 ) -> Result<Vec<f32>, ModelError> {
     match ctx.traits.residual {
         Residual::Sequential => {
-            attention_block(ctx, w, r, b)?;
+            attention_block(ctx, layer, w, r, b)?;
             let after_attention = if record { b.x.clone() } else { Vec::new() };
             mlp_block(ctx, w, r, b)?;
             Ok(after_attention)
@@ -366,6 +364,7 @@ fn decoder_layer(
 /// `x += o(attention(rope(q(n)), rope(k(n)), v(n)))` with `n = norm(x)`.
 fn attention_block(
     ctx: &Ctx<'_>,
+    layer: usize,
     w: &LayerWeights,
     r: &mut Reader<'_>,
     b: &mut Buffers,
@@ -387,6 +386,12 @@ fn attention_block(
         rope.apply(&mut b.k, t, dims.d);
     }
     let (qd, kvd) = (dims.q_width(), dims.kv_width());
+    let scale = ctx
+        .traits
+        .attention
+        .get(layer)
+        .map(|a| a.scale)
+        .ok_or_else(|| ModelError::Internal(format!("no attention traits for layer {layer}")))?;
     attention(
         Head {
             data: &b.q,
@@ -401,7 +406,8 @@ fn attention_block(
             stride: kvd,
         },
         dims,
-        ctx.window,
+        ctx.traits.window(layer, t),
+        scale,
         query_block(t, threads),
         &mut b.attn,
     )?;

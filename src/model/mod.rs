@@ -110,14 +110,13 @@ pub enum ModelError {
     /// An architecture the layout catalogue knows but the forward has no traits for.
     #[error("config.json: the forward does not run `{0}` models yet")]
     UnsupportedArch(String),
-    /// A Qwen2/Qwen3 sliding window shorter than the prompt: it applies only to some layers
-    /// (`max_window_layers`), which the forward does not model.
-    #[error("the model slides a {window}-token attention window over some layers; prompts longer than the window ({tokens} tokens) are not supported for this architecture")]
-    UnsupportedSlidingWindow {
-        /// The window.
-        window: usize,
-        /// Prompt length.
-        tokens: usize,
+    /// A setting of the config the forward does not compute.
+    #[error("config.json: this {arch} model uses {feature}, which the forward does not compute yet")]
+    Unsupported {
+        /// The architecture.
+        arch: String,
+        /// The setting, in words.
+        feature: &'static str,
     },
     /// A prompt token outside the vocabulary.
     #[error("token {token} at position {position} is outside the vocabulary of {vocab}")]

@@ -2,13 +2,16 @@
 //!
 //! Why: the forward used to branch on a `gpt2` bool in nine places, and every architecture
 //! that was not GPT-2 silently became the llama family. Here each way in which architectures
-//! differ is one field (the norm, the activation, the MLP's shape, the attention mask of each
-//! layer, the residual form, the position scheme, an embedding scale, q/k norms), and the
-//! layer code matches on those fields only. Adding an architecture is one row in
-//! [`Traits::of`]; where it computes something new (Gemma's `1 + w` norms, Phi-3's partial
-//! rotary, NeoX's parallel residual, soft-capped or bidirectional attention), it is one new
-//! variant of one of these enums and the one match arm that computes it.
+//! differ is one field (the norm, the activation, the MLP's shape, the attention of each
+//! layer, the residual form, the position scheme, an embedding scale, q/k norms), resolved
+//! from the config, and the layer code matches on those fields only. Adding an architecture
+//! is one row in [`row`]; where it computes something new (NeoX's parallel residual,
+//! soft-capped or bidirectional attention, experts), it is one new variant of one of these
+//! enums and the one match arm that computes it, and its setting leaves the list of
+//! [`unimplemented`] ones. Settings the forward does not compute are refused by name, never
+//! silently skipped.
 
+use orient_inspect::config::AttentionKind;
 use orient_inspect::{Arch, ModelConfig, RopeScaling};
 
 use super::rope::{self, Llama3Scaling, RopeTables};
@@ -83,17 +86,14 @@ pub(crate) struct Rotary {
     pub llama3: Option<Llama3Scaling>,
 }
 
-/// Which keys the queries of a layer see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Window {
-    /// Every earlier position (the causal mask).
-    Full,
-    /// Mistral: every layer sees only the last `w` positions.
-    EveryLayer(usize),
-    /// Qwen2/Qwen3 `use_sliding_window`: the window applies from `max_window_layers` on,
-    /// which the resolved config does not carry, so a prompt longer than the window is refused
-    /// rather than masked in the wrong layers.
-    SomeLayers(usize),
+/// The attention one layer computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Attention {
+    /// Causal; only the last `w` positions when `Some(w)` (a sliding window).
+    pub window: Option<usize>,
+    /// The factor on `q·kᵀ` (`D^-½`, or `query_pre_attn_scalar^-½`), in f32 as transformers'
+    /// `scaling` multiplies it.
+    pub scale: f32,
 }
 
 /// Everything the forward needs to know about an architecture beyond its sizes.
@@ -105,24 +105,84 @@ pub(crate) struct Traits {
     pub activation: Activation,
     /// Gated or plain MLP.
     pub mlp: MlpKind,
-    /// The attention mask's window.
-    pub window: Window,
+    /// Per layer, its attention.
+    pub attention: Vec<Attention>,
     /// How the blocks feed the residual stream.
     pub residual: Residual,
     /// Rotary or learned positions.
     pub position: Position,
-    /// A factor on the token embedding (Gemma's `√H`); `None` for every architecture today.
+    /// A factor on the token embedding (Gemma's `√H`).
     pub embedding_scale: Option<f32>,
     /// Per-head RMSNorm on q and k before RoPE (Qwen3).
     pub qk_norm: bool,
 }
 
+/// The shape of an architecture's blocks: one row per architecture the forward runs.
+struct Row {
+    norm: fn(&ModelConfig) -> NormKind,
+    mlp: MlpKind,
+    learned_positions: bool,
+}
+
+/// The row of `arch`, `None` for one the forward has no traits for yet.
+fn row(arch: Arch) -> Option<Row> {
+    let rms = |cfg: &ModelConfig| NormKind::Rms {
+        offset: if cfg.norm_unit_offset { 1.0 } else { 0.0 },
+    };
+    #[allow(unreachable_patterns)] // the catalogue may know architectures before the forward
+    match arch {
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => Some(Row {
+            norm: rms,
+            mlp: MlpKind::Gated,
+            learned_positions: false,
+        }),
+        Arch::Gpt2 => Some(Row {
+            norm: |_| NormKind::Layer,
+            mlp: MlpKind::Plain,
+            learned_positions: true,
+        }),
+        _ => None,
+    }
+}
+
+/// The first setting of `cfg` the forward does not compute yet, in words.
+fn unimplemented(cfg: &ModelConfig) -> Option<&'static str> {
+    use orient_inspect::config::NormPlacement;
+    [
+        (cfg.moe.is_some(), "a mixture of experts"),
+        (!cfg.causal, "bidirectional attention"),
+        (
+            cfg.attn_logit_softcapping.is_some(),
+            "soft-capped attention scores",
+        ),
+        (cfg.final_logit_softcapping.is_some(), "soft-capped logits"),
+        (
+            cfg.sliding_rope.is_some(),
+            "a separate RoPE for sliding-window layers",
+        ),
+        (cfg.parallel_residual, "a parallel residual"),
+        (
+            cfg.norm_placement != NormPlacement::Pre,
+            "norms after the blocks",
+        ),
+    ]
+    .into_iter()
+    .find_map(|(set, what)| set.then_some(what))
+}
+
 impl Traits {
-    /// The traits of `cfg`'s architecture; an error for a setting the forward does not
-    /// implement (an activation, a RoPE scaling) or an architecture it has no row for.
+    /// The traits of `cfg`; an error for a setting the forward does not implement (an
+    /// activation, a RoPE scaling, soft-capping, …) or an architecture it has no row for.
     pub fn of(cfg: &ModelConfig) -> Result<Traits, ModelError> {
+        let arch = cfg.arch.model_type().to_string();
+        if let Some(feature) = unimplemented(cfg) {
+            return Err(ModelError::Unsupported { arch, feature });
+        }
+        let row = row(cfg.arch).ok_or(ModelError::UnsupportedArch(arch))?;
         let activation = Activation::from_config(&cfg.hidden_act)?;
-        let rotary = || -> Result<Position, ModelError> {
+        let position = if row.learned_positions {
+            Position::Learned
+        } else {
             let llama3 = match &cfg.rope_scaling {
                 None => None,
                 Some(RopeScaling::Llama3 {
@@ -138,62 +198,45 @@ impl Traits {
                 }),
                 Some(other) => return Err(ModelError::UnsupportedRope(other.name().to_string())),
             };
-            Ok(Position::Rotary(Rotary {
+            Position::Rotary(Rotary {
                 dims: cfg.rotary_dim(),
                 theta: cfg.rope_theta,
                 llama3,
-            }))
-        };
-        let llama_family = |window: Window| -> Result<Traits, ModelError> {
-            Ok(Traits {
-                norm: NormKind::Rms { offset: 0.0 },
-                activation,
-                mlp: MlpKind::Gated,
-                window,
-                residual: Residual::Sequential,
-                position: rotary()?,
-                embedding_scale: None,
-                qk_norm: cfg.qk_norm,
             })
         };
-        #[allow(unreachable_patterns)] // architectures the catalogue knows before the forward
-        match cfg.arch {
-            Arch::Llama => llama_family(Window::Full),
-            Arch::Mistral => {
-                llama_family(cfg.sliding_window.map_or(Window::Full, Window::EveryLayer))
-            }
-            Arch::Qwen2 | Arch::Qwen3 => {
-                llama_family(cfg.sliding_window.map_or(Window::Full, Window::SomeLayers))
-            }
-            Arch::Gpt2 => Ok(Traits {
-                norm: NormKind::Layer,
-                activation,
-                mlp: MlpKind::Plain,
-                window: Window::Full,
-                residual: Residual::Sequential,
-                position: Position::Learned,
-                embedding_scale: None,
-                qk_norm: false,
-            }),
-            other => Err(ModelError::UnsupportedArch(other.model_type().to_string())),
-        }
+        // transformers: `scaling = head_dim ** -0.5` (a Python float), applied in f32
+        let scale = cfg.attention_scale() as f32;
+        let attention = (0..cfg.num_hidden_layers)
+            .map(|i| Attention {
+                window: match cfg.layer_types.get(i) {
+                    Some(AttentionKind::Sliding) => cfg.sliding_window,
+                    _ => None,
+                },
+                scale,
+            })
+            .collect();
+        Ok(Traits {
+            norm: (row.norm)(cfg),
+            activation,
+            mlp: row.mlp,
+            attention,
+            residual: Residual::Sequential,
+            position,
+            embedding_scale: cfg.embed_scale.map(|s| s as f32),
+            qk_norm: cfg.qk_norm,
+        })
     }
 
-    /// The sliding window every layer applies to a prompt of `tokens` tokens (`None`: the
+    /// The sliding window layer `layer` applies to a prompt of `tokens` tokens (`None`: the
     /// plain causal mask; a window no shorter than the prompt is the causal mask too).
-    pub fn window(&self, tokens: usize) -> Result<Option<usize>, ModelError> {
-        match self.window {
-            Window::Full => Ok(None),
-            Window::EveryLayer(w) => Ok((w < tokens).then_some(w)),
-            Window::SomeLayers(w) if w < tokens => {
-                Err(ModelError::UnsupportedSlidingWindow { window: w, tokens })
-            }
-            Window::SomeLayers(_) => Ok(None),
-        }
+    pub fn window(&self, layer: usize, tokens: usize) -> Option<usize> {
+        self.attention
+            .get(layer)
+            .and_then(|a| a.window)
+            .filter(|&w| w < tokens)
     }
 
-    /// The cos/sin tables for `tokens` positions with heads of `head_dim`, when positions are
-    /// rotary.
+    /// The cos/sin tables for `tokens` positions, when positions are rotary.
     pub fn rope_tables(&self, tokens: usize) -> Option<RopeTables> {
         match &self.position {
             Position::Rotary(r) => {
@@ -256,26 +299,37 @@ mod tests {
     }
 
     #[test]
-    fn windows_apply_only_to_prompts_longer_than_them() {
+    fn windows_apply_per_layer_and_only_to_prompts_longer_than_them() {
         let m = Traits::of(&cfg(&llama("").replace("llama", "mistral").replace(
             r#""vocab_size": 512"#,
             r#""vocab_size": 512, "sliding_window": 8"#,
         )))
         .unwrap();
-        assert_eq!(m.window, Window::EveryLayer(8));
-        assert_eq!(m.window(8).unwrap(), None);
-        assert_eq!(m.window(9).unwrap(), Some(8));
-        let q = Traits {
-            window: Window::SomeLayers(8),
-            ..m
-        };
-        assert_eq!(q.window(8).unwrap(), None);
-        assert!(matches!(
-            q.window(9),
-            Err(ModelError::UnsupportedSlidingWindow {
-                window: 8,
-                tokens: 9
-            })
-        ));
+        assert_eq!(m.window(0, 8), None);
+        assert_eq!(m.window(1, 9), Some(8));
+        // qwen2: layers from max_window_layers on
+        let q = Traits::of(&cfg(&llama("").replace("llama", "qwen2").replace(
+            r#""vocab_size": 512"#,
+            r#""vocab_size": 512, "sliding_window": 8, "use_sliding_window": true, "max_window_layers": 1"#,
+        )))
+        .unwrap();
+        assert_eq!((q.window(0, 20), q.window(1, 20)), (None, Some(8)));
+        assert_eq!(q.attention[0].scale, (16f64).powf(-0.5) as f32);
+    }
+
+    #[test]
+    fn architectures_and_settings_without_a_row_are_refused_by_name() {
+        let e = Traits::of(&cfg(
+            r#"{"model_type": "gpt_neox", "hidden_size": 32, "num_attention_heads": 2,
+                "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256}"#,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("a parallel residual"), "{e}");
+        let e = Traits::of(&cfg(
+            r#"{"model_type": "gemma", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 1,
+                "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256}"#,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("`gemma`"), "{e}");
     }
 }
