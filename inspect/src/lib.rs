@@ -12,7 +12,7 @@
 //! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
 //!   name/orientation in each convention.
 //! - [`report`]: the `inspect` report.
-//! - [`write`]: the safetensors header serializer (the parser's inverse) and small files.
+//! - [`write`](mod@write): the safetensors header serializer (the parser's inverse) and small files.
 
 pub mod cast;
 pub mod catalogue;

@@ -118,7 +118,7 @@ pub fn header(
     }
     // A map of strings and numbers always serializes.
     let mut json = serde_json::Value::Object(map).to_string().into_bytes();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len());

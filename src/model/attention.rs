@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::forward::Dims;
 use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
 use super::ops;
+use super::traits::Attention;
 use super::ModelError;
 
 /// f32 attention scores per worker tile (16 MiB): a query block spans this many cells.
@@ -42,8 +43,8 @@ pub(super) struct Head<'a> {
 }
 
 /// Causal multi-head attention (eager, as transformers' `eager_attention_forward`):
-/// `softmax(q·kᵀ · scale + mask) · v` per head (`scale` is `D^-½` unless the model says
-/// otherwise), key/value head `j / (nH/nKV)` for query head
+/// `softmax(q·kᵀ · scale + mask) · v` per head (`mask.scale` is `D^-½` unless the model says
+/// otherwise; `mask.window` a sliding window), key/value head `j / (nH/nKV)` for query head
 /// `j` (GQA/MQA); `out` is `[T, nH·D]`.
 ///
 /// Tiled over blocks of `block` query rows (in parallel; each block runs every head in turn):
@@ -58,11 +59,11 @@ pub(super) fn attention(
     k: Head<'_>,
     v: Head<'_>,
     dims: Dims,
-    window: Option<usize>,
-    scale: f32,
+    mask: Attention,
     block: usize,
     out: &mut [f32],
 ) -> Result<(), ModelError> {
+    let Attention { window, scale } = mask;
     let (t, d) = (dims.t, dims.d);
     let group = dims.n_heads / dims.n_kv;
     let width = dims.n_heads * d;
@@ -156,8 +157,10 @@ mod tests {
                 stride: 2,
             },
             dims,
-            window,
-            (2f64).powf(-0.5) as f32,
+            Attention {
+                window,
+                scale: (2f64).powf(-0.5) as f32,
+            },
             3, // tiles of 3 query rows: every test below crosses tile boundaries
             &mut out,
         )
@@ -215,8 +218,10 @@ mod tests {
                 stride: 16,
             },
             dims,
-            window,
-            (8f64).powf(-0.5) as f32,
+            Attention {
+                window,
+                scale: (8f64).powf(-0.5) as f32,
+            },
             block,
             &mut out,
         )

@@ -19,7 +19,7 @@ use super::memory::{self, Footprint};
 use super::ops;
 use super::read::Reader;
 use super::rope::RopeTables;
-use super::traits::{Activation, MlpKind, NormKind, Position, Residual, Traits};
+use super::traits::{Activation, Attention, MlpKind, NormKind, Position, Residual, Traits};
 use super::weights::{LayerWeights, Linear, Matrix, ModelWeights, Norm};
 use super::{ForwardOptions, ForwardOutput, LayerTrace, LogitPositions, ModelError};
 
@@ -386,11 +386,14 @@ fn attention_block(
         rope.apply(&mut b.k, t, dims.d);
     }
     let (qd, kvd) = (dims.q_width(), dims.kv_width());
-    let scale = ctx
+    let mask = ctx
         .traits
         .attention
         .get(layer)
-        .map(|a| a.scale)
+        .map(|a| Attention {
+            window: ctx.traits.window(layer, t),
+            scale: a.scale,
+        })
         .ok_or_else(|| ModelError::Internal(format!("no attention traits for layer {layer}")))?;
     attention(
         Head {
@@ -406,8 +409,7 @@ fn attention_block(
             stride: kvd,
         },
         dims,
-        ctx.traits.window(layer, t),
-        scale,
+        mask,
         query_block(t, threads),
         &mut b.attn,
     )?;

@@ -21,7 +21,7 @@ use orient_inspect::{Checkpoint, ModelConfig};
 
 use super::traits::Traits;
 use super::weights::{slot_name, ModelWeights, Slots};
-use super::{LoadNote, ModelError, ShapeMismatch, Unrecognised};
+use super::{LoadNote, MissingTensor, ModelError, ShapeMismatch, Unrecognised};
 
 /// The weights of a checkpoint, what loading noticed, and the convention they were read in.
 #[derive(Debug)]
@@ -221,13 +221,13 @@ impl Bound<'_> {
                     })))
                 }
                 Err(BindError::Missing { name }) => {
-                    return Err(ModelError::MissingTensor {
+                    return Err(ModelError::MissingTensor(Box::new(MissingTensor {
                         path: self.path.clone(),
                         name,
                         canonical: entry.name.clone(),
                         convention: self.convention_of(self.binding.entry_form[e]),
                         unrecognised: None,
-                    })
+                    })))
                 }
                 Err(BindError::Transform(source)) => {
                     return Err(ModelError::Internal(format!(
@@ -270,7 +270,7 @@ impl Bound<'_> {
             example: first.to_string(),
             arch: self.cat.arch().model_type().to_string(),
         });
-        Err(ModelError::MissingTensor {
+        Err(ModelError::MissingTensor(Box::new(MissingTensor {
             path: self.path.clone(),
             name: self
                 .cat
@@ -279,7 +279,7 @@ impl Bound<'_> {
             canonical: entry.name.clone(),
             convention: self.convention_of(None),
             unrecognised,
-        })
+        })))
     }
 
     /// Which head computes the logits, as the framework that loads the stored layout decides:

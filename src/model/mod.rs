@@ -5,9 +5,9 @@
 //! Mistral, Qwen2, Qwen3, GPT-2) on a prompt, in f32, following transformers' numerics closely
 //! enough to match its logits to ~1e-5 and to be *bit-identical* across storage layouts (HF,
 //! Flax, a user's layout file). The layout catalogue binds the checkpoint's tensors, in
-//! whichever convention it is stored, to typed per-layer weights ([`weights`]): lazy views that
-//! [`read`] hands to the matrix product in place (a transposed layout is a strided view, not a
-//! copy) or gathers into f32. What differs between architectures is data ([`traits`]).
+//! whichever convention it is stored, to typed per-layer weights (`weights`): lazy views that
+//! `read` hands to the matrix product in place (a transposed layout is a strided view, not a
+//! copy) or gathers into f32. What differs between architectures is data (`traits`).
 //!
 //! Memory stays at about one weight matrix in f32 plus activations: bf16/f16 weights (and
 //! permuted views) are gathered one matrix at a time into a reused buffer, and each layer's
@@ -61,24 +61,8 @@ pub enum ModelError {
         source: CatalogueError,
     },
     /// A required weight is absent.
-    #[error(
-        "{path}: missing tensor `{name}`{} ({convention} layout){}",
-        if name == canonical { String::new() } else { format!(", the model's `{canonical}`") },
-        unrecognised.as_ref().map_or(String::new(), |u| format!("; {u}"))
-    )]
-    MissingTensor {
-        /// Model folder.
-        path: String,
-        /// Its name in the convention the checkpoint is read in.
-        name: String,
-        /// Canonical (HF) name.
-        canonical: String,
-        /// The convention.
-        convention: String,
-        /// The checkpoint's tensors no convention recognised, when there are any: the likely
-        /// reason (a checkpoint that names its tensors its own way).
-        unrecognised: Option<Unrecognised>,
-    },
+    #[error("{0}")]
+    MissingTensor(Box<MissingTensor>),
     /// The same weight is stored under two names (e.g. both its HF and Flax forms).
     #[error("{path}: `{canonical}` is stored twice, as `{first}` and as `{second}`")]
     DuplicateTensor {
@@ -111,7 +95,9 @@ pub enum ModelError {
     #[error("config.json: the forward does not run `{0}` models yet")]
     UnsupportedArch(String),
     /// A setting of the config the forward does not compute.
-    #[error("config.json: this {arch} model uses {feature}, which the forward does not compute yet")]
+    #[error(
+        "config.json: this {arch} model uses {feature}, which the forward does not compute yet"
+    )]
     Unsupported {
         /// The architecture.
         arch: String,
@@ -192,6 +178,36 @@ impl std::fmt::Display for ShapeMismatch {
             "{}: tensor `{}` has shape {:?}, expected {:?} ({}, {} layout)",
             self.path, self.name, self.found, self.expected, self.formula, self.convention
         )
+    }
+}
+
+/// Details of [`ModelError::MissingTensor`].
+#[derive(Debug)]
+pub struct MissingTensor {
+    /// Model folder.
+    pub path: String,
+    /// Its name in the convention the checkpoint is read in.
+    pub name: String,
+    /// Canonical (HF) name.
+    pub canonical: String,
+    /// The convention.
+    pub convention: String,
+    /// The checkpoint's tensors no convention recognised, when there are any: the likely
+    /// reason (a checkpoint that names its tensors its own way).
+    pub unrecognised: Option<Unrecognised>,
+}
+
+impl std::fmt::Display for MissingTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: missing tensor `{}`", self.path, self.name)?;
+        if self.name != self.canonical {
+            write!(f, ", the model's `{}`", self.canonical)?;
+        }
+        write!(f, " ({} layout)", self.convention)?;
+        if let Some(u) = &self.unrecognised {
+            write!(f, "; {u}")?;
+        }
+        Ok(())
     }
 }
 
