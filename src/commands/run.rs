@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use orient::model::{self, ForwardOptions, LogitPositions, Model};
+use orient::model::{self, ForwardOptions, ForwardOutput, LogitPositions, Model};
 use orient::output::run::{self as render, PositionTop, RunReport, Timings};
 use orient_inspect::Checkpoint;
 
@@ -71,57 +71,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             LogitPositions::Last
         },
     };
-    let mut forwards = Vec::new();
-    let mut output = None;
-    for _ in 0..args.repeat.max(1) {
-        let t0 = Instant::now();
-        let out = model.forward_with(&args.tokens, &opts).with_context(|| {
-            format!(
-                "running the forward of {} on {} tokens{}",
-                args.model.display(),
-                args.tokens.len(),
-                if every_position {
-                    " (--save and --all-positions keep the logits of every position)"
-                } else {
-                    ""
-                }
-            )
-        })?;
-        forwards.push(t0.elapsed());
-        output = Some(out);
-    }
-    let out = output.context("no forward ran")?;
+    let (out, forwards) = run_forwards(&mut model, &args, &opts)?;
     if args.repeat > 1 {
-        let timings = Timings {
-            load,
-            forwards,
-            tokens: out.len(),
-            // 2·parameters per token, less the lm_head rows not computed (V·H per position)
-            flops: 2.0 * model.parameters() as f64 * out.len() as f64
-                - 2.0
-                    * (model.config().vocab_size * model.config().hidden_size) as f64
-                    * (out.len() - out.logit_positions.len()) as f64,
-        };
-        render::render_timings(&timings, &mut orient::output::stderr())?;
+        render::render_timings(
+            &timings(&model, &out, load, forwards),
+            &mut orient::output::stderr(),
+        )?;
     }
     let saved = match &args.save {
         Some(path) => {
-            let mut meta = HashMap::new();
-            meta.insert(
-                "hidden_states".to_string(),
-                "hf output_hidden_states: index 0 = embedding output; index i (1..L-1) = output of decoder layer i-1 (== layer_output.{i-1}); index L = AFTER the final norm, i.e. the lm_head input".to_string(),
-            );
-            meta.insert(
-                "layer_output".to_string(),
-                "raw output of decoder layer i, pre final norm".to_string(),
-            );
-            meta.insert(
-                "logits".to_string(),
-                "f32 [T, V], orient CPU forward (f32)".to_string(),
-            );
-            meta.insert("model".to_string(), args.model.display().to_string());
-            meta.insert("orient".to_string(), env!("CARGO_PKG_VERSION").to_string());
-            model::save::write(&out, path, meta, args.force)
+            model::save::write(&out, path, save_metadata(&args), args.force)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some(path.display().to_string())
         }
@@ -151,4 +110,72 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     render::render(&report, args.json, &mut lock)?;
     lock.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The forward, `--repeat` times: the last output and each run's time.
+fn run_forwards(
+    model: &mut Model<'_>,
+    args: &Args,
+    opts: &ForwardOptions,
+) -> anyhow::Result<(ForwardOutput, Vec<Duration>)> {
+    let mut forwards = Vec::new();
+    let mut output = None;
+    for _ in 0..args.repeat.max(1) {
+        let t0 = Instant::now();
+        let out = model.forward_with(&args.tokens, opts).with_context(|| {
+            format!(
+                "running the forward of {} on {} tokens{}",
+                args.model.display(),
+                args.tokens.len(),
+                if opts.logits == LogitPositions::All {
+                    " (--save and --all-positions keep the logits of every position)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        forwards.push(t0.elapsed());
+        output = Some(out);
+    }
+    Ok((output.context("no forward ran")?, forwards))
+}
+
+/// The `--repeat` timings, with the FLOPs of one forward.
+fn timings(
+    model: &Model<'_>,
+    out: &ForwardOutput,
+    load: Duration,
+    forwards: Vec<Duration>,
+) -> Timings {
+    let cfg = model.config();
+    Timings {
+        load,
+        forwards,
+        tokens: out.len(),
+        // 2·parameters per token, less the lm_head rows not computed (V·H per position)
+        flops: 2.0 * model.parameters() as f64 * out.len() as f64
+            - 2.0
+                * (cfg.vocab_size * cfg.hidden_size) as f64
+                * (out.len() - out.logit_positions.len()) as f64,
+    }
+}
+
+/// `__metadata__` of a `--save` file: what each tensor is, and where it came from.
+fn save_metadata(args: &Args) -> HashMap<String, String> {
+    let mut meta = HashMap::new();
+    meta.insert(
+        "hidden_states".to_string(),
+        "hf output_hidden_states: index 0 = embedding output; index i (1..L-1) = output of decoder layer i-1 (== layer_output.{i-1}); index L = AFTER the final norm, i.e. the lm_head input".to_string(),
+    );
+    meta.insert(
+        "layer_output".to_string(),
+        "raw output of decoder layer i, pre final norm".to_string(),
+    );
+    meta.insert(
+        "logits".to_string(),
+        "f32 [T, V], orient CPU forward (f32)".to_string(),
+    );
+    meta.insert("model".to_string(), args.model.display().to_string());
+    meta.insert("orient".to_string(), env!("CARGO_PKG_VERSION").to_string());
+    meta
 }

@@ -2,14 +2,16 @@
 //! file or with another model, and name the first stage that parts ways.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use orient::model::compare::{self, Tolerance};
 use orient::model::save::Reference;
 use orient::model::{self, Model};
 use orient::output::verify::{self as render, VerifyReport};
+use orient_inspect::layout::convention::Convention;
 use orient_inspect::Checkpoint;
 
 /// Arguments of `orient verify`.
@@ -73,60 +75,81 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     let layouts = args.layout.load()?;
     let mut model = Model::with_layouts(&ckpt, &layouts)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    if let Some(ref_path) = &args.reference {
-        let reference = Reference::read(ref_path)?;
-        if let Some(tokens) = &args.tokens {
-            if *tokens != reference.input_ids {
-                bail!(
-                    "{} was computed on its own input_ids ({} tokens); omit --tokens or pass the same ids",
-                    ref_path.display(),
-                    reference.input_ids.len()
-                );
-            }
-        }
-        let cfg = model.config();
-        let shape = compare::ReferenceShape {
-            hidden_size: cfg.hidden_size,
-            layers: cfg.num_hidden_layers,
-            vocab_size: cfg.vocab_size,
-        };
-        let reference_notes =
-            compare::check_reference(&reference, &ref_path.display().to_string(), shape)
-                .with_context(|| {
-                    format!(
-                        "{} does not fit {} ({} layers, hidden size {}, vocabulary {})",
-                        ref_path.display(),
-                        args.model.display(),
-                        shape.layers,
-                        shape.hidden_size,
-                        shape.vocab_size
-                    )
-                })?;
-        let out = model
-            .forward(&reference.input_ids, true)
-            .with_context(|| format!("running {}", args.model.display()))?;
-        let comparison = compare::compare_reference(&out, &reference, tol);
-        return Ok(VerifyReport {
-            model: args.model.display().to_string(),
-            against: ref_path.display().to_string(),
-            against_kind: "reference",
-            tokens: out.len(),
-            prompt: "the reference's input_ids".to_string(),
-            notes: model.notes().to_vec(),
-            against_notes: Vec::new(),
-            reference_notes,
-            passed: comparison.passed(),
-            first_failure: comparison.first_failing_stage().map(|s| s.blame()),
-            comparison,
-        });
+    match (&args.reference, &args.against) {
+        (Some(reference), _) => against_reference(args, &mut model, reference, tol),
+        (None, Some(other)) => against_model(args, &mut model, other, &layouts, tol),
+        (None, None) => bail!("pass --reference FILE or --against MODEL"),
     }
-    let Some(other_path) = &args.against else {
-        bail!("pass --reference FILE or --against MODEL");
+}
+
+/// `--reference`: the model on the reference's own `input_ids`, stage by stage against it.
+fn against_reference(
+    args: &Args,
+    model: &mut Model<'_>,
+    ref_path: &Path,
+    tol: Tolerance,
+) -> anyhow::Result<VerifyReport> {
+    let reference = Reference::read(ref_path)?;
+    if let Some(tokens) = &args.tokens {
+        if *tokens != reference.input_ids {
+            bail!(
+                "{} was computed on its own input_ids ({} tokens); omit --tokens or pass the same ids",
+                ref_path.display(),
+                reference.input_ids.len()
+            );
+        }
+    }
+    let cfg = model.config();
+    let shape = compare::ReferenceShape {
+        hidden_size: cfg.hidden_size,
+        layers: cfg.num_hidden_layers,
+        vocab_size: cfg.vocab_size,
     };
+    let reference_notes =
+        compare::check_reference(&reference, &ref_path.display().to_string(), shape).with_context(
+            || {
+                format!(
+                    "{} does not fit {} ({} layers, hidden size {}, vocabulary {})",
+                    ref_path.display(),
+                    args.model.display(),
+                    shape.layers,
+                    shape.hidden_size,
+                    shape.vocab_size
+                )
+            },
+        )?;
+    let out = model
+        .forward(&reference.input_ids, true)
+        .with_context(|| format!("running {}", args.model.display()))?;
+    let comparison = compare::compare_reference(&out, &reference, tol);
+    Ok(VerifyReport {
+        model: args.model.display().to_string(),
+        against: ref_path.display().to_string(),
+        against_kind: "reference",
+        tokens: out.len(),
+        prompt: "the reference's input_ids".to_string(),
+        notes: model.notes().to_vec(),
+        against_notes: Vec::new(),
+        reference_notes,
+        passed: comparison.passed(),
+        first_failure: comparison.first_failing_stage().map(|s| s.blame()),
+        comparison,
+    })
+}
+
+/// `--against`: both models on the same prompt (`--tokens`, or the fixed default one), stage
+/// by stage.
+fn against_model(
+    args: &Args,
+    model: &mut Model<'_>,
+    other_path: &Path,
+    layouts: &[Arc<Convention>],
+    tol: Tolerance,
+) -> anyhow::Result<VerifyReport> {
     let other_ckpt = Checkpoint::open(other_path)
         .with_context(|| format!("opening {}", other_path.display()))?;
     orient::output::notes::warn(other_ckpt.notes());
-    let mut other = Model::with_layouts(&other_ckpt, &layouts)
+    let mut other = Model::with_layouts(&other_ckpt, layouts)
         .with_context(|| format!("loading {}", other_path.display()))?;
     let (va, vb) = (model.config().vocab_size, other.config().vocab_size);
     if va != vb {

@@ -341,27 +341,16 @@ fn model_files(ckpt: &Checkpoint) -> Vec<PathBuf> {
     files
 }
 
-/// Writes `out` (a recorded forward) in the reference format, atomically: into a
-/// temporary file beside `path`, fsynced, then renamed onto it (without `replace`, the
-/// rename fails rather than replace a file that appeared meanwhile). Call
-/// [`check_target`] first.
-pub fn write(
-    out: &ForwardOutput,
-    path: &Path,
-    metadata: HashMap<String, String>,
-    replace: bool,
-) -> Result<(), ReferenceError> {
-    let p = path.display().to_string();
-    let t = out.len();
-    let h = out.hidden_size;
+/// The tensors of the reference format for a recorded forward: (name, dtype, shape, bytes).
+fn reference_tensors(out: &ForwardOutput) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let (t, h) = (out.len(), out.hidden_size);
     let ids: Vec<u8> = out
         .tokens
         .iter()
         .flat_map(|&x| i64::from(x).to_le_bytes())
         .collect();
     let as_bytes = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|v| v.to_le_bytes()).collect() };
-    let hidden = out.hidden_states();
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+    let mut owned = vec![
         ("input_ids".into(), Dtype::I64, vec![t], ids),
         (
             "logits".into(),
@@ -370,7 +359,7 @@ pub fn write(
             as_bytes(&out.logits),
         ),
     ];
-    for (i, hs) in hidden.iter().enumerate() {
+    for (i, hs) in out.hidden_states().iter().enumerate() {
         owned.push((
             format!("hidden_states.{i}"),
             Dtype::F32,
@@ -386,6 +375,21 @@ pub fn write(
             as_bytes(&layer.output),
         ));
     }
+    owned
+}
+
+/// Writes `out` (a recorded forward) in the reference format, atomically: into a
+/// temporary file beside `path`, fsynced, then renamed onto it (without `replace`, the
+/// rename fails rather than replace a file that appeared meanwhile). Call
+/// [`check_target`] first.
+pub fn write(
+    out: &ForwardOutput,
+    path: &Path,
+    metadata: HashMap<String, String>,
+    replace: bool,
+) -> Result<(), ReferenceError> {
+    let p = path.display().to_string();
+    let owned = reference_tensors(out);
     let tensors: Vec<write::Tensor<'_>> = owned
         .iter()
         .map(|(name, dtype, shape, data)| write::Tensor {
