@@ -20,8 +20,8 @@ use super::ModelError;
 /// How a block's input is normalised.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum NormKind {
-    /// `LlamaRMSNorm`: `(w + offset) · x / rms(x)`, no bias. `offset` is 0 for every
-    /// architecture today (Gemma stores `w` and multiplies by `1 + w`).
+    /// `LlamaRMSNorm`: `(w + offset) · x / rms(x)`, no bias. `offset` is 1 where the config
+    /// says norms act as `x·(1 + w)` (Gemma stores `w`), else 0.
     Rms {
         /// Added to every weight as it is read.
         offset: f32,
@@ -78,7 +78,7 @@ pub(crate) enum Position {
 /// The parameters of rotary embeddings.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Rotary {
-    /// Rotated dimensions at the start of each head (the whole head today).
+    /// Rotated dimensions at the start of each head: `int(D · partial_rotary_factor)`.
     pub dims: usize,
     /// The base θ.
     pub theta: f64,
@@ -129,7 +129,6 @@ fn row(arch: Arch) -> Option<Row> {
     let rms = |cfg: &ModelConfig| NormKind::Rms {
         offset: if cfg.norm_unit_offset { 1.0 } else { 0.0 },
     };
-    #[allow(unreachable_patterns)] // the catalogue may know architectures before the forward
     match arch {
         Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => Some(Row {
             norm: rms,
