@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use orient_inspect::layout::gather::{self, Source};
 use orient_inspect::layout::view::View;
+use orient_inspect::view::widen_into;
 use orient_inspect::Checkpoint;
 use rayon::prelude::*;
 
@@ -205,15 +206,24 @@ impl<'c> Reader<'c> {
         let (rows, cols) = gather::rows_cols(view);
         let cols = cols.max(1);
         let band = (GATHER_TASK / cols).max(1);
+        let rows_of = |b: usize, chunk: &[f32]| b * band..b * band + chunk.len() / cols;
         let sources = &self.sources;
         let out = &mut self.scratch[..rows * cols];
-        let result = out
-            .par_chunks_mut(band * cols)
-            .enumerate()
-            .try_for_each(|(b, chunk)| {
-                let first = b * band;
-                gather::gather_f32(view, sources, first..first + chunk.len() / cols, chunk)
-            });
+        let result = match contiguous_rows(view, sources) {
+            // Rows that are plain runs of the source (bf16/f16 weights, misaligned f32):
+            // widened straight from the bytes, as one run per band when the rows follow
+            // each other.
+            Some(rows) => out
+                .par_chunks_mut(band * cols)
+                .enumerate()
+                .try_for_each(|(b, chunk)| rows.widen(rows_of(b, chunk), chunk)),
+            None => out
+                .par_chunks_mut(band * cols)
+                .enumerate()
+                .try_for_each(|(b, chunk)| {
+                    gather::gather_f32(view, sources, rows_of(b, chunk), chunk)
+                }),
+        };
         result.map_err(|e| ModelError::Read {
             path: self.ckpt.root().display().to_string(),
             name: name.to_string(),
@@ -338,6 +348,73 @@ impl<'c> Reader<'c> {
             layers: layer + other + scratch,
             logits: head + other + scratch,
         }
+    }
+}
+
+/// A 2-D view whose rows are contiguous runs of one source, `row_stride` elements apart.
+struct ContiguousRows<'a> {
+    source: Source<'a>,
+    index: usize,
+    offset: usize,
+    row_stride: usize,
+    cols: usize,
+}
+
+/// `view` as [`ContiguousRows`], when it is one.
+fn contiguous_rows<'a>(view: &View, sources: &[Source<'a>]) -> Option<ContiguousRows<'a>> {
+    let (index, offset, strides) = view.simple_strides()?;
+    let shape = view.shape();
+    let (&[rows, cols], &[row_stride, col_stride]) = (shape.as_slice(), strides.as_slice()) else {
+        return None;
+    };
+    if cols > 1 && col_stride != 1 {
+        return None;
+    }
+    let row_stride = if rows > 1 { row_stride } else { cols };
+    Some(ContiguousRows {
+        source: *sources.get(index)?,
+        index,
+        offset,
+        row_stride,
+        cols,
+    })
+}
+
+impl ContiguousRows<'_> {
+    /// Widens rows `rows` into `out` (`rows.len() × cols` f32).
+    fn widen(&self, rows: Range<usize>, out: &mut [f32]) -> Result<(), gather::GatherError> {
+        let es = self.source.dtype.bits() / 8;
+        let bytes = |first: usize, len: usize| -> Result<&[u8], gather::GatherError> {
+            let out_of_bounds = || gather::GatherError::OutOfBounds {
+                source_index: self.index,
+                len: self.source.bytes.len() / es.max(1),
+                last: first.saturating_add(len),
+            };
+            let start = first.checked_mul(es).ok_or_else(out_of_bounds)?;
+            let end = len
+                .checked_mul(es)
+                .and_then(|l| start.checked_add(l))
+                .ok_or_else(out_of_bounds)?;
+            self.source.bytes.get(start..end).ok_or_else(out_of_bounds)
+        };
+        let widen = |src: &[u8], dst: &mut [f32]| {
+            if widen_into(self.source.dtype, src, dst) {
+                Ok(())
+            } else {
+                Err(gather::GatherError::Dtype {
+                    dtype: self.source.dtype,
+                    how: "as f32 (F32, BF16, F16 and F64 only)",
+                })
+            }
+        };
+        let first = self.offset + rows.start * self.row_stride;
+        if self.row_stride == self.cols {
+            return widen(bytes(first, out.len())?, out);
+        }
+        for (k, dst) in out.chunks_mut(self.cols.max(1)).enumerate() {
+            widen(bytes(first + k * self.row_stride, self.cols)?, dst)?;
+        }
+        Ok(())
     }
 }
 
@@ -493,6 +570,12 @@ mod tests {
             );
         }
         assert_eq!(operand(&mut r, &permuted, 0..3), expected(0..3, &[2, 0, 1]));
+        // bf16 rows that are runs of the source but not consecutive: inputs 1..3 only
+        let cols = matrix(View::contiguous(2, &[3, 4]).slice(1, 1, 2).unwrap());
+        let want: Vec<Vec<f32>> = (1..3)
+            .map(|i| (0..3).map(|o| (10 * o + i) as f32).collect())
+            .collect();
+        assert_eq!(operand(&mut r, &cols, 0..3), want);
         // the transposed gather reads [in, out] rows; the plain one [out, in] rows
         assert!(reads_columns_faster(&transposed.view));
         assert!(!reads_columns_faster(&plain.view));
