@@ -29,7 +29,7 @@ pub struct RunReport {
     pub model: String,
     /// `model_type`.
     pub model_type: String,
-    /// `hf` or `flax` (most weights).
+    /// The convention the checkpoint was read in: `hf`, `flax`, or a layout file's name.
     pub convention: String,
     /// Prompt length.
     pub tokens: usize,
