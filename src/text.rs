@@ -17,9 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use tokenizers::models::ModelWrapper;
-use tokenizers::{
-    DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-};
+use tokenizers::{DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper};
 
 /// The tokenizer file beside a model's weights.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -117,7 +115,9 @@ pub struct TextStream<'a> {
 
 impl std::fmt::Debug for TextStream<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextStream").field("path", &self.path).finish()
+        f.debug_struct("TextStream")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -329,10 +329,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Tokenizer::for_model(dir.path()).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("no tokenizer.json") && text.contains("--tokens"), "{text}");
+        assert!(
+            text.contains("no tokenizer.json") && text.contains("--tokens"),
+            "{text}"
+        );
         std::fs::write(dir.path().join(TOKENIZER_FILE), b"{\"model\": 1}").unwrap();
         let err = Tokenizer::for_model(dir.path()).unwrap_err();
         assert!(matches!(err, TextError::Invalid { .. }), "{err}");
-        assert!(err.to_string().contains("tokenizer.json: not a valid tokenizer"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("tokenizer.json: not a valid tokenizer"),
+            "{err}"
+        );
     }
 }

@@ -25,10 +25,14 @@ fn ids(v: &Value) -> Vec<u32> {
 /// Checks every reference case of the tokenizer in `dir`; returns the number of cases.
 fn check_against_transformers(dir: &Path, byte_level: bool) -> usize {
     let tok = Tokenizer::for_model(dir).unwrap();
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_reference.json")).unwrap())
-            .unwrap();
-    assert_eq!(tok.vocab_size() as u64, reference["vocab_size"].as_u64().unwrap());
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tokenizer_reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        reference["vocab_size"].as_u64().unwrap()
+    );
     let cases = reference["cases"].as_array().unwrap();
     for case in cases {
         let name = case["name"].as_str().unwrap();
@@ -87,7 +91,10 @@ fn byte_level_bpe_matches_transformers_beside_the_qwen2_fixture() {
     // The fixture's vocabulary is the model's.
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    assert_eq!(tok.vocab_size() as u64, config["vocab_size"].as_u64().unwrap());
+    assert_eq!(
+        tok.vocab_size() as u64,
+        config["vocab_size"].as_u64().unwrap()
+    );
     // Special tokens from tokenizer_config.json; the post-processor prepends the BOS.
     let bos = tok.bos_id().unwrap();
     assert_eq!(tok.id_to_token(bos).unwrap(), "<|begin_of_text|>");
@@ -110,8 +117,15 @@ fn a_model_without_a_tokenizer_and_ids_out_of_range() {
     let err = Tokenizer::for_model(&fixture("llama")).unwrap_err();
     assert!(matches!(err, TextError::Missing { .. }));
     let text = err.to_string();
-    assert!(text.contains("llama: no tokenizer.json") && text.contains("--tokens"), "{text}");
+    assert!(
+        text.contains("llama: no tokenizer.json") && text.contains("--tokens"),
+        "{text}"
+    );
     let tok = Tokenizer::for_model(&fixture("tokenizers/wordpiece")).unwrap();
     let err = tok.check_ids(&[2, 300], 256).unwrap_err();
-    assert!(err.to_string().contains("token id 300 is outside the model's vocabulary of 256"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("token id 300 is outside the model's vocabulary of 256"),
+        "{err}"
+    );
 }

@@ -147,13 +147,13 @@ pub enum HubError {
         /// Which setting chose it.
         from: CacheFrom,
         /// The repo asked for.
-        repo: RepoId,
+        repo: Box<RepoId>,
     },
     /// The repo is not in the cache.
     #[error("{repo} is not in the Hugging Face cache {} ({from}); orient never downloads. {}", root.display(), describe_nearby(nearby, *cached, *similar))]
     RepoNotCached {
         /// The repo asked for.
-        repo: RepoId,
+        repo: Box<RepoId>,
         /// The cache folder.
         root: PathBuf,
         /// Which setting chose it.
@@ -169,7 +169,7 @@ pub enum HubError {
     #[error("{repo}: revision `{revision}` is not in the cache ({}); {}", repo_dir.display(), describe_revisions(refs, snapshots))]
     RevisionNotCached {
         /// The repo.
-        repo: RepoId,
+        repo: Box<RepoId>,
         /// The revision asked for.
         revision: String,
         /// The repo's folder.
@@ -183,7 +183,7 @@ pub enum HubError {
     #[error("{repo}: ref `{revision}` points to commit {commit}, but {} does not exist (an interrupted download?); {}", snapshot.display(), describe_revisions(&[], snapshots))]
     SnapshotMissing {
         /// The repo.
-        repo: RepoId,
+        repo: Box<RepoId>,
         /// The ref.
         revision: String,
         /// The commit it names.
@@ -197,7 +197,7 @@ pub enum HubError {
     #[error("{repo}: revision `{revision}` matches several cached commits ({}); give more digits", candidates.join(", "))]
     AmbiguousCommit {
         /// The repo.
-        repo: RepoId,
+        repo: Box<RepoId>,
         /// The prefix given.
         revision: String,
         /// The commits it matches.
@@ -370,7 +370,7 @@ impl HubCache {
             return Err(HubError::NoCache {
                 root: self.root.clone(),
                 from: self.from,
-                repo: repo.clone(),
+                repo: Box::new(repo.clone()),
             });
         }
         let repo_dir = self.root.join(repo.folder_name());
@@ -378,7 +378,7 @@ impl HubCache {
             let cached = self.repos()?;
             let (nearby, similar) = nearby(repo, &cached);
             return Err(HubError::RepoNotCached {
-                repo: repo.clone(),
+                repo: Box::new(repo.clone()),
                 root: self.root.clone(),
                 from: self.from,
                 nearby,
@@ -401,7 +401,7 @@ impl HubCache {
                 return Ok(found(commit));
             }
             return Err(HubError::SnapshotMissing {
-                repo: repo.clone(),
+                repo: Box::new(repo.clone()),
                 revision: revision.to_string(),
                 snapshot: snapshots_dir.join(&commit),
                 commit,
@@ -422,7 +422,7 @@ impl HubCache {
                 [] => {}
                 many => {
                     return Err(HubError::AmbiguousCommit {
-                        repo: repo.clone(),
+                        repo: Box::new(repo.clone()),
                         revision: revision.to_string(),
                         candidates: many.iter().map(|s| s.to_string()).collect(),
                     })
@@ -430,7 +430,7 @@ impl HubCache {
             }
         }
         Err(HubError::RevisionNotCached {
-            repo: repo.clone(),
+            repo: Box::new(repo.clone()),
             revision: revision.to_string(),
             refs: list_refs(&repo_dir.join("refs"))?,
             snapshots,

@@ -17,12 +17,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::ModelConfig;
 use crate::dtype::Dtype;
 use crate::layout::arch::{self, Component, Role};
 use crate::layout::catalogue::{Catalogue, CatalogueError, ConvId, HF};
@@ -30,6 +28,12 @@ use crate::layout::convention::Convention;
 use crate::layout::gather::{self, GatherError, Source};
 use crate::layout::resolve::{Binding, Verdict};
 use crate::layout::view::View;
+
+mod duplicates;
+mod shapes;
+
+use duplicates::duplicate_sets;
+use shapes::{explain_shapes, ShapeRow};
 
 /// Version of the JSON schema of [`LintReport`]. Bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -648,7 +652,14 @@ impl<'a> Ctx<'a> {
                 .map(|&r| self.name(rows[r].tensor).to_string())
                 .collect();
             let all_mlp = f.rows.iter().all(|&r| rows[r].mlp);
-            let example = f.rows[0];
+            // A matrix says more than a bias.
+            let example = f
+                .rows
+                .iter()
+                .copied()
+                .find(|&r| found[r].len() == 2)
+                .unwrap_or(f.rows[0]);
+            let example_name = self.name(rows[example].tensor).to_string();
             let r = &rows[example];
             let expected = r.expected(cfg).unwrap_or_default();
             let formula = if r.transposed {
@@ -675,7 +686,7 @@ impl<'a> Ctx<'a> {
                             plural(tensors.len(), "tensor"),
                             fix.field,
                             fix.weights,
-                            tensors[0],
+                            example_name,
                             found[example],
                             expected
                         ),
@@ -693,7 +704,7 @@ impl<'a> Ctx<'a> {
                 None => (
                     format!(
                         "`{}` is {:?}, but the config implies {:?} ({formula}); no single config field explains it",
-                        tensors[0], found[example], expected
+                        example_name, found[example], expected
                     ),
                     None,
                 ),
@@ -1069,214 +1080,6 @@ fn judge_norms(model_type: &str, expect: NormStorage, means: &[(String, f64)]) -
     }
 }
 
-/// A tensor under the shape check.
-struct ShapeRow<'a> {
-    tensor: usize,
-    formula: &'a crate::layout::expr::ShapeFormula,
-    /// Stored as the transpose of canonical.
-    transposed: bool,
-    mlp: bool,
-}
-
-impl ShapeRow<'_> {
-    fn expected(&self, cfg: &ModelConfig) -> Option<Vec<usize>> {
-        let mut s = self.formula.eval(cfg).ok()?;
-        if self.transposed {
-            s.reverse();
-        }
-        Some(s)
-    }
-}
-
-fn fits(found: &[usize], expected: &[usize]) -> bool {
-    found == expected
-        || (found.len() == 2
-            && expected.len() == 2
-            && found[0] == expected[1]
-            && found[1] == expected[0])
-}
-
-/// A config field change that explains a set of shapes.
-#[derive(Debug, Clone, PartialEq)]
-struct FieldFix {
-    field: &'static str,
-    config: usize,
-    weights: usize,
-    /// Other single-field changes that explain the same tensors, as `field = value`.
-    alternatives: Vec<String>,
-}
-
-#[derive(Debug)]
-struct ShapeFinding {
-    rows: Vec<usize>,
-    field: Option<FieldFix>,
-}
-
-#[derive(Debug)]
-struct Explained {
-    findings: Vec<ShapeFinding>,
-    transposed: usize,
-}
-
-/// The config fields a shape formula of the attention and MLP tensors can name, with a setter
-/// that keeps a derived head_dim derived.
-const FIELDS: [&str; 5] = [
-    "num_key_value_heads",
-    "num_attention_heads",
-    "head_dim",
-    "intermediate_size",
-    "hidden_size",
-];
-
-fn field_value(cfg: &ModelConfig, field: &str) -> usize {
-    match field {
-        "num_key_value_heads" => cfg.num_key_value_heads,
-        "num_attention_heads" => cfg.num_attention_heads,
-        "head_dim" => cfg.head_dim,
-        "intermediate_size" => cfg.intermediate_size,
-        _ => cfg.hidden_size,
-    }
-}
-
-fn with_field(cfg: &ModelConfig, field: &str, v: usize) -> ModelConfig {
-    let mut c = cfg.clone();
-    let derived = !cfg.head_dim_explicit
-        && cfg.hidden_size.checked_div(cfg.num_attention_heads) == Some(cfg.head_dim);
-    match field {
-        "num_key_value_heads" => c.num_key_value_heads = v,
-        "num_attention_heads" => c.num_attention_heads = v,
-        "head_dim" => c.head_dim = v,
-        "intermediate_size" => c.intermediate_size = v,
-        _ => c.hidden_size = v,
-    }
-    if derived && matches!(field, "num_attention_heads" | "hidden_size") {
-        if let Some(d) = c.hidden_size.checked_div(c.num_attention_heads) {
-            c.head_dim = d;
-        }
-    }
-    c.q_dim = c.num_attention_heads.saturating_mul(c.head_dim);
-    c.kv_dim = c.num_key_value_heads.saturating_mul(c.head_dim);
-    c
-}
-
-/// Finds the shapes that fit neither the config nor its transpose, and the single config field
-/// changes that explain them without breaking a shape that fits now (greedy, largest first).
-fn explain_shapes(cfg: &ModelConfig, rows: &[ShapeRow<'_>], found: &[&[usize]]) -> Explained {
-    let expected: Vec<Option<Vec<usize>>> = rows.iter().map(|r| r.expected(cfg)).collect();
-    let mut transposed = 0;
-    let mut bad: Vec<usize> = Vec::new();
-    for (i, e) in expected.iter().enumerate() {
-        match e {
-            Some(e) if found[i] == e.as_slice() => {}
-            Some(e) if fits(found[i], e) => transposed += 1,
-            Some(_) => bad.push(i),
-            None => {}
-        }
-    }
-    if bad.is_empty() {
-        return Explained {
-            findings: Vec::new(),
-            transposed,
-        };
-    }
-    // Candidate values: each field scaled by a ratio of a found dimension to an expected one.
-    let mut candidates: Vec<(&'static str, usize)> = Vec::new();
-    for &i in &bad {
-        let Some(e) = &expected[i] else { continue };
-        for field in FIELDS {
-            let v = field_value(cfg, field);
-            for (&d, &x) in found[i].iter().zip(e) {
-                if d == x || x == 0 || d == 0 {
-                    continue;
-                }
-                for (num, den) in [(d, x), (x, d)] {
-                    if let Some(p) = v.checked_mul(num) {
-                        if p % den == 0 && p / den != v && p / den > 0 {
-                            candidates.push((field, p / den));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    candidates.sort_unstable();
-    candidates.dedup();
-    let good: Vec<usize> = (0..rows.len())
-        .filter(|i| !bad.contains(i) && expected[*i].is_some())
-        .collect();
-    // (field, value, rows it fixes), keeping only changes that break nothing that fits now.
-    let mut fixes: Vec<(&'static str, usize, Vec<usize>)> = Vec::new();
-    for (field, v) in candidates {
-        let c = with_field(cfg, field, v);
-        let exp = |i: usize| rows[i].expected(&c);
-        let breaks = good
-            .iter()
-            .any(|&i| !exp(i).is_some_and(|e| fits(found[i], &e)));
-        if breaks {
-            continue;
-        }
-        let fixed: Vec<usize> = bad
-            .iter()
-            .copied()
-            .filter(|&i| exp(i).is_some_and(|e| fits(found[i], &e)))
-            .collect();
-        if !fixed.is_empty() {
-            fixes.push((field, v, fixed));
-        }
-    }
-    let mut findings = Vec::new();
-    let mut left = bad.clone();
-    loop {
-        let best = fixes
-            .iter()
-            .map(|(f, v, rows)| (rows.iter().filter(|r| left.contains(r)).count(), *f, *v))
-            .filter(|(n, _, _)| *n > 0)
-            .max_by_key(|(n, f, _)| (*n, std::cmp::Reverse(FIELDS.iter().position(|x| x == f))));
-        let Some((_, field, v)) = best else { break };
-        let fixed: Vec<usize> = fixes
-            .iter()
-            .find(|(f, x, _)| *f == field && *x == v)
-            .map(|(_, _, r)| r.iter().copied().filter(|r| left.contains(r)).collect())
-            .unwrap_or_default();
-        let alternatives: Vec<String> = fixes
-            .iter()
-            .filter(|(f, x, r)| (*f, *x) != (field, v) && fixed.iter().all(|i| r.contains(i)))
-            .map(|(f, x, _)| format!("{f} = {x}"))
-            .collect();
-        left.retain(|r| !fixed.contains(r));
-        findings.push(ShapeFinding {
-            rows: fixed,
-            field: Some(FieldFix {
-                field,
-                config: field_value(cfg, field),
-                weights: v,
-                alternatives,
-            }),
-        });
-    }
-    // What no single field explains: grouped by formula and shapes.
-    let mut groups: Vec<(String, Vec<usize>, Vec<usize>)> = Vec::new();
-    for i in left {
-        let key = (rows[i].formula.text.clone(), found[i].to_vec());
-        match groups
-            .iter_mut()
-            .find(|(f, s, _)| (f, s) == (&key.0, &key.1))
-        {
-            Some((_, _, members)) => members.push(i),
-            None => groups.push((key.0, key.1, vec![i])),
-        }
-    }
-    findings.extend(
-        groups
-            .into_iter()
-            .map(|(_, _, rows)| ShapeFinding { rows, field: None }),
-    );
-    Explained {
-        findings,
-        transposed,
-    }
-}
-
 /// The float dtype a config's `dtype` / `torch_dtype` names.
 fn torch_dtype(s: &str) -> Option<Dtype> {
     match s.strip_prefix("torch.").unwrap_or(s) {
@@ -1318,135 +1121,6 @@ fn is_quantized(d: Dtype) -> bool {
 
 fn element_size(d: Dtype) -> usize {
     (d.bits() / 8).max(1)
-}
-
-/// Sets of tensors holding the same bytes.
-#[derive(Debug, Default)]
-struct DuplicateSets {
-    /// Each set sorted, sets in order of their first tensor.
-    sets: Vec<Vec<usize>>,
-    /// Tensors that shared a byte length with another (sampled).
-    fingerprinted: usize,
-    /// Tensors whose samples collided (read in full).
-    hashed: usize,
-    /// Tensors read in full that were constant (every element equal): not reported.
-    constant: usize,
-}
-
-/// Windows sampled per tensor for the fingerprint, and their length.
-const WINDOWS: usize = 16;
-const WINDOW: usize = 64;
-
-/// Groups by length, then sampled fingerprint, then full hash plus constancy, then confirms byte
-/// for byte. `elem(k)` is tensor `k`'s element size (for constancy).
-fn duplicate_sets(bytes: &[&[u8]], elem: impl Fn(usize) -> usize + Sync) -> DuplicateSets {
-    let mut out = DuplicateSets::default();
-    let mut by_len: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (k, b) in bytes.iter().enumerate() {
-        if !b.is_empty() {
-            by_len.entry(b.len()).or_default().push(k);
-        }
-    }
-    let mut groups: Vec<Vec<usize>> = by_len.into_values().filter(|g| g.len() > 1).collect();
-    groups.sort();
-    let mut collide: Vec<Vec<usize>> = Vec::new();
-    for g in groups {
-        out.fingerprinted += g.len();
-        let mut by_fp: HashMap<u64, Vec<usize>> = HashMap::new();
-        for k in g {
-            by_fp.entry(fingerprint(bytes[k])).or_default().push(k);
-        }
-        collide.extend(by_fp.into_values().filter(|g| g.len() > 1));
-    }
-    collide.sort();
-    for g in collide {
-        out.hashed += g.len();
-        let hashed: Vec<(u64, bool)> = g
-            .par_iter()
-            .map(|&k| (hash(bytes[k]), constant(bytes[k], elem(k))))
-            .collect();
-        let mut by_hash: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for (&k, &(h, is_const)) in g.iter().zip(&hashed) {
-            if is_const {
-                out.constant += 1;
-            } else {
-                by_hash.entry(h).or_default().push(k);
-            }
-        }
-        for members in by_hash.into_values() {
-            // Confirm: equal hashes are candidates, equal bytes are the verdict.
-            let mut left = members;
-            while left.len() > 1 {
-                let first = left[0];
-                let (same, rest): (Vec<usize>, Vec<usize>) =
-                    left.iter().partition(|&&k| bytes[k] == bytes[first]);
-                if same.len() > 1 {
-                    out.sets.push(same);
-                }
-                left = rest;
-            }
-        }
-    }
-    for s in &mut out.sets {
-        s.sort_unstable();
-    }
-    out.sets.sort();
-    out
-}
-
-fn fingerprint(b: &[u8]) -> u64 {
-    let mut h = Fnv::new(b.len() as u64);
-    if b.len() <= WINDOWS * WINDOW {
-        h.write(b);
-        return h.0;
-    }
-    let step = (b.len() - WINDOW) / (WINDOWS - 1);
-    for i in 0..WINDOWS {
-        let at = i * step;
-        h.write(&b[at..at + WINDOW]);
-    }
-    h.0
-}
-
-/// A fast full hash: FNV-style mixing over 8-byte words (a collision costs only a memcmp).
-fn hash(b: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ b.len() as u64;
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h ^ u64::from_le_bytes(w))
-            .wrapping_mul(0x0000_0100_0000_01b3)
-            .rotate_left(29);
-    }
-    for &x in chunks.remainder() {
-        h = (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// Every element equal to the first (a freshly initialised norm, a zero bias, a scalar).
-fn constant(b: &[u8], elem: usize) -> bool {
-    let elem = elem.max(1);
-    if b.len() % elem != 0 {
-        return false;
-    }
-    let first = &b[..elem.min(b.len())];
-    b.chunks_exact(elem).all(|c| c == first)
-}
-
-struct Fnv(u64);
-
-impl Fnv {
-    fn new(seed: u64) -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325 ^ seed)
-    }
-
-    fn write(&mut self, b: &[u8]) {
-        for &x in b {
-            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -1524,27 +1198,6 @@ mod tests {
         assert!(o.findings.is_empty());
         // Large trained scales are neither: no finding.
         assert_eq!(classify_mean(2.5), None);
-    }
-
-    #[test]
-    fn duplicates_are_confirmed_byte_for_byte_and_constants_ignored() {
-        let a: Vec<u8> = (0..4000u32).flat_map(|x| x.to_le_bytes()).collect();
-        let mut b = a.clone();
-        let c = a.clone();
-        // b differs from a in one byte between the sampled windows.
-        b[1001] ^= 1;
-        let ones: Vec<u8> = std::iter::repeat_n(1f32.to_le_bytes(), 4000)
-            .flatten()
-            .collect();
-        let ones2 = ones.clone();
-        let short = vec![7u8; 12];
-        let bytes: Vec<&[u8]> = vec![&a, &b, &c, &ones, &ones2, &short];
-        let d = duplicate_sets(&bytes, |_| 4);
-        assert_eq!(d.sets, vec![vec![0, 2]]);
-        assert_eq!(d.constant, 2);
-        assert_eq!(d.fingerprinted, 5);
-        assert!(constant(&[1, 2, 1, 2], 2));
-        assert!(!constant(&[1, 2, 1, 3], 2));
     }
 
     #[test]
