@@ -20,7 +20,7 @@ mod commands;
 /// Look inside ML checkpoints, put weights in one canonical orientation, and prove
 /// that a converted model still computes the same logits.
 #[derive(Debug, Parser)]
-#[command(name = "orient", version, about, long_about = None)]
+#[command(name = "orient", version = env!("ORIENT_VERSION"), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +42,10 @@ enum Command {
     Diff(commands::diff::Args),
     /// The whole story on a bundled tiny Qwen2 in Flax layout: inspect, convert, verify.
     Demo(commands::demo::Args),
+    /// Check weights against config: tying, norm storage, shapes, dtypes, FP8 scales, duplicates.
+    Lint(commands::lint::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(commands::completions::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Lint(args) => commands::lint::run(args),
+        Command::Completions(args) => commands::completions::run(args),
     };
     finish(result, &mut orient::output::stderr())
 }

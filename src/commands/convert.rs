@@ -52,7 +52,8 @@ pub enum DtypeArg {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Source checkpoint: a model folder, a `.safetensors` file or an index.
-    pub src: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub src: super::ModelPath,
     /// Destination folder (must not exist unless --force).
     pub dst: PathBuf,
     /// Target layout.
@@ -71,6 +72,8 @@ pub struct Args {
     /// Print the plan (one row per tensor) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
     /// How the output is written.
     #[command(flatten)]
     pub write: WriteArgs,
@@ -112,9 +115,9 @@ fn convention(l: Layout) -> Convention {
 /// Runs `orient convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
-    let target = destination::check_destination(&args.src, &args.dst, args.write.force)?;
-    let ckpt = Checkpoint::open(&args.src)
-        .with_context(|| format!("cannot read {}", args.src.display()))?;
+    let src = args.src.resolve(&args.hub)?;
+    let target = destination::check_destination(&src, &args.dst, args.write.force)?;
+    let ckpt = Checkpoint::open(&src).with_context(|| format!("cannot read {}", src.display()))?;
     output::notes::warn(ckpt.notes());
     let opts = Options {
         to: convention(args.to),
@@ -131,16 +134,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     // Some plan errors name only the tensor: say which checkpoint.
-    let plan = plan::plan(&ckpt, &opts)
-        .with_context(|| format!("cannot convert {}", args.src.display()))?;
+    let plan =
+        plan::plan(&ckpt, &opts).with_context(|| format!("cannot convert {}", src.display()))?;
     let mut out = output::stdout();
     if args.dry_run {
-        output::convert::plan_table(&plan, &args.src, &args.dst, &mut out)?;
+        output::convert::plan_table(&plan, &src, &args.dst, &mut out)?;
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     if !args.write.quiet {
-        output::convert::header(&plan, &args.src, &args.dst, &mut out)?;
+        output::convert::header(&plan, &src, &args.dst, &mut out)?;
         out.flush()?;
     }
     prepare_write(&target)?;
@@ -163,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = result.with_context(|| {
         format!(
             "converting {} to {} failed; nothing was written",
-            args.src.display(),
+            src.display(),
             args.dst.display()
         )
     })?;

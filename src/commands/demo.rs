@@ -90,13 +90,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
     )?;
     let report = verify::verify(&verify::Args {
-        model: converted,
+        model: converted.into(),
         reference: Some(reference),
         against: None,
         tokens: None,
         atol: 1e-4,
         rtol: 1e-4,
         json: false,
+        hub: Default::default(),
     })?;
     output::verify::render(&report, false, &mut out)?;
     out.flush()?;

@@ -3,7 +3,6 @@
 //! on a terminal, and hands the report to [`orient::output::diff`].
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -50,9 +49,11 @@ impl From<Expect> for Conversion {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// First checkpoint: a .safetensors file, a model.safetensors.index.json, or a folder.
-    pub a: PathBuf,
-    /// Second checkpoint, in the same or another convention (HF or Flax names).
-    pub b: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub a: super::ModelPath,
+    /// Second checkpoint, in the same or another convention (HF or Flax names); a path or a
+    /// repo id (`ORG/NAME@REV` compares two revisions of one repo).
+    pub b: super::ModelPath,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -67,14 +68,17 @@ pub struct Args {
     /// `--expect-conversion hf-to-flax,cast`. Without it only `identical` pairs pass.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub expect_conversion: Vec<Expect>,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
 }
 
 /// Runs `orient diff`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let a = Checkpoint::open(&args.a)
-        .with_context(|| format!("cannot open A ({})", args.a.display()))?;
-    let b = Checkpoint::open(&args.b)
-        .with_context(|| format!("cannot open B ({})", args.b.display()))?;
+    let (path_a, path_b) = (args.a.resolve(&args.hub)?, args.b.resolve(&args.hub)?);
+    let a = Checkpoint::open(&path_a)
+        .with_context(|| format!("cannot open A ({})", path_a.display()))?;
+    let b = Checkpoint::open(&path_b)
+        .with_context(|| format!("cannot open B ({})", path_b.display()))?;
     orient::output::notes::warn(a.notes());
     orient::output::notes::warn(b.notes());
     let mut expect: Vec<Conversion> = args.expect_conversion.iter().map(|&e| e.into()).collect();
@@ -98,9 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // Verdicts computed from a file that changed underneath mean nothing.
     a.check_intact()
-        .with_context(|| format!("cannot compare A ({})", args.a.display()))?;
+        .with_context(|| format!("cannot compare A ({})", path_a.display()))?;
     b.check_intact()
-        .with_context(|| format!("cannot compare B ({})", args.b.display()))?;
+        .with_context(|| format!("cannot compare B ({})", path_b.display()))?;
 
     let mut out = orient::output::stdout();
     if args.json {

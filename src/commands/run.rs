@@ -15,7 +15,8 @@ use orient_inspect::Checkpoint;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model folder, `.safetensors` file or `model.safetensors.index.json`.
-    pub model: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub model: super::ModelPath,
     /// Prompt token ids, comma-separated (e.g. `1,2,3`).
     #[arg(long, value_delimiter = ',', required = true)]
     pub tokens: Vec<u32>,
@@ -42,16 +43,19 @@ pub struct Args {
     /// (for benchmarks of a model that fits in RAM).
     #[arg(long, hide = true)]
     pub keep_pages: bool,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
 }
 
 /// Runs `orient run`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let ckpt = Checkpoint::open(&args.model)
-        .with_context(|| format!("opening {}", args.model.display()))?;
+    let model_path = args.model.resolve(&args.hub)?;
+    let ckpt = Checkpoint::open(&model_path)
+        .with_context(|| format!("opening {}", model_path.display()))?;
     orient::output::notes::warn(ckpt.notes());
     let mut model =
-        Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
+        Model::new(&ckpt).with_context(|| format!("loading {}", model_path.display()))?;
     model.keep_pages(args.keep_pages);
     if let Some(path) = &args.save {
         // Before the forward, which may take minutes.
@@ -75,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let out = model.forward_with(&args.tokens, &opts).with_context(|| {
             format!(
                 "running the forward of {} on {} tokens{}",
-                args.model.display(),
+                model_path.display(),
                 args.tokens.len(),
                 if every_position {
                     " (--save and --all-positions keep the logits of every position)"
@@ -116,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "logits".to_string(),
                 "f32 [T, V], orient CPU forward (f32)".to_string(),
             );
-            meta.insert("model".to_string(), args.model.display().to_string());
+            meta.insert("model".to_string(), model_path.display().to_string());
             meta.insert("orient".to_string(), env!("CARGO_PKG_VERSION").to_string());
             model::save::write(&out, path, meta, args.force)
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -130,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         vec![out.len() - 1]
     };
     let report = RunReport {
-        model: args.model.display().to_string(),
+        model: model_path.display().to_string(),
         model_type: model.config().model_type.clone(),
         convention: model.convention().name().to_string(),
         tokens: out.len(),

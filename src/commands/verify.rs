@@ -16,7 +16,8 @@ use orient_inspect::Checkpoint;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The model under test: folder, `.safetensors` file or index.
-    pub model: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub model: super::ModelPath,
     /// A reference file (`input_ids`, `logits`, `hidden_states.{i}`), e.g. made by
     /// transformers (see the README) or by `orient run --save`.
     #[arg(
@@ -26,9 +27,9 @@ pub struct Args {
         required_unless_present = "against"
     )]
     pub reference: Option<PathBuf>,
-    /// Another model to run on the same tokens (the trusted side).
+    /// Another model to run on the same tokens (the trusted side); a path or a repo id.
     #[arg(long, value_name = "OTHER_MODEL")]
-    pub against: Option<PathBuf>,
+    pub against: Option<super::ModelPath>,
     /// Prompt token ids, comma-separated. Default: the reference's `input_ids`, or with
     /// `--against` a fixed 80-token prompt.
     #[arg(long, value_delimiter = ',')]
@@ -42,6 +43,8 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
 }
 
 /// Runs `orient verify`: exit 0 within tolerance, 1 not.
@@ -63,11 +66,12 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
         atol: args.atol,
         rtol: args.rtol,
     };
-    let ckpt = Checkpoint::open(&args.model)
-        .with_context(|| format!("opening {}", args.model.display()))?;
+    let model_path = args.model.resolve(&args.hub)?;
+    let ckpt = Checkpoint::open(&model_path)
+        .with_context(|| format!("opening {}", model_path.display()))?;
     orient::output::notes::warn(ckpt.notes());
     let mut model =
-        Model::new(&ckpt).with_context(|| format!("loading {}", args.model.display()))?;
+        Model::new(&ckpt).with_context(|| format!("loading {}", model_path.display()))?;
     if let Some(ref_path) = &args.reference {
         let reference = Reference::read(ref_path)?;
         if let Some(tokens) = &args.tokens {
@@ -91,7 +95,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
                     format!(
                         "{} does not fit {} ({} layers, hidden size {}, vocabulary {})",
                         ref_path.display(),
-                        args.model.display(),
+                        model_path.display(),
                         shape.layers,
                         shape.hidden_size,
                         shape.vocab_size
@@ -99,10 +103,10 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
                 })?;
         let out = model
             .forward(&reference.input_ids, true)
-            .with_context(|| format!("running {}", args.model.display()))?;
+            .with_context(|| format!("running {}", model_path.display()))?;
         let comparison = compare::compare_reference(&out, &reference, tol);
         return Ok(VerifyReport {
-            model: args.model.display().to_string(),
+            model: model_path.display().to_string(),
             against: ref_path.display().to_string(),
             against_kind: "reference",
             tokens: out.len(),
@@ -115,9 +119,10 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
             comparison,
         });
     }
-    let Some(other_path) = &args.against else {
+    let Some(other) = &args.against else {
         bail!("pass --reference FILE or --against MODEL");
     };
+    let other_path = &other.resolve(&args.hub)?;
     let other_ckpt = Checkpoint::open(other_path)
         .with_context(|| format!("opening {}", other_path.display()))?;
     orient::output::notes::warn(other_ckpt.notes());
@@ -127,7 +132,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     if va != vb {
         bail!(
             "vocabularies differ: {} has {va} tokens, {} has {vb}",
-            args.model.display(),
+            model_path.display(),
             other_path.display()
         );
     }
@@ -140,7 +145,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     };
     let out = model
         .forward(&tokens, true)
-        .with_context(|| format!("running {}", args.model.display()))?;
+        .with_context(|| format!("running {}", model_path.display()))?;
     let want = other
         .forward(&tokens, true)
         .with_context(|| format!("running {}", other_path.display()))?;
@@ -155,7 +160,7 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     }
     let comparison = compare::compare_runs(&out, &want, tol);
     Ok(VerifyReport {
-        model: args.model.display().to_string(),
+        model: model_path.display().to_string(),
         against: other_path.display().to_string(),
         against_kind: "model",
         tokens: out.len(),
