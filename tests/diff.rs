@@ -734,6 +734,11 @@ fn jax_port_with_an_unpermuted_wq_is_rope_permuted_there_only() {
             assert_eq!(verdict(&p), "rope-permuted", "{name}: {p:#}");
             assert_eq!(p["heads"], 4, "{name}");
             assert_eq!(p["relation"], "transpose", "{name}");
+            let why = p["unexplained_because"].as_str().unwrap();
+            assert!(
+                why.contains("not stored in the RoPE order its convention says"),
+                "{why}"
+            );
             rope_permuted.push(name);
         } else {
             assert_eq!(p["matches_conventions"], true, "{name}");
@@ -783,4 +788,73 @@ fn expect_conversion_names_any_two_conventions() {
         err.contains("`hf-to-qwen2-jax-port` is not a conversion") && err.contains("hf, flax"),
         "{err}"
     );
+}
+
+/// Issue 9: a port tensor whose shape its layout cannot read is an error of its pair, naming
+/// the tensor, both shapes and the convention; the diff goes on with the other pairs.
+#[test]
+fn a_port_tensor_of_the_wrong_shape_is_a_pair_error_naming_it() {
+    let layout = port_layout();
+    let dir = tempfile::tempdir().unwrap();
+    let tensors: Vec<Tensor> = load("qwen2-port")
+        .into_iter()
+        .map(|(n, s, v)| {
+            if n == "params.decoder.layer_0.attn.wq" {
+                f32_tensor(&n, &[64, 32], &v[..64 * 32])
+            } else {
+                f32_tensor(&n, &s, &v)
+            }
+        })
+        .collect();
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+    std::fs::copy(
+        fixture("qwen2-port").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let (code, report) = diff_json(&fixture("qwen2"), dir.path(), &["--layout", &layout]);
+    assert_eq!(code, 1, "{report:#}");
+    let pairs = pairs_of(&report);
+    assert_eq!(pairs.len(), 27);
+    let q = &pairs["model.layers.0.self_attn.q_proj.weight"];
+    assert_eq!(verdict(q), "error");
+    let err = q["error"].as_str().unwrap();
+    assert_eq!(
+        err,
+        "B: `params.decoder.layer_0.attn.wq` has shape [64, 32], but convention `qwen2-jax-port` stores `model.layers.0.self_attn.q_proj.weight` as [64, 64]"
+    );
+    assert_eq!(report["summary"]["errors"], 1);
+    assert_eq!(report["summary"]["unexplained"], 1);
+}
+
+/// Issue 9, item 7: a layout that does not fit a side's model stops the diff with an error
+/// naming the side, the layout file, its line and the tensor (exit 2).
+#[test]
+fn a_layout_that_does_not_fit_the_model_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[convention]\nname = \"bad\"\n[[rule]]\ncanonical = \"model.layers.{i}.self_attn.k_proj.weight\"\nstored = \"k.{i}\"\ntransforms = [{ rope_permute = { heads = 3, to = \"interleaved\" } }]\n",
+    )
+    .unwrap();
+    let out = orient()
+        .args(["diff", "tests/fixtures/qwen2", "tests/fixtures/qwen2-flax"])
+        .arg("--layout")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("A (tests/fixtures/qwen2): the layout catalogue cannot be built"),
+        "{err}"
+    );
+    assert!(err.contains("bad.toml:5: `transforms`"), "{err}");
+    assert!(
+        err.contains("`model.layers.0.self_attn.k_proj.weight`") && err.contains("3 heads"),
+        "{err}"
+    );
+    // Said once, not repeated by a cause printed inline.
+    assert_eq!(err.matches("3 heads").count(), 1, "{err}");
 }

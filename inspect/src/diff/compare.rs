@@ -549,9 +549,9 @@ fn stored_index(b: &Operand<'_>, i: usize, j: usize) -> Option<Vec<usize>> {
 }
 
 /// Names the verdict of candidate `c` holding with `v`: by the hypothesis when there is one,
-/// otherwise by the relation between the stored tensors.
+/// otherwise by the relation between the stored tensors (one word per transform kind, from
+/// [`relation::WORDS`]).
 fn name(p: &PairInput<'_>, c: &Candidate, v: Value) -> Found {
-    let within = matches!(v, Value::Rounded(_)).then(|| p.narrow().name());
     let source = if c.deviation.is_empty() {
         &c.relation
     } else {
@@ -562,91 +562,114 @@ fn name(p: &PairInput<'_>, c: &Candidate, v: Value) -> Found {
         Value::Offset(_) => Some("offset"),
         _ => relation::word(source),
     };
-    let transposed = relation::transposes(&c.relation);
-    let expected = c.deviation.is_empty() && c.relation == p.conventions();
-    let same = |symmetric: bool| match v {
-        Value::Rounded(max) => Verdict::Rounded {
-            dtype: p.narrow().name(),
-            max_abs_diff: max,
-            symmetric,
-        },
-        _ => Verdict::Identical {
-            lossless_cast: (p.a.info.dtype != p.b.info.dtype)
-                .then(|| format!("{} → {}", p.a.info.dtype, p.b.info.dtype)),
-            symmetric,
-        },
+    let named = Named {
+        p,
+        source,
+        v,
+        within: matches!(v, Value::Rounded(_)).then(|| p.narrow().name()),
+        transposed: relation::transposes(&c.relation),
+        expected: c.deviation.is_empty() && c.relation == p.conventions(),
     };
     let verdict = match word {
-        None => same(a_symmetric(p)),
+        None => named.same(a_symmetric(p)),
         // A square A equal to its own transpose makes "identical" and "transposed" the same
         // relation: said so, as identical.
-        Some("transposed") if a_symmetric(p) => same(true),
+        Some("transposed") if a_symmetric(p) => named.same(true),
         Some("transposed") => Verdict::Transposed {
-            within_rounding: within,
-            expected_by_conventions: expected,
+            within_rounding: named.within,
+            expected_by_conventions: named.expected,
         },
-        Some("rope-permuted") => {
-            let (heads, to) = match relation::first_of(source, "rope-permute").map(|m| &m.transform)
-            {
-                Some(Transform::RopePermute { heads, to, .. }) => (*heads, *to),
-                _ => (0, RopeOrder::Interleaved),
-            };
-            Verdict::RopePermuted {
-                direction: match to {
-                    RopeOrder::Interleaved => RopeDirection::ToInterleaved,
-                    RopeOrder::Half => RopeDirection::ToRotateHalf,
-                },
-                heads,
-                head_kind: p.head_kind(),
-                transposed,
-                within_rounding: within,
-            }
-        }
-        Some("scaled") => {
-            let factor = match v {
-                Value::Scaled(f) => f,
-                _ => match relation::first_of(source, "scale").map(|m| &m.transform) {
-                    Some(Transform::Scale(f)) => *f,
-                    _ => 1.0,
-                },
-            };
-            Verdict::Scaled {
-                factor: f64::from(factor),
-                hint: scale_hint(f64::from(factor), p.head_dim()),
-                transposed,
-            }
-        }
-        Some("offset") => {
-            let offset = match v {
-                Value::Offset(d) => d,
-                _ => match relation::first_of(source, "add").map(|m| &m.transform) {
-                    Some(Transform::Add(d)) => *d,
-                    _ => 0.0,
-                },
-            };
-            Verdict::Offset {
-                offset: f64::from(offset),
-                transposed,
-            }
-        }
+        Some("rope-permuted") => named.rope(),
+        Some("scaled") => Verdict::Scaled {
+            factor: f64::from(named.constant("scale")),
+            hint: scale_hint(f64::from(named.constant("scale")), p.head_dim()),
+            transposed: named.transposed,
+        },
+        Some("offset") => Verdict::Offset {
+            offset: f64::from(named.constant("add")),
+            transposed: named.transposed,
+        },
         Some(w) => Verdict::Transformed(Transformed {
             verdict: w,
             part: source.iter().find_map(|m| m.index),
-            transposed,
-            within_rounding: within,
-            expected_by_conventions: expected,
+            transposed: named.transposed,
+            within_rounding: named.within,
+            expected_by_conventions: named.expected,
         }),
     };
     let mut relation = c.relation.clone();
+    let ndim = p.b.info.shape.len();
     match v {
-        Value::Scaled(f) => relation.push(Move::new(Transform::Scale(f), p.b.info.shape.len())),
-        Value::Offset(d) => relation.push(Move::new(Transform::Add(d), p.b.info.shape.len())),
+        Value::Scaled(f) => relation.push(Move::new(Transform::Scale(f), ndim)),
+        Value::Offset(d) => relation.push(Move::new(Transform::Add(d), ndim)),
         _ => {}
     }
     Found {
         verdict,
         relation: Some(relation),
         matches_conventions: c.deviation.is_empty(),
+    }
+}
+
+/// What naming a verdict looks at.
+struct Named<'n> {
+    p: &'n PairInput<'n>,
+    /// The transforms that name it (the hypothesis, or the stored relation).
+    source: &'n [Move],
+    v: Value,
+    within: Option<&'static str>,
+    /// The stored tensors are transposed relative to each other.
+    transposed: bool,
+    /// The relation is the conventions' own.
+    expected: bool,
+}
+
+impl Named<'_> {
+    /// The stored tensors hold the same values (exactly, or within rounding).
+    fn same(&self, symmetric: bool) -> Verdict {
+        let (a, b) = (self.p.a.info.dtype, self.p.b.info.dtype);
+        match self.v {
+            Value::Rounded(max) => Verdict::Rounded {
+                dtype: self.p.narrow().name(),
+                max_abs_diff: max,
+                symmetric,
+            },
+            _ => Verdict::Identical {
+                lossless_cast: (a != b).then(|| format!("{a} → {b}")),
+                symmetric,
+            },
+        }
+    }
+
+    fn rope(&self) -> Verdict {
+        let (heads, to) =
+            match relation::first_of(self.source, "rope-permute").map(|m| &m.transform) {
+                Some(Transform::RopePermute { heads, to, .. }) => (*heads, *to),
+                _ => (0, RopeOrder::Interleaved),
+            };
+        Verdict::RopePermuted {
+            direction: match to {
+                RopeOrder::Interleaved => RopeDirection::ToInterleaved,
+                RopeOrder::Half => RopeDirection::ToRotateHalf,
+            },
+            heads,
+            head_kind: self.p.head_kind(),
+            transposed: self.transposed,
+            within_rounding: self.within,
+        }
+    }
+
+    /// The constant of a scale or an add: estimated from the values, or the conventions'.
+    fn constant(&self, kind: &str) -> f32 {
+        match (
+            self.v,
+            relation::first_of(self.source, kind).map(|m| &m.transform),
+        ) {
+            (Value::Scaled(c) | Value::Offset(c), _) => c,
+            (_, Some(Transform::Scale(c) | Transform::Add(c))) => *c,
+            _ if kind == "scale" => 1.0,
+            _ => 0.0,
+        }
     }
 }
 

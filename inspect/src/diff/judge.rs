@@ -123,6 +123,17 @@ pub(crate) fn judge(v: &Verdict, p: &Facts<'_>, expect: &[Conversion]) -> Option
             }
         }
         Verdict::RopePermuted { .. } if p.matches_conventions => as_conventions(),
+        // The conventions permute this tensor themselves: a side is not in the RoPE order its
+        // convention says (a port that forgot, or applied twice, its permutation).
+        Verdict::RopePermuted { .. }
+            if relation::first_of(p.conventions, "rope-permute").is_some()
+                && !has(Conversion::RopePermute) =>
+        {
+            Some(format!(
+                "RoPE-permuted against what the conventions imply (`{}`): a side is not stored in the RoPE order its convention says",
+                relation::describe(p.conventions)
+            ))
+        }
         Verdict::RopePermuted {
             transposed,
             within_rounding,

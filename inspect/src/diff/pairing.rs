@@ -518,11 +518,30 @@ pub(crate) fn operands<'p>(
 }
 
 fn operand<'p>(s: &'p Side<'_>, it: &Item) -> Result<Operand<'p>, PairError> {
-    let (view, read_transposed) = it.view.clone().map_err(|source| PairError::Layout {
-        side: s.label,
-        canonical: it.key.clone(),
-        convention: s.conv_name(it.conv).unwrap_or("?").to_string(),
-        source: Box::new(source),
+    let convention = || s.conv_name(it.conv).unwrap_or("?").to_string();
+    let (view, read_transposed) = it.view.clone().map_err(|source| match source {
+        BindError::Shape {
+            tensor,
+            found,
+            expected,
+        } => PairError::StoredShape {
+            side: s.label,
+            tensor: s
+                .ck
+                .tensors()
+                .get(tensor)
+                .map_or_else(|| tensor.to_string(), |t| t.name.clone()),
+            found: found.into(),
+            expected: expected.into(),
+            convention: convention(),
+            canonical: it.key.clone(),
+        },
+        source => PairError::Layout {
+            side: s.label,
+            canonical: it.key.clone(),
+            convention: convention(),
+            source: Box::new(source),
+        },
     })?;
     Ok(Operand {
         info: &s.ck.tensors()[it.tensor],

@@ -371,6 +371,22 @@ pub enum PairError {
         /// B's shape.
         b_shape: Vec<usize>,
     },
+    /// A stored tensor's shape is neither the one its convention expects nor its transpose.
+    #[error("{side}: `{tensor}` has shape {found:?}, but convention `{convention}` stores `{canonical}` as {expected:?}")]
+    StoredShape {
+        /// `A` or `B`.
+        side: &'static str,
+        /// The stored tensor.
+        tensor: String,
+        /// Its shape.
+        found: Box<[usize]>,
+        /// The shape the convention gives it.
+        expected: Box<[usize]>,
+        /// The convention.
+        convention: String,
+        /// The canonical tensor.
+        canonical: String,
+    },
     /// A side's stored tensors do not make the canonical tensor its convention describes.
     #[error("{side}: `{canonical}` cannot be read through convention `{convention}`")]
     Layout {

@@ -1207,9 +1207,20 @@ fn a_port_relation_is_explained_by_its_direction_only() {
     let why = judge(&v, &facts, &[Conversion::HfToFlax]).unwrap();
     assert!(why.contains("pass --expect-conversion hf-to-port"), "{why}");
     assert!(why.contains("relates by `rope-permute"), "{why}");
-    // Not the conventions' relation: a RoPE permutation needs rope-permute.
+    // Not the conventions' relation, which permutes itself: a side is out of its order.
     let facts = Facts {
         matches_conventions: false,
+        ..facts
+    };
+    let why = judge(&v, &facts, std::slice::from_ref(&port)).unwrap();
+    assert!(
+        why.contains("not stored in the RoPE order its convention says"),
+        "{why}"
+    );
+    // Conventions that do not permute: a RoPE permutation needs rope-permute.
+    let transpose = [Move::new(Transform::Transpose, 2)];
+    let facts = Facts {
+        conventions: &transpose,
         ..facts
     };
     let why = judge(&v, &facts, &[port]).unwrap();
