@@ -186,9 +186,12 @@ fn detail(p: &PairResult) -> String {
         }
         None => {}
     }
-    // A relation other than the one the conventions imply: say both.
+    // A transform other than the one the conventions imply, when they imply more than a
+    // transpose (which the flags above already place): say both. An unchanged tensor is said
+    // so under the table, with what the conventions expected.
     if let Some(found) = &p.relation {
-        if !p.matches_conventions && p.conventions_relation != "identity" {
+        let plain = ["identity", "transpose"].contains(&p.conventions_relation.as_str());
+        if !p.matches_conventions && !plain && found != "identity" {
             parts.push(format!(
                 "found `{found}` where the conventions expect `{}`",
                 p.conventions_relation

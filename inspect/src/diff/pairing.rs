@@ -488,15 +488,20 @@ fn one_sided(s: &Side<'_>, used: &[bool], other: &Side<'_>) -> Vec<OneSided> {
             let conv = other.conv.or(s.conv)?;
             cat.optional(e, conv).map(str::to_string)
         });
-        out.push(OneSided {
-            name: t.name.clone(),
-            dtype: t.dtype.name(),
-            shape: t.shape.clone(),
-            canonical: partial.then(|| it.key.clone()),
-            optional,
-        });
+        out.push((
+            it.tensor,
+            OneSided {
+                name: t.name.clone(),
+                dtype: t.dtype.name(),
+                shape: t.shape.clone(),
+                canonical: partial.then(|| it.key.clone()),
+                optional,
+            },
+        ));
     }
-    out
+    // In file order.
+    out.sort_by_key(|(k, _)| *k);
+    out.into_iter().map(|(_, o)| o).collect()
 }
 
 /// The operands of a pair, each side's canonical view fitted to the other's shape when the
