@@ -12,6 +12,8 @@
 //!
 //! The verdict is named by [`name`] from the transforms of the candidate that held.
 
+use std::cell::OnceCell;
+
 use crate::checkpoint::TensorInfo;
 use crate::diff::numeric::{self, Geom, Pair, Reader, Relation, Sample};
 use crate::diff::relation::{self, Move, RopeCheck};
@@ -326,12 +328,12 @@ impl<'a> Sampled<'a> {
     }
 }
 
-/// B's operands of every candidate, read and sampled once.
+/// B's operands of every candidate, read and sampled once, when first needed.
 struct Screen<'a> {
     full: bool,
     canonical: Sampled<'a>,
     /// Per candidate with a B view of its own.
-    own: Vec<Option<Sampled<'a>>>,
+    own: Vec<OnceCell<Sampled<'a>>>,
 }
 
 fn read_err(side: &'static str, o: &Operand<'_>) -> impl Fn(GatherError) -> PairError {
@@ -345,14 +347,10 @@ fn read_err(side: &'static str, o: &Operand<'_>) -> impl Fn(GatherError) -> Pair
 
 impl<'a> Screen<'a> {
     fn new(p: &'a PairInput<'a>, cands: &'a [Candidate]) -> Result<Screen<'a>, PairError> {
-        let own = cands
-            .iter()
-            .map(|c| c.y.as_ref().map(|v| Sampled::new(v, &p.b, "B")).transpose())
-            .collect::<Result<_, _>>()?;
         Ok(Screen {
             full: p.full,
             canonical: Sampled::new(&p.b.canonical, &p.b, "B")?,
-            own,
+            own: cands.iter().map(|_| OnceCell::new()).collect(),
         })
     }
 
@@ -363,7 +361,16 @@ impl<'a> Screen<'a> {
         k: usize,
         c: &'a Candidate,
     ) -> Result<(Pair<'a>, &Sampled<'a>), PairError> {
-        let y = self.own[k].as_ref().unwrap_or(&self.canonical);
+        let y = match &c.y {
+            None => &self.canonical,
+            Some(v) => match self.own[k].get() {
+                Some(y) => y,
+                None => {
+                    let y = Sampled::new(v, &p.b, "B")?;
+                    self.own[k].get_or_init(|| y)
+                }
+            },
+        };
         let x = Reader::new(&c.x, p.a.sources).map_err(read_err("A", &p.a))?;
         Ok((
             Pair {
