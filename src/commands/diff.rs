@@ -24,6 +24,7 @@ use orient_inspect::Checkpoint;
 /// 1 otherwise, including pairs that could not be compared; 2 when a checkpoint cannot be
 /// opened.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("layouts", |a| a.help(LAYOUT_HELP)))]
 pub struct Args {
     /// First checkpoint: a .safetensors file, a model.safetensors.index.json, or a folder.
     pub a: PathBuf,
@@ -51,6 +52,12 @@ pub struct Args {
     #[command(flatten)]
     pub layout: super::LayoutArgs,
 }
+
+/// `--layout` as diff uses it: a candidate for either side.
+const LAYOUT_HELP: &str = "A layout file (TOML) describing a convention, e.g. a hand-written JAX \
+port's names and transforms (format in README.md). Repeat to load several. Each side is read in \
+the convention its names and shapes fit, among the built-ins and these; a side read in a layout \
+makes the conversion between the two sides' conventions expected";
 
 /// Runs `orient diff`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
