@@ -414,9 +414,9 @@ fn forward_diff_and_stats_on_a_file_truncated_after_open_fail_the_check() {
     truncate(&file, 4096 * 8);
     let opts = orient_inspect::diff::DiffOptions {
         full: true,
-        expect: Vec::new(),
+        ..Default::default()
     };
-    let report = orient_inspect::diff::diff(&a, &b, &opts, &|_, _| {});
+    let report = orient_inspect::diff::diff(&a, &b, &opts, &|_, _| {}).unwrap();
     assert!(!report.ok);
     a.check_intact().unwrap();
     let err = b.check_intact().unwrap_err();
