@@ -313,7 +313,7 @@ pub fn load_with(path: &std::path::Path, known: &[Arc<Convention>]) -> Result<Co
             file: &file,
             text: &text,
         },
-        builtins(),
+        known,
     )
 }
 
