@@ -1,29 +1,40 @@
-//! Executes a list of per-tensor operations against an open checkpoint, streaming.
+//! Executes a list of output tensors against an open checkpoint, streaming.
 //!
-//! Why it is built this way: the converted model may be larger than RAM, so no tensor is
-//! ever gathered whole unless it is small, and the work must overlap the kernel's copy
-//! of the output into the page cache, which costs about as much as the transposes. Each
-//! output tensor is produced by the cheapest path that keeps memory bounded, straight
-//! into the write buffers that the shard's writer thread drains (see
-//! [`crate::writer::Staging::write_shard_with`]):
-//! - copy (no transpose, no cast): `copy_file_range` inside the kernel, so the bytes never
-//!   enter this process (nor its RSS);
-//! - cast only: chunks of the memory map cast on all cores into a write buffer;
-//! - transpose (± cast) of a tensor whose output fits one buffer (every projection of a
-//!   0.5B–7B model): in one go, from the memory map into the buffer;
+//! Each output tensor is a [`View`] over one or more source tensors (the source convention's
+//! inverse chain composed with the target's chain, see [`crate::plan`]) and a dtype. Why it is
+//! built this way: the converted model may be larger than RAM, so no tensor is ever gathered
+//! whole unless it is small, and the work must overlap the kernel's copy of the output into
+//! the page cache, which costs about as much as the transposes. Each output tensor is
+//! produced by the cheapest path that keeps memory bounded, straight into the write buffers
+//! that the shard's writer thread drains (see [`crate::writer::Staging::write_shard_with`]).
+//! The path is chosen from the view itself, whatever chain made it:
+//! - a contiguous range of one source (a copy, a rename, or a chain whose steps cancel):
+//!   `copy_file_range` inside the kernel, so the bytes never enter this process (nor its
+//!   RSS);
+//! - the same with a cast: chunks of the memory map cast on all cores into a write buffer;
+//! - a 2-D transpose of one source (± cast) whose output fits one buffer (every projection
+//!   of a 0.5B–7B model): in one go, from the memory map into the buffer;
 //! - a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`):
 //!   chunk of source rows by chunk, each transposed into a column block of the output
 //!   that the writer scatters to its rows, so the source is read once, in order, and each
 //!   chunk's mapped pages are released right after use;
 //! - only when a single source row exceeds a buffer: bands of whole output rows, each
-//!   assembled from all source rows, keeping a window of them mapped between bands.
+//!   assembled from all source rows, keeping a window of them mapped between bands;
+//! - anything else (RoPE permutations, fused or split parts, stacked experts, value
+//!   operations): the generic path, bands of whole output rows gathered through the view
+//!   ([`orient_inspect::layout::gather`]) on all cores, byte for byte when nothing is
+//!   computed, else widened to f32, computed, and cast with the same kernels as above.
 //!
 //! Resident memory is the write buffers plus one chunk of mapped source (plus the window
-//! in the last case), whatever the model's size.
+//! in the transpose case; in the generic case, the sources of the one tensor being made,
+//! released after every band once they exceed the window), whatever the model's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 
+use orient_inspect::layout::gather::{self, GatherError, Source as Data};
+use orient_inspect::layout::transform::Transform;
+use orient_inspect::layout::view::{row_major_strides, View};
 use orient_inspect::{Checkpoint, Dtype, TensorInfo};
 use rayon::prelude::*;
 
@@ -59,33 +70,110 @@ impl Default for Tiling {
 }
 /// Elements cast by one rayon task.
 const CAST_TASK: usize = 1 << 18;
+/// Output bytes gathered by one rayon task of the generic path.
+const GATHER_TASK: usize = 256 << 10;
 
-/// What to do with one source tensor to obtain one output tensor.
+/// One source tensor an output tensor reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorOp {
+pub struct SourceTensor {
     /// Name in the source checkpoint.
-    pub source: String,
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its dtype.
+    pub dtype: Dtype,
+}
+
+/// How to make one output tensor: a view over source tensors, and a dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorOp {
     /// Name in the output.
     pub target: String,
-    /// Transpose the 2-D tensor (`[r, c]` → `[c, r]`).
-    pub transpose: bool,
-    /// Source dtype.
-    pub source_dtype: Dtype,
-    /// Output dtype (equal to the source dtype when there is no cast).
+    /// The tensors the view reads: source `k` of the view is `sources[k]`.
+    pub sources: Vec<SourceTensor>,
+    /// Where every element of the output comes from (and what is computed on it).
+    pub view: View,
+    /// Output dtype (equal to the sources' when there is no cast).
     pub target_dtype: Dtype,
-    /// Source shape.
-    pub source_shape: Vec<usize>,
-    /// Output shape.
+    /// Output shape (the view's).
     pub target_shape: Vec<usize>,
+    /// The chain of transforms the view stands for (source convention's inverse chain, then
+    /// the target's, with steps that cancel removed): empty for a copy or a rename.
+    pub chain: Vec<Transform>,
     /// Built from another tensor (an lm_head from the tied embedding), not from the
     /// same tensor under another name.
     pub tied: bool,
 }
 
 impl TensorOp {
+    /// An output made from one whole source tensor `[rows, cols]`, transposed or not, for
+    /// callers that build plain operations (and tests).
+    pub fn plain(
+        source: &str,
+        target: &str,
+        transpose: bool,
+        from: Dtype,
+        to: Dtype,
+        shape: &[usize],
+    ) -> Result<TensorOp> {
+        let mut view = View::contiguous(0, shape);
+        let mut chain = Vec::new();
+        if transpose {
+            view = view.transpose_last().map_err(|e| Error::Transform {
+                tensor: target.to_string(),
+                source: orient_inspect::layout::transform::TransformError::View {
+                    transform: "transpose".into(),
+                    source: e,
+                },
+            })?;
+            chain.push(Transform::Transpose);
+        }
+        Ok(TensorOp {
+            target: target.to_string(),
+            sources: vec![SourceTensor {
+                name: source.to_string(),
+                shape: shape.to_vec(),
+                dtype: from,
+            }],
+            target_shape: view.shape(),
+            view,
+            target_dtype: to,
+            chain,
+            tied: false,
+        })
+    }
+
+    /// The first source tensor's name (the only one for most outputs).
+    pub fn source(&self) -> &str {
+        self.sources.first().map_or("", |s| s.name.as_str())
+    }
+
+    /// The first source tensor's dtype.
+    pub fn source_dtype(&self) -> Dtype {
+        self.sources.first().map_or(self.target_dtype, |s| s.dtype)
+    }
+
     /// True when the dtype changes.
     pub fn casts(&self) -> bool {
-        self.source_dtype != self.target_dtype
+        self.sources.iter().any(|s| s.dtype != self.target_dtype)
+    }
+
+    /// True when the chain is exactly a 2-D transpose (what HF ↔ Flax does to a kernel).
+    pub fn is_transpose(&self) -> bool {
+        matches!(self.chain.as_slice(), [Transform::Transpose])
+    }
+
+    /// The chain in words, e.g. `transpose → rope-permute(heads=4, to=half, rotary=16)`;
+    /// `identity` when nothing moves.
+    pub fn chain_text(&self) -> String {
+        if self.chain.is_empty() {
+            return "identity".into();
+        }
+        self.chain
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" → ")
     }
 
     /// Output data size in bytes.
@@ -189,6 +277,43 @@ fn float_format(d: Dtype) -> Option<FloatFormat> {
     FloatFormat::from_name(d.name())
 }
 
+/// How an output tensor is produced, read off its view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Elements `offset..offset + numel` of the one source, in order (± cast).
+    Range { offset: usize },
+    /// The one 2-D source `[rows, cols]`, transposed (± cast).
+    Transpose { rows: usize, cols: usize },
+    /// Anything else: bands of output rows gathered through the view.
+    Gather,
+}
+
+/// The cheapest path that produces `op` (see the module docs).
+fn path_of(op: &TensorOp) -> Path {
+    let [src] = op.sources.as_slice() else {
+        return Path::Gather;
+    };
+    let Some((0, offset, strides)) = op.view.simple_strides() else {
+        return Path::Gather;
+    };
+    let shape = op.view.shape();
+    let row_major = row_major_strides(&shape);
+    let contiguous = shape
+        .iter()
+        .zip(&strides)
+        .zip(&row_major)
+        .all(|((&n, &s), &r)| n <= 1 || s == r);
+    if contiguous {
+        return Path::Range { offset };
+    }
+    match (src.shape.as_slice(), shape.as_slice(), strides.as_slice()) {
+        (&[rows, cols], &[c, r], &[1, s]) if offset == 0 && r == rows && c == cols && s == cols => {
+            Path::Transpose { rows, cols }
+        }
+        _ => Path::Gather,
+    }
+}
+
 /// Produces one output tensor into `sink`; returns the cast counts.
 fn produce_tensor(
     ckpt: &Checkpoint,
@@ -198,65 +323,88 @@ fn produce_tensor(
     scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
-    let info = ckpt
-        .tensor(&op.source)
-        .ok_or_else(|| Error::MissingTensor(op.source.clone()))?;
-    if info.shape != op.source_shape || info.dtype != op.source_dtype {
-        return Err(Error::ShapeMismatch {
-            tensor: op.source.clone(),
-            actual: info.shape.clone(),
-            expected: op.source_shape.clone(),
-            convention: "the plan".into(),
-        });
+    let mut infos: Vec<&TensorInfo> = Vec::with_capacity(op.sources.len());
+    for s in &op.sources {
+        let info = ckpt
+            .tensor(&s.name)
+            .ok_or_else(|| Error::MissingTensor(s.name.clone()))?;
+        if info.shape != s.shape || info.dtype != s.dtype {
+            return Err(Error::ShapeMismatch {
+                tensor: s.name.clone(),
+                actual: info.shape.clone(),
+                expected: s.shape.clone(),
+                convention: "the plan".into(),
+            });
+        }
+        if info.dtype.bits() % 8 != 0 {
+            return Err(Error::UnsupportedDtype {
+                tensor: s.name.clone(),
+                dtype: info.dtype.name().into(),
+            });
+        }
+        infos.push(info);
     }
-    if info.dtype.bits() % 8 != 0 {
-        return Err(Error::UnsupportedDtype {
-            tensor: op.source.clone(),
-            dtype: info.dtype.name().into(),
-        });
-    }
-    let formats = if op.casts() {
-        match (float_format(op.source_dtype), float_format(op.target_dtype)) {
-            (Some(f), Some(t)) => Some((f, t)),
+    let formats = if op.casts() || op.view.has_values() {
+        let to = float_format(op.target_dtype);
+        let from = infos
+            .iter()
+            .map(|i| float_format(i.dtype))
+            .collect::<Option<Vec<_>>>();
+        match (from, to) {
+            (Some(f), Some(t)) => Some((f[0], t)),
             _ => {
+                let bad = infos
+                    .iter()
+                    .find(|i| float_format(i.dtype).is_none())
+                    .copied()
+                    .unwrap_or(infos[0]);
                 return Err(Error::NotCastable {
-                    tensor: op.source.clone(),
-                    dtype: op.source_dtype.name().into(),
+                    tensor: bad.name.clone(),
+                    dtype: bad.dtype.name().into(),
                     target: op.target_dtype.name().into(),
-                })
+                });
             }
         }
     } else {
         None
     };
-    let shard = &ckpt.shards()[info.shard];
-    let file = &files[info.shard];
-    let stats = match (op.transpose, formats) {
-        (false, None) => {
-            sink.copy_from(
-                file,
-                &shard.path,
-                info.range.start as u64,
-                info.nbytes() as u64,
-            )?;
-            CastStats::default()
-        }
-        (false, Some((from, to))) => {
-            let src = ckpt.view(info).bytes;
-            let release = |part: &[u8]| ckpt.release_part(info, part);
-            let s = cast_stream(src, info, &release, from, to, tiling, sink);
-            ckpt.release(info);
-            s?
-        }
-        (true, formats) => {
-            let [rows, cols] = info.shape[..] else {
-                return Err(Error::ShapeMismatch {
-                    tensor: op.source.clone(),
-                    actual: info.shape.clone(),
-                    expected: op.source_shape.clone(),
-                    convention: "a 2-D transpose".into(),
+    let stats = match path_of(op) {
+        Path::Range { offset } => {
+            let info = infos[0];
+            let es = info.dtype.bits() / 8;
+            let numel: usize = op.target_shape.iter().product();
+            let (start, len) = (offset * es, numel * es);
+            if start.checked_add(len).is_none_or(|end| end > info.nbytes()) {
+                return Err(Error::Gather {
+                    tensor: op.target.clone(),
+                    source: GatherError::OutOfBounds {
+                        source_index: 0,
+                        len: info.numel(),
+                        last: offset + numel,
+                    },
                 });
-            };
+            }
+            match formats {
+                None => {
+                    sink.copy_from(
+                        &files[info.shard],
+                        &ckpt.shards()[info.shard].path,
+                        (info.range.start + start) as u64,
+                        len as u64,
+                    )?;
+                    CastStats::default()
+                }
+                Some((from, to)) => {
+                    let src = &ckpt.view(info).bytes[start..start + len];
+                    let release = |part: &[u8]| ckpt.release_part(info, part);
+                    let s = cast_stream(src, info, &release, from, to, tiling, sink);
+                    ckpt.release(info);
+                    s?
+                }
+            }
+        }
+        Path::Transpose { rows, cols } => {
+            let info = infos[0];
             let src = ckpt.view(info).bytes;
             let release = |part: &[u8]| ckpt.release_part(info, part);
             let s = transpose_banded(
@@ -265,9 +413,117 @@ fn produce_tensor(
             ckpt.release(info);
             s?
         }
+        Path::Gather => {
+            let data: Vec<Data<'_>> = infos
+                .iter()
+                .map(|i| Data {
+                    bytes: ckpt.view(i).bytes,
+                    dtype: i.dtype,
+                })
+                .collect();
+            let total: usize = infos.iter().map(|i| i.nbytes()).sum();
+            let release = || {
+                if total > tiling.resident_bytes {
+                    infos.iter().for_each(|i| ckpt.release(i));
+                }
+            };
+            let s = gather_banded(op, &data, &release, tiling, scratch, sink);
+            infos.iter().for_each(|i| ckpt.release(i));
+            s?
+        }
     };
     // The bytes just read came from the map: trust them only if the file is intact.
-    ckpt.check_tensor(info)?;
+    for info in infos {
+        ckpt.check_tensor(info)?;
+    }
+    Ok(stats)
+}
+
+/// Rows `rows` of `view` copied byte for byte into `out` ([rows, cols] elements), on all
+/// cores: a few hundred KiB of output per task.
+pub(crate) fn par_gather_bytes(
+    view: &View,
+    data: &[Data<'_>],
+    rows: std::ops::Range<usize>,
+    out: &mut [u8],
+) -> std::result::Result<(), GatherError> {
+    let n = rows.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let row_bytes = out.len() / n;
+    if row_bytes == 0 || row_bytes * n != out.len() {
+        // Let the kernel say what is wrong with the buffer.
+        return gather::gather_bytes(view, data, rows, out);
+    }
+    let task = (GATHER_TASK / row_bytes).max(1);
+    out.par_chunks_mut(task * row_bytes)
+        .enumerate()
+        .try_for_each(|(k, chunk)| {
+            let a = rows.start + k * task;
+            gather::gather_bytes(view, data, a..a + chunk.len() / row_bytes, chunk)
+        })
+}
+
+/// The generic path: bands of whole output rows (as many as fit a write buffer), each
+/// gathered through `op.view` from `data` on all cores straight into the buffer when the
+/// bytes are copied unchanged, else widened to f32 in scratch, computed (the view's value
+/// operations) and cast into the buffer. `release` runs after every band, to bound the
+/// mapped source pages in use. Every read is bounds-checked by the gather kernels.
+pub(crate) fn gather_banded(
+    op: &TensorOp,
+    data: &[Data<'_>],
+    release: &dyn Fn(),
+    tiling: &Tiling,
+    scratch: &mut Scratch,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let view = &op.view;
+    let (rows, cols) = gather::rows_cols(view);
+    let err = |source| Error::Gather {
+        tensor: op.target.clone(),
+        source,
+    };
+    let copy = !op.casts() && !view.has_values();
+    let out_es = op.target_dtype.bits() / 8;
+    let to = float_format(op.target_dtype);
+    let row_bytes = cols.max(1) * if copy { out_es } else { out_es.max(4) };
+    let band = (sink.buffer_bytes().min(tiling.band_bytes) / row_bytes).clamp(1, rows.max(1));
+    // Rows per rayon task.
+    let task = (GATHER_TASK / row_bytes).max(1);
+    let mut stats = CastStats::default();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = band.min(rows - r0);
+        let s = if copy {
+            sink.fill_with(n * cols * out_es, |out| {
+                par_gather_bytes(view, data, r0..r0 + n, out).map_err(err)?;
+                Ok(CastStats::default())
+            })?
+        } else {
+            let to = to.ok_or_else(|| Error::NotCastable {
+                tensor: op.target.clone(),
+                dtype: op.source_dtype().name().into(),
+                target: op.target_dtype.name().into(),
+            })?;
+            let wide = scratch.wide(n * cols); // [n, cols] f32
+            wide.par_chunks_mut(task * cols)
+                .enumerate()
+                .try_for_each(|(k, chunk)| {
+                    let a = r0 + k * task;
+                    let b = a + chunk.len() / cols.max(1);
+                    gather::gather_f32(view, data, a..b, chunk)
+                })
+                .map_err(err)?;
+            let wide: &[u8] = bytemuck::cast_slice(wide);
+            sink.fill_with(n * cols * out_es, |out| {
+                par_cast(&op.target, wide, FloatFormat::F32, out, to)
+            })?
+        };
+        stats.merge(&s);
+        release();
+        r0 += n;
+    }
     Ok(stats)
 }
 
@@ -328,12 +584,14 @@ fn cast_stream(
     Ok(stats)
 }
 
-/// A buffer reused from tensor to tensor (a transposed band before its cast), so that
-/// each tensor does not pay for fresh zeroed pages.
+/// Buffers reused from tensor to tensor (a transposed band before its cast, a gathered
+/// band before its cast), so that each tensor does not pay for fresh zeroed pages.
 #[derive(Debug, Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     /// [band, rows] transposed elements in the source dtype.
     t: Vec<u8>,
+    /// [band, cols] gathered elements widened to f32.
+    w: Vec<f32>,
 }
 
 impl Scratch {
@@ -342,6 +600,13 @@ impl Scratch {
             self.t.resize(len, 0);
         }
         &mut self.t[..len]
+    }
+
+    fn wide(&mut self, len: usize) -> &mut [f32] {
+        if self.w.len() < len {
+            self.w.resize(len, 0.0);
+        }
+        &mut self.w[..len]
     }
 }
 
@@ -531,21 +796,7 @@ mod tests {
     }
 
     fn op(src: &str, dst: &str, t: bool, from: Dtype, to: Dtype, shape: &[usize]) -> TensorOp {
-        let target_shape = if t {
-            vec![shape[1], shape[0]]
-        } else {
-            shape.to_vec()
-        };
-        TensorOp {
-            source: src.into(),
-            target: dst.into(),
-            transpose: t,
-            source_dtype: from,
-            target_dtype: to,
-            source_shape: shape.to_vec(),
-            target_shape,
-            tied: false,
-        }
+        TensorOp::plain(src, dst, t, from, to, shape).unwrap()
     }
 
     fn ops() -> Vec<TensorOp> {

@@ -13,7 +13,7 @@ use orient_convert::destination;
 use orient_convert::synth::{self, SynthOptions};
 use orient_convert::writer::parse_size;
 use orient_inspect::checkpoint::MAX_JSON_FILE_LEN;
-use orient_inspect::{parse_config, ConfigOutcome, Dtype};
+use orient_inspect::{parse_config, Arch, ConfigOutcome, Dtype};
 
 /// Weight dtype of the synthesized model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,9 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = match parse_config(&text).with_context(|| format!("{}", path.display()))? {
         ConfigOutcome::Known(cfg) => cfg,
         ConfigOutcome::UnknownArch { model_type, .. } => anyhow::bail!(
-            "{}: the layout catalogue has no entry for model_type `{}` (known: llama, mistral, qwen2, qwen3, gpt2)",
+            "{}: the layout catalogue has no entry for model_type `{}` (known: {})",
             path.display(),
-            model_type.unwrap_or_default()
+            model_type.unwrap_or_default(),
+            Arch::names().join(", ")
         ),
     };
     let opts = SynthOptions {
