@@ -1,6 +1,7 @@
-//! `orient convert SRC DST`: rewrite a checkpoint into the canonical HF layout (or into
-//! Flax), streaming, from the layout catalogue. Refuses to guess, never writes into the
-//! source, and leaves nothing behind on failure.
+//! `orient convert SRC DST`: rewrite a checkpoint from one layout convention into another
+//! (the canonical HF layout by default, Flax, or a `--layout FILE` convention), streaming,
+//! from the layout catalogue. Refuses to guess, never writes into the source, and leaves
+//! nothing behind on failure.
 
 use std::io::Write;
 use std::path::PathBuf;

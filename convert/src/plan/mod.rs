@@ -51,7 +51,9 @@ use orient_inspect::{parse_config, Arch, Checkpoint, ConfigOutcome, Dtype, Model
 use crate::engine::TensorOp;
 use crate::error::{Error, Result};
 use outputs::Builder;
-use source::{bind_in, check_missing, entry_of, judge, Detect};
+use source::{
+    bind_in, check_duplicates, check_known, check_missing, check_shapes, entry_of, judge, Detect,
+};
 
 /// How the source convention is decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,146 +233,38 @@ pub fn config_of(ckpt: &Checkpoint, target: &str) -> Result<ModelConfig> {
     }
 }
 
-/// Builds and checks the plan of converting `ckpt` with `opts`.
+/// Builds and checks the plan of converting `ckpt` with `opts`: the conventions, the source
+/// read and checked in its convention, the outputs of the target's, and the provenance.
 pub fn plan(ckpt: &Checkpoint, opts: &Options) -> Result<Plan> {
     let cfg = config_of(ckpt, &opts.to)?;
     let cat = Catalogue::for_model(&cfg, &opts.layouts)?;
     let path = ckpt.root();
-    let tensors = ckpt.tensors();
     let conv = |c: ConvId| cat.conventions()[c].name.clone();
-    let find = |name: &str| {
-        cat.convention_id(name)
-            .ok_or_else(|| Error::UnknownConvention {
-                name: name.to_string(),
-                known: (0..cat.conventions().len())
-                    .map(conv)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    };
-    let target = find(&opts.to)?;
+    let target = find(&cat, &opts.to)?;
     let explicit = match &opts.from {
-        From::Explicit(name) => Some(find(name)?),
+        From::Explicit(name) => Some(find(&cat, name)?),
         From::Auto => None,
     };
-
-    // Every tensor must be a known part of this model's layout, in some convention.
-    let unknown: Vec<String> = tensors
-        .iter()
-        .filter(|t| cat.hits(&t.name).is_empty())
-        .map(|t| t.name.clone())
-        .collect();
-    if !unknown.is_empty() {
-        return Err(Error::UnexpectedTensors {
-            path: path.to_path_buf(),
-            model_type: cfg.model_type.clone(),
-            tensors: unknown,
-        });
-    }
-    let listing: Vec<(&str, &[usize])> = tensors
+    check_known(&cat, ckpt)?;
+    let listing: Vec<(&str, &[usize])> = ckpt
+        .tensors()
         .iter()
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
         .collect();
     let candidates: Vec<ConvId> = (0..cat.conventions().len()).collect();
-    let detection = cat.detect(&listing, &candidates);
-    let detected = judge(&cat, &detection, &listing);
-
+    let detected = judge(&cat, &cat.detect(&listing, &candidates), &listing);
     // The same tensor twice (in two spellings or two conventions) is refused before anything
     // is decided from it.
-    let prefer = explicit.or(detected.as_ref().ok().copied()).unwrap_or(0);
     let names: Vec<&str> = listing.iter().map(|(n, _)| *n).collect();
+    let prefer = explicit.or(detected.as_ref().ok().copied()).unwrap_or(0);
     let first = cat.bind(&names, prefer);
-    if !first.duplicates.is_empty() {
-        return Err(Error::DuplicateTensors {
-            path: path.to_path_buf(),
-            pairs: first
-                .duplicates
-                .iter()
-                .map(|&(a, b)| {
-                    format!(
-                        "  {} and {} are the same tensor ({}) in two spellings",
-                        names[a],
-                        names[b],
-                        entry_of(&cat, &first, a).map_or("?", |e| &cat.entries()[e].name)
-                    )
-                })
-                .collect(),
-        });
-    }
-
-    let source = match (explicit, &detected) {
-        (Some(c), _) => c,
-        (None, Ok(c)) => *c,
-        (None, Err(Detect::Contradictory(problems))) => {
-            return Err(Error::Contradictory {
-                path: path.to_path_buf(),
-                problems: problems.clone(),
-            })
-        }
-        (None, Err(Detect::NoEvidence(reason))) => {
-            return Err(Error::Undetectable {
-                path: path.to_path_buf(),
-                candidates: (0..cat.conventions().len())
-                    .map(conv)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                reason: reason.clone(),
-            })
-        }
-    };
-    let detected_summary = match &detected {
-        Ok(c) => Ok(conv(*c)),
-        Err(Detect::Contradictory(p)) => Err(format!(
-            "mixed or contradictory ({} offending tensor{})",
-            p.len(),
-            if p.len() == 1 { "" } else { "s" }
-        )),
-        Err(Detect::NoEvidence(r)) => Err(r.clone()),
-    };
-    let mut notes = Vec::new();
-    if explicit.is_some() {
-        notes.push(match &detected {
-            Ok(c) if *c == source => format!(
-                "--from {} given explicitly (detection agrees)",
-                conv(source)
-            ),
-            Ok(c) => format!(
-                "--from {} given explicitly: it OVERRIDES detection, which says {}",
-                conv(source),
-                conv(*c)
-            ),
-            Err(_) => format!(
-                "--from {} given explicitly: it OVERRIDES detection, which says: {}",
-                conv(source),
-                detected_summary.clone().err().unwrap_or_default()
-            ),
-        });
-    }
-
+    check_duplicates(&cat, &first, &names, path)?;
+    let (source, notes) = decide(&cat, explicit, &detected, path)?;
     let binding = bind_in(&cat, &first, &names, source, path)?;
-    let shapes: Vec<&[usize]> = listing.iter().map(|(_, s)| *s).collect();
-    let is_buffer = |k: usize| {
-        entry_of(&cat, &binding, k).is_some_and(|e| cat.entries()[e].role == Role::Buffer)
-    };
-    // Shapes: exactly what the source convention stores (a transposed shape is not read
-    // as a transpose here: convert never guesses).
-    for (k, t) in tensors.iter().enumerate() {
-        let Some(h) = binding.hits[k] else { continue };
-        if is_buffer(k) {
-            continue;
-        }
-        let want = &cat.forms()[h.form].stored[h.member][h.part].shape;
-        if &t.shape != want {
-            return Err(Error::ShapeMismatch {
-                tensor: t.name.clone(),
-                actual: t.shape.clone(),
-                expected: want.clone(),
-                convention: conv(source),
-            });
-        }
-    }
+    check_shapes(&cat, &binding, &listing, source)?;
     check_missing(&cat, &binding, source, path)?;
 
+    let shapes: Vec<&[usize]> = listing.iter().map(|(_, s)| *s).collect();
     let mut b = Builder {
         ckpt,
         cat: &cat,
@@ -384,29 +278,109 @@ pub fn plan(ckpt: &Checkpoint, opts: &Options) -> Result<Plan> {
         notes,
     };
     b.outputs()?;
-    let Builder {
+    let rows = rows(&cat, &b, target);
+    let Builder { ops, mut notes, .. } = b;
+    notes.dedup();
+    let metadata = provenance::provenance(&cat, source, target, &ops, &rows);
+    Ok(Plan {
+        config: cfg,
+        source: conv(source),
+        target: conv(target),
+        explicit_from: explicit.is_some(),
+        detected: match &detected {
+            Ok(c) => Ok(conv(*c)),
+            Err(d) => Err(d.summary()),
+        },
+        rows,
         ops,
-        skips,
-        mut notes,
-        ..
-    } = b;
+        notes,
+        metadata,
+    })
+}
+
+/// The convention named `name`, or an error listing the known ones.
+fn find(cat: &Catalogue, name: &str) -> Result<ConvId> {
+    cat.convention_id(name)
+        .ok_or_else(|| Error::UnknownConvention {
+            name: name.to_string(),
+            known: known_conventions(cat),
+        })
+}
+
+/// The conventions of `cat`, comma-separated.
+fn known_conventions(cat: &Catalogue) -> String {
+    cat.conventions()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The source convention: the explicit one (with a note saying what detection says), or
+/// the detected one, or why there is none.
+fn decide(
+    cat: &Catalogue,
+    explicit: Option<ConvId>,
+    detected: &std::result::Result<ConvId, Detect>,
+    path: &std::path::Path,
+) -> Result<(ConvId, Vec<String>)> {
+    let conv = |c: ConvId| cat.conventions()[c].name.as_str();
+    let Some(source) = explicit else {
+        return match detected {
+            Ok(c) => Ok((*c, Vec::new())),
+            Err(Detect::Contradictory(problems)) => Err(Error::Contradictory {
+                path: path.to_path_buf(),
+                problems: problems.clone(),
+            }),
+            Err(Detect::NoEvidence(reason)) => Err(Error::Undetectable {
+                path: path.to_path_buf(),
+                candidates: known_conventions(cat),
+                reason: reason.clone(),
+            }),
+        };
+    };
+    let note = match detected {
+        Ok(c) if *c == source => format!(
+            "--from {} given explicitly (detection agrees)",
+            conv(source)
+        ),
+        Ok(c) => format!(
+            "--from {} given explicitly: it OVERRIDES detection, which says {}",
+            conv(source),
+            conv(*c)
+        ),
+        Err(d) => format!(
+            "--from {} given explicitly: it OVERRIDES detection, which says: {}",
+            conv(source),
+            d.summary()
+        ),
+    };
+    Ok((source, vec![note]))
+}
+
+/// One row per source tensor, sorted by name: the outputs reading it, or why it is left out.
+fn rows(cat: &Catalogue, b: &Builder<'_>, target: ConvId) -> Vec<Row> {
+    let tensors = b.ckpt.tensors();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, op) in b.ops.iter().enumerate().filter(|(_, o)| !o.tied) {
+        for s in &op.sources {
+            readers.entry(s.name.as_str()).or_default().push(i);
+        }
+    }
     let mut rows: Vec<Row> = tensors
         .iter()
         .enumerate()
         .map(|(k, t)| {
-            let used: Vec<usize> = ops
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| !o.tied && o.sources.iter().any(|s| s.name == t.name))
-                .map(|(i, _)| i)
-                .collect();
-            let action = match skips.get(&k) {
-                Some(why) => Action::Skip(why.clone()),
-                None if is_buffer(k) => Action::Skip("causal-mask buffer, not a weight".into()),
-                None if used.is_empty() => {
-                    Action::Skip(format!("the {} layout does not use it", conv(target)))
-                }
-                None => Action::Write { ops: used },
+            let buffer =
+                entry_of(cat, b.binding, k).is_some_and(|e| cat.entries()[e].role == Role::Buffer);
+            let action = match (b.skips.get(&k), readers.get(t.name.as_str())) {
+                (Some(why), _) => Action::Skip(why.clone()),
+                (None, _) if buffer => Action::Skip("causal-mask buffer, not a weight".into()),
+                (None, Some(ops)) => Action::Write { ops: ops.clone() },
+                (None, None) => Action::Skip(format!(
+                    "the {} layout does not use it",
+                    cat.conventions()[target].name
+                )),
             };
             Row {
                 source: t.name.clone(),
@@ -417,20 +391,7 @@ pub fn plan(ckpt: &Checkpoint, opts: &Options) -> Result<Plan> {
         })
         .collect();
     rows.sort_by(|a, b| a.source.cmp(&b.source));
-    notes.dedup();
-
-    let metadata = provenance::provenance(&cat, source, target, &ops, &rows);
-    Ok(Plan {
-        config: cfg,
-        source: conv(source),
-        target: conv(target),
-        explicit_from: explicit.is_some(),
-        detected: detected_summary,
-        rows,
-        ops,
-        notes,
-        metadata,
-    })
+    rows
 }
 
 impl fmt::Display for Action {

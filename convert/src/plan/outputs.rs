@@ -38,14 +38,24 @@ impl Builder<'_> {
     /// The canonical view of `entry` over source tensor indices, if the source has it.
     fn canonical(&self, entry: usize) -> Result<Option<View>> {
         let name = &self.cat.entries()[entry].name;
+        let mismatch = |tensor: usize, found: &[usize], expected: &[usize]| Error::ShapeMismatch {
+            tensor: self.ckpt.tensors()[tensor].name.clone(),
+            actual: found.to_vec(),
+            expected: expected.to_vec(),
+            convention: self.conv(self.source),
+        };
+        // Shapes were checked exactly before (`check_shapes`): a tensor read transposed here
+        // would be a guess, and convert never guesses.
         match self.binding.entry_view(self.cat, entry, self.shapes) {
-            Ok(Some((view, transposed))) if transposed.is_empty() => Ok(Some(view)),
-            Ok(Some(_)) | Err(BindError::Shape { .. }) => Err(Error::ShapeMismatch {
-                tensor: name.clone(),
-                actual: Vec::new(),
-                expected: self.cat.entries()[entry].shape.clone(),
-                convention: self.conv(self.source),
-            }),
+            Ok(Some((view, transposed))) => match transposed.first() {
+                None => Ok(Some(view)),
+                Some(t) => Err(mismatch(t.tensor, &t.found, &t.expected)),
+            },
+            Err(BindError::Shape {
+                tensor,
+                found,
+                expected,
+            }) => Err(mismatch(tensor, &found, &expected)),
             Ok(None) | Err(BindError::Missing { .. }) => Ok(None),
             Err(BindError::Transform(source)) => Err(Error::Transform {
                 tensor: name.clone(),

@@ -7,8 +7,80 @@ use std::path::Path;
 use orient_inspect::layout::arch::Role;
 use orient_inspect::layout::catalogue::{Catalogue, ConvId};
 use orient_inspect::layout::resolve::{Binding, Detection, Verdict};
+use orient_inspect::Checkpoint;
 
 use crate::error::{Error, Result};
+
+/// Every tensor must be a known part of this model's layout, in some convention.
+pub(super) fn check_known(cat: &Catalogue, ckpt: &Checkpoint) -> Result<()> {
+    let unknown: Vec<String> = ckpt
+        .tensors()
+        .iter()
+        .filter(|t| cat.hits(&t.name).is_empty())
+        .map(|t| t.name.clone())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::UnexpectedTensors {
+        path: ckpt.root().to_path_buf(),
+        model_type: cat.config().model_type.clone(),
+        tensors: unknown,
+    })
+}
+
+/// Refuses the same canonical tensor stored twice (two spellings, or two conventions).
+pub(super) fn check_duplicates(
+    cat: &Catalogue,
+    binding: &Binding,
+    names: &[&str],
+    path: &Path,
+) -> Result<()> {
+    if binding.duplicates.is_empty() {
+        return Ok(());
+    }
+    Err(Error::DuplicateTensors {
+        path: path.to_path_buf(),
+        pairs: binding
+            .duplicates
+            .iter()
+            .map(|&(a, b)| {
+                format!(
+                    "  {} and {} are the same tensor ({}) in two spellings",
+                    names[a],
+                    names[b],
+                    entry_of(cat, binding, a).map_or("?", |e| &cat.entries()[e].name)
+                )
+            })
+            .collect(),
+    })
+}
+
+/// Every tensor has exactly the shape the source convention stores it in (a transposed
+/// shape is not read as a transpose here: convert never guesses). Buffers are not read.
+pub(super) fn check_shapes(
+    cat: &Catalogue,
+    binding: &Binding,
+    tensors: &[(&str, &[usize])],
+    source: ConvId,
+) -> Result<()> {
+    for (k, (name, shape)) in tensors.iter().enumerate() {
+        let Some(h) = binding.hits[k] else { continue };
+        if entry_of(cat, binding, k).is_some_and(|e| cat.entries()[e].role == Role::Buffer) {
+            continue;
+        }
+        let want = &cat.forms()[h.form].stored[h.member][h.part].shape;
+        if shape != want {
+            return Err(Error::ShapeMismatch {
+                tensor: name.to_string(),
+                actual: shape.to_vec(),
+                expected: want.clone(),
+                convention: cat.conventions()[source].name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// The canonical entry tensor `k` stands for in `binding`.
 pub(super) fn entry_of(cat: &Catalogue, binding: &Binding, k: usize) -> Option<usize> {
@@ -134,6 +206,20 @@ pub(super) enum Detect {
     Contradictory(Vec<String>),
     /// Nothing in the file tells the conventions apart.
     NoEvidence(String),
+}
+
+impl Detect {
+    /// What detection says, in a few words.
+    pub(super) fn summary(&self) -> String {
+        match self {
+            Detect::Contradictory(p) => format!(
+                "mixed or contradictory ({} offending tensor{})",
+                p.len(),
+                if p.len() == 1 { "" } else { "s" }
+            ),
+            Detect::NoEvidence(r) => r.clone(),
+        }
+    }
 }
 
 /// The detector's verdict, with the offending tensors in words when the source is mixed
