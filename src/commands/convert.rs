@@ -52,7 +52,8 @@ pub struct Args {
     /// default 5GB, as transformers.
     #[arg(long, value_name = "SIZE")]
     pub max_shard_size: Option<String>,
-    /// Print the plan (one row per tensor) and write nothing.
+    /// Print the plan (one row per output tensor, with the chain that makes it) and write
+    /// nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// How the output is written.
