@@ -196,7 +196,9 @@ pub enum Error {
     },
     /// Tensors that are not part of this model in any known convention.
     #[error(
-        "{}: {} tensor(s) are not part of a {model_type} model with this config in any known layout convention:\n{}",
+        "{}: {} tensor(s) are not part of a {model_type} model with this config in any known layout convention:\n{}\n\
+         Is config.json the one of these weights? A checkpoint with names of its own needs a \
+         layout file that maps them to the model's tensors.",
         path.display(),
         tensors.len(),
         tensors.iter().map(|t| format!("  {t}")).collect::<Vec<_>>().join("\n")
