@@ -46,6 +46,8 @@ use std::sync::Arc;
 use orient_inspect::layout::arch::Role;
 use orient_inspect::layout::catalogue::{Catalogue, ConvId};
 use orient_inspect::layout::convention::Convention;
+#[cfg(doc)]
+use orient_inspect::layout::{catalogue::Form, view::View};
 use orient_inspect::{parse_config, Arch, Checkpoint, ConfigOutcome, Dtype, ModelConfig};
 
 use crate::engine::TensorOp;

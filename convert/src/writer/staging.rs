@@ -54,9 +54,9 @@ impl Staging {
     /// [`Staging::write_shard`] with write buffers of `buffer_bytes` each.
     ///
     /// The bytes are written by a separate thread: the producer fills one of
-    /// [`WRITE_BUFFERS`](super::WRITE_BUFFERS) buffers (transposing or casting straight into it, see
-    /// [`TensorSink::fill_with`]) while the writer thread copies the previous ones into
-    /// the file, so computation and the kernel's copy into the page cache overlap.
+    /// [`WRITE_BUFFERS`](super::WRITE_BUFFERS) buffers (transposing or casting straight
+    /// into it, see [`TensorSink::fill_with`]) while the writer thread copies the previous
+    /// ones into the file, so computation and the kernel's copy into the page cache overlap.
     /// Memory stays bounded by `WRITE_BUFFERS × buffer_bytes`.
     pub fn write_shard_with(
         &self,
