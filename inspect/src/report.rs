@@ -15,12 +15,12 @@ use globset::{Glob, GlobMatcher};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::checkpoint::{Checkpoint, ConfigStatus, Source, TensorInfo};
+use crate::dtype::Dtype;
 use crate::layout::arch::Role;
 use crate::layout::catalogue::{Catalogue, ConvId, Hit};
 use crate::layout::convention::Convention;
 use crate::layout::resolve::{Detection, Verdict};
-use crate::checkpoint::{Checkpoint, ConfigStatus, Source, TensorInfo};
-use crate::dtype::Dtype;
 
 /// Version of the JSON schema of [`Report`]. Bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -242,7 +242,11 @@ pub fn compile_filter(glob: &str) -> Result<GlobMatcher, FilterError> {
 
 /// Builds the report. With `opts.stats`, reads tensor data in parallel and calls
 /// `progress(bytes)` as each tensor finishes; otherwise touches headers only.
-pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync)) -> Result<Report, crate::layout::catalogue::CatalogueError> {
+pub fn inspect(
+    ck: &Checkpoint,
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Report, crate::layout::catalogue::CatalogueError> {
     let catalogue = ck
         .config()
         .map(|cfg| Catalogue::for_model(cfg, &opts.layouts))
@@ -287,7 +291,11 @@ pub fn inspect(ck: &Checkpoint, opts: &Options, progress: &(dyn Fn(u64) + Sync))
                 ),
                 ConfigStatus::Known(_) => String::new(),
             });
-            let rows = ck.tensors().iter().map(|t| tensor_row(t, None, None)).collect();
+            let rows = ck
+                .tensors()
+                .iter()
+                .map(|t| tensor_row(t, None, None))
+                .collect();
             (
                 DetectedConvention {
                     kind: "unknown".to_owned(),
@@ -437,7 +445,8 @@ fn tensor_row(t: &TensorInfo, cat: Option<&Catalogue>, hit: Option<Hit>) -> Tens
     row.shape_formula = Some(entry.shape_formula.clone());
     row.layer = entry.layer;
     row.status = shape_status(&t.shape, &stored.shape);
-    row.square_ambiguous = row.status == Status::Ok && entry.is_square_ambiguous() && form.is_one_to_one();
+    row.square_ambiguous =
+        row.status == Status::Ok && entry.is_square_ambiguous() && form.is_one_to_one();
     if entry.role == Role::Buffer {
         row.note = Some("causal-mask buffer, not a weight".to_owned());
     }
@@ -455,7 +464,9 @@ fn missing_rows(
 ) {
     let mut reported: HashSet<usize> = HashSet::new();
     for (i, e) in cat.entries().iter().enumerate() {
-        let Some(form) = cat.form_of(i, c) else { continue };
+        let Some(form) = cat.form_of(i, c) else {
+            continue;
+        };
         let stored_name = || {
             form.single()
                 .map_or_else(|| e.name.clone(), |s| s.name.clone())
@@ -475,7 +486,9 @@ fn missing_rows(
             }
             continue;
         }
-        let Some(f) = cat.form_index(i, c) else { continue };
+        let Some(f) = cat.form_index(i, c) else {
+            continue;
+        };
         if !reported.insert(f) {
             continue;
         }
@@ -539,16 +552,36 @@ fn describe_detection(cat: &Catalogue, d: &Detection, ck: &Checkpoint) -> Detect
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let only = |c: ConvId| d.only_names.iter().find(|(o, _)| *o == c).map_or(0, |(_, n)| *n);
-    let transposed: Vec<String> = d.evidence.iter().filter(|e| e.transposed).map(|e| name(e.tensor)).collect();
+    let only = |c: ConvId| {
+        d.only_names
+            .iter()
+            .find(|(o, _)| *o == c)
+            .map_or(0, |(_, n)| *n)
+    };
+    let transposed: Vec<String> = d
+        .evidence
+        .iter()
+        .filter(|e| e.transposed)
+        .map(|e| name(e.tensor))
+        .collect();
     // Conventions that tensors' names point to, by count.
-    let mut by_names: Vec<(ConvId, usize)> = d.only_names.iter().copied().filter(|(_, n)| *n > 0).collect();
+    let mut by_names: Vec<(ConvId, usize)> = d
+        .only_names
+        .iter()
+        .copied()
+        .filter(|(_, n)| *n > 0)
+        .collect();
     by_names.sort_by_key(|(c, n)| (std::cmp::Reverse(*n), *c));
     let (kind, mut offending, reason) = match (&d.verdict, by_names.as_slice()) {
         (Verdict::One(c), _) if transposed.is_empty() => (
             cat.conventions()[*c].name.clone(),
             Vec::new(),
-            format!("{} names are {}-only spellings, none {}", only(*c), display(*c), others(*c)),
+            format!(
+                "{} names are {}-only spellings, none {}",
+                only(*c),
+                display(*c),
+                others(*c)
+            ),
         ),
         (_, []) => (
             "unknown".to_owned(),
@@ -556,7 +589,10 @@ fn describe_detection(cat: &Catalogue, d: &Detection, ck: &Checkpoint) -> Detect
             match &d.verdict {
                 Verdict::Ambiguous(cs) => format!(
                     "the tensors fit several conventions equally ({})",
-                    cs.iter().map(|&c| display(c)).collect::<Vec<_>>().join(", ")
+                    cs.iter()
+                        .map(|&c| display(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 _ => "no tensor name belongs to one convention only".to_owned(),
             },
@@ -564,23 +600,36 @@ fn describe_detection(cat: &Catalogue, d: &Detection, ck: &Checkpoint) -> Detect
         (_, [(c, n)]) => (
             cat.conventions()[*c].name.clone(),
             Vec::new(),
-            format!("{n} names are {}-only spellings, none {}", display(*c), others(*c)),
+            format!(
+                "{n} names are {}-only spellings, none {}",
+                display(*c),
+                others(*c)
+            ),
         ),
         (_, [(major, n), rest @ ..]) => {
             let minor: Vec<String> = d
                 .evidence
                 .iter()
                 .filter(|e| {
-                    e.by_name.as_ref().is_some_and(|s| s.len() == 1 && !s.contains(major))
+                    e.by_name
+                        .as_ref()
+                        .is_some_and(|s| s.len() == 1 && !s.contains(major))
                 })
                 .map(|e| name(e.tensor))
                 .collect();
-            let kinds = rest.iter().map(|(c, _)| display(*c)).collect::<Vec<_>>().join(", ");
+            let kinds = rest
+                .iter()
+                .map(|(c, _)| display(*c))
+                .collect::<Vec<_>>()
+                .join(", ");
             let _ = major;
             (
                 "mixed".to_owned(),
                 minor.clone(),
-                format!("{n} names of the majority convention, {} {kinds} names", minor.len()),
+                format!(
+                    "{n} names of the majority convention, {} {kinds} names",
+                    minor.len()
+                ),
             )
         }
     };

@@ -300,7 +300,10 @@ pub fn load(path: &std::path::Path) -> Result<Convention, LayoutError> {
 }
 
 /// Reads a user's layout file whose `base` may name any of `known`.
-pub fn load_with(path: &std::path::Path, known: &[Arc<Convention>]) -> Result<Convention, LayoutError> {
+pub fn load_with(
+    path: &std::path::Path,
+    known: &[Arc<Convention>],
+) -> Result<Convention, LayoutError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| LayoutError {
         file: file.clone(),
