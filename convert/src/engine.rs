@@ -456,13 +456,151 @@ pub(crate) fn par_gather_bytes(
         // Let the kernel say what is wrong with the buffer.
         return gather::gather_bytes(view, data, rows, out);
     }
-    let task = (GATHER_TASK / row_bytes).max(1);
+    // Enough rows per task for blocks of rows to form even when rows are long (the
+    // scratch of a block is the size of the task's output, within the band).
+    let task = (GATHER_TASK / row_bytes).max(2 * MIN_BLOCK);
     out.par_chunks_mut(task * row_bytes)
         .enumerate()
         .try_for_each(|(k, chunk)| {
             let a = rows.start + k * task;
-            gather::gather_bytes(view, data, a..a + chunk.len() / row_bytes, chunk)
+            gather_task(view, data, a..a + chunk.len() / row_bytes, chunk)
         })
+}
+
+/// Rows that form a block for [`gather_task`]'s transpose, at least.
+const MIN_BLOCK: usize = 8;
+/// Blocks [`gather_task`] made, for the tests to see that they are made.
+#[cfg(test)]
+static BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One run of a view's row: `len` elements of source `source` from element `off`, `stride`
+/// apart, landing at output column `col`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    col: usize,
+    source: usize,
+    off: usize,
+    len: usize,
+    stride: usize,
+}
+
+/// The runs of row `row` of `view` into `out` (cleared first).
+fn runs_of(view: &View, row: usize, cols: usize, out: &mut Vec<Run>) {
+    out.clear();
+    view.runs(row, 0..cols, &mut |col, leaf, off, len, stride| {
+        out.push(Run {
+            col,
+            source: leaf.source,
+            off,
+            len,
+            stride,
+        })
+    });
+}
+
+/// Rows `rows` of `view` into `out` byte for byte, on one core. Rows read across the source
+/// (strided runs, as in every chain with a transpose in it) are slow element by element, so
+/// consecutive rows whose runs are the first row's shifted by a small constant step (row
+/// `r + i` reads element `off + i·δ` where row `r` reads `off`, `δ` within a cache line) are
+/// done as a block: each output column's `B` elements are read together (contiguous when
+/// `δ = 1`) into a `[cols, B]` scratch, which the cache-blocked transpose kernel turns into
+/// the `B` output rows. Other rows go through [`gather::gather_bytes`]. Every block is
+/// bounds-checked like a run.
+fn gather_task(
+    view: &View,
+    data: &[Data<'_>],
+    rows: std::ops::Range<usize>,
+    out: &mut [u8],
+) -> std::result::Result<(), GatherError> {
+    let (_, cols) = gather::rows_cols(view);
+    let es = match view.sources().first().and_then(|&s| data.get(s)) {
+        Some(d) => d.dtype.bits() / 8,
+        None => return gather::gather_bytes(view, data, rows, out),
+    };
+    let blockable = matches!(es, 1 | 2 | 4 | 8)
+        && !view.has_values()
+        && view
+            .sources()
+            .iter()
+            .all(|&s| data.get(s).is_some_and(|d| d.dtype.bits() == es * 8));
+    if !blockable || cols == 0 || out.len() != rows.len() * cols * es {
+        return gather::gather_bytes(view, data, rows, out);
+    }
+    let row_bytes = cols * es;
+    let (mut first, mut next) = (Vec::new(), Vec::new());
+    let mut tmp: Vec<u8> = Vec::new(); // [cols, B] elements, one output column per row
+    let mut r = rows.start;
+    while r < rows.end {
+        runs_of(view, r, cols, &mut first);
+        let across = first.iter().any(|x| x.stride != 1 && x.len > 1) || first.len() * 4 > cols;
+        // Extend the block while the next row is this one shifted by one more step.
+        let mut b = 1;
+        let mut step = 0usize;
+        while across && r + b < rows.end {
+            runs_of(view, r + b, cols, &mut next);
+            let fits = next.len() == first.len()
+                && next.iter().zip(&first).all(|(n, f)| {
+                    let shifted = n.off.checked_sub(f.off);
+                    if b == 1 && step == 0 {
+                        step = shifted.unwrap_or(0);
+                    }
+                    // A step past a cache line would read each column from far apart:
+                    // those rows are read as they are.
+                    (n.col, n.source, n.len, n.stride) == (f.col, f.source, f.len, f.stride)
+                        && step > 0
+                        && step * es <= 64
+                        && shifted == step.checked_mul(b)
+                });
+            if !fits {
+                break;
+            }
+            b += 1;
+        }
+        let dst = &mut out[(r - rows.start) * row_bytes..(r - rows.start + b) * row_bytes];
+        if b < MIN_BLOCK {
+            gather::gather_bytes(view, data, r..r + b, dst)?;
+            r += b;
+            continue;
+        }
+        #[cfg(test)]
+        BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tmp.clear();
+        tmp.resize(cols * b * es, 0);
+        for run in &first {
+            let src = data
+                .get(run.source)
+                .ok_or(GatherError::NoSource(run.source))?;
+            let n = src.bytes.len() / es;
+            let last = (run.len - 1)
+                .checked_mul(run.stride)
+                .and_then(|x| (b - 1).checked_mul(step).and_then(|y| x.checked_add(y)))
+                .and_then(|x| x.checked_add(run.off));
+            if last.is_none_or(|l| l >= n) {
+                return Err(GatherError::OutOfBounds {
+                    source_index: run.source,
+                    len: n,
+                    last: last.unwrap_or(usize::MAX),
+                });
+            }
+            for j in 0..run.len {
+                let at = run.off + j * run.stride;
+                let col = &mut tmp[(run.col + j) * b * es..(run.col + j + 1) * b * es];
+                if step == 1 {
+                    col.copy_from_slice(&src.bytes[at * es..(at + b) * es]);
+                } else {
+                    for (i, e) in col.chunks_exact_mut(es).enumerate() {
+                        let k = (at + i * step) * es;
+                        e.copy_from_slice(&src.bytes[k..k + es]);
+                    }
+                }
+            }
+        }
+        // tmp is [cols, b]; the output rows are its transpose.
+        transpose::transpose_strided(&tmp, b, dst, cols, cols, b, es)
+            .map_err(|e| GatherError::Mixed(format!("the blocked transpose failed: {e}")))?;
+        r += b;
+    }
+    Ok(())
 }
 
 /// The generic path: bands of whole output rows (as many as fit a write buffer), each
@@ -959,6 +1097,100 @@ mod tests {
         assert_eq!(w.cast_total.flushed_to_zero, 1);
     }
 
+    /// Blocks of rows (a transpose somewhere in the chain) read exactly what the plain
+    /// gather reads, and a block past its source's end is an error, not a read.
+    #[test]
+    fn blocked_rows_match_the_plain_gather() {
+        use orient_inspect::layout::transform::{Chain, RopeOrder};
+        let bytes: Vec<u8> = (0..4 * 40 * 30).map(|k| (k * 7 % 251) as u8).collect();
+        let data = [
+            Data {
+                bytes: &bytes,
+                dtype: Dtype::F32,
+            },
+            Data {
+                bytes: &bytes[..4 * 20 * 30],
+                dtype: Dtype::F32,
+            },
+        ];
+        let t = View::contiguous(0, &[40, 30]).transpose_last().unwrap();
+        let rope = Chain::from_transforms(
+            vec![
+                Transform::Transpose,
+                // Runs of 15 rows a step of 2 apart (the halves of one 30-row head).
+                Transform::RopePermute {
+                    axis: 0,
+                    heads: 1,
+                    rotary: 30,
+                    to: RopeOrder::Half,
+                },
+            ],
+            vec![vec![vec![40, 30]]],
+        )
+        .unwrap()
+        .apply(vec![vec![View::contiguous(0, &[40, 30])]])
+        .unwrap()
+        .remove(0)
+        .remove(0);
+        let rope_after = Chain::from_transforms(
+            vec![
+                Transform::RopePermute {
+                    axis: 0,
+                    heads: 4,
+                    rotary: 10,
+                    to: RopeOrder::Interleaved,
+                },
+                Transform::Transpose,
+            ],
+            vec![vec![vec![40, 30]]],
+        )
+        .unwrap()
+        .apply(vec![vec![View::contiguous(0, &[40, 30])]])
+        .unwrap()
+        .remove(0)
+        .remove(0);
+        let fused = View::concat(
+            0,
+            vec![
+                View::contiguous(0, &[40, 30]),
+                View::contiguous(1, &[20, 30]),
+            ],
+        )
+        .unwrap()
+        .transpose_last()
+        .unwrap();
+        for view in [t, rope, rope_after, fused] {
+            let before = BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
+            let (rows, cols) = gather::rows_cols(&view);
+            let mut want = vec![0u8; rows * cols * 4];
+            gather::gather_bytes(&view, &data, 0..rows, &mut want).unwrap();
+            for (a, b) in [(0, rows), (3, rows - 1), (5, 17)] {
+                let mut got = vec![0u8; (b - a) * cols * 4];
+                gather_task(&view, &data, a..b, &mut got).unwrap();
+                assert_eq!(
+                    got,
+                    want[a * cols * 4..b * cols * 4],
+                    "{view:?} rows {a}..{b}"
+                );
+            }
+            assert!(
+                BLOCKS.load(std::sync::atomic::Ordering::Relaxed) > before,
+                "no block for {view:?}"
+            );
+        }
+        // The same transpose over a source that is too short.
+        let short = [Data {
+            bytes: &bytes[..4 * 40 * 29],
+            dtype: Dtype::F32,
+        }];
+        let t = View::contiguous(0, &[40, 30]).transpose_last().unwrap();
+        let mut out = vec![0u8; 30 * 40 * 4];
+        assert!(matches!(
+            gather_task(&t, &short, 0..30, &mut out),
+            Err(GatherError::OutOfBounds { .. })
+        ));
+    }
+
     /// The generic path's property: every transform kind followed by its inverse, each leg
     /// produced by `gather_banded` through the shard writer with tiny bands (so every tensor
     /// takes many bands and most rows straddle two write buffers), gives back the input bit
@@ -1241,11 +1473,13 @@ mod tests {
                 kind in 0usize..14,
                 d in dtype(),
                 a in 1usize..4, b in 1usize..4, c in 1usize..5,
+                grow in prop_oneof![Just(1usize), Just(6usize)],
                 flip in any::<bool>(),
                 seed in any::<u64>(),
-                band in 1usize..48,
+                band in prop_oneof![1usize..48, Just(1usize << 16)],
             ) {
-                let (transforms, shapes) = case(kind, a, b, c, flip);
+                // Grown sizes with whole bands make blocks of rows for `gather_task`.
+                let (transforms, shapes) = case(kind, a, b * grow, c * grow, flip);
                 let computes = transforms.iter().any(|t| !t.is_index());
                 // Arithmetic is for floats the cast kernels write (F32, BF16, F16).
                 let d = if computes && !matches!(d, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
