@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// List every tensor of a checkpoint with its layout convention, expected shape and status.
     Inspect(commands::inspect::Args),
-    /// Rewrite a checkpoint into the canonical HF layout (or into Flax), streaming.
+    /// Rewrite a checkpoint from one layout convention into another (HF, Flax, a layout file's).
     Convert(commands::convert::Args),
     /// Write a random-weights checkpoint for a config, in HF layout.
     Synth(commands::synth::Args),

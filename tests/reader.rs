@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use orient_convert::convert::{self, WriteOptions};
 use orient_convert::plan;
 use orient_inspect::report;
-use orient_inspect::{Checkpoint, Convention, Dtype, Error};
+use orient_inspect::{Checkpoint, Dtype, Error};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -359,18 +359,19 @@ fn assert_changed(err: &dyn std::fmt::Display, file: &Path) {
 fn convert_of_a_source_truncated_after_open_fails_and_leaves_nothing() {
     // The three ways a tensor is produced: copied in the kernel, cast, transposed.
     for (to, dtype) in [
-        (Convention::Hf, None),
-        (Convention::Hf, Some(Dtype::BF16)),
-        (Convention::Flax, None),
-        (Convention::Flax, Some(Dtype::F16)),
+        ("hf", None),
+        ("hf", Some(Dtype::BF16)),
+        ("flax", None),
+        ("flax", Some(Dtype::F16)),
     ] {
         let (tmp, src) = copy_fixture("llama");
         let file = src.join("model.safetensors");
         let ck = Checkpoint::open(&src).unwrap();
         let opts = plan::Options {
-            to,
+            to: to.into(),
             from: plan::From::Auto,
             dtype,
+            layouts: Vec::new(),
         };
         let p = plan::plan(&ck, &opts).unwrap();
         truncate_data(&file);
