@@ -20,7 +20,7 @@ mod commands;
 /// Look inside ML checkpoints, put weights in one canonical orientation, and prove
 /// that a converted model still computes the same logits.
 #[derive(Debug, Parser)]
-#[command(name = "orient", version, about, long_about = None)]
+#[command(name = "orient", version = env!("ORIENT_VERSION"), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// List every tensor of a checkpoint with its layout convention, expected shape and status.
     Inspect(commands::inspect::Args),
-    /// Rewrite a checkpoint into the canonical HF layout (or into Flax), streaming.
+    /// Rewrite a checkpoint from one layout convention into another (HF, Flax, a layout file's).
     Convert(commands::convert::Args),
     /// Write a random-weights checkpoint for a config, in HF layout.
     Synth(commands::synth::Args),
@@ -42,6 +42,10 @@ enum Command {
     Diff(commands::diff::Args),
     /// The whole story on a bundled tiny Qwen2 in Flax layout: inspect, convert, verify.
     Demo(commands::demo::Args),
+    /// Check weights against config: tying, norm storage, shapes, dtypes, FP8 scales, duplicates.
+    Lint(commands::lint::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(commands::completions::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Lint(args) => commands::lint::run(args),
+        Command::Completions(args) => commands::completions::run(args),
     };
     finish(result, &mut orient::output::stderr())
 }

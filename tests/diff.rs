@@ -595,3 +595,266 @@ fn tied_head_on_one_side_is_compared_with_the_embedding() {
     assert_eq!(verdict(head), "transposed");
     assert_eq!(head["expected_by_conventions"], true);
 }
+
+/// The made-up JAX port of the qwen2 fixture, read through its layout file.
+fn port_layout() -> String {
+    fixture("qwen2-port")
+        .join("layout.toml")
+        .display()
+        .to_string()
+}
+
+/// Issue 9: each side in its own convention; pairs are canonical tensors present on both
+/// sides, fused gate/up and interleaved q/k included, and the conversion a `--layout` side
+/// implies is expected.
+#[test]
+fn jax_port_pairs_through_its_layout_and_every_pair_is_explained() {
+    let layout = port_layout();
+    let (code, report) = diff_json(
+        &fixture("qwen2"),
+        &fixture("qwen2-port"),
+        &["--layout", &layout],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["only_in_a"], serde_json::json!([]));
+    assert_eq!(report["only_in_b"], serde_json::json!([]));
+    assert_eq!(report["b"]["convention"], "qwen2-jax-port");
+    assert_eq!(report["a"]["convention"], "hf");
+    assert_eq!(
+        report["expect"],
+        serde_json::json!(["hf-to-qwen2-jax-port"])
+    );
+    let pairs = pairs_of(&report);
+    assert_eq!(pairs.len(), 27);
+    for (name, p) in &pairs {
+        assert_eq!(p["explained"], true, "{name}: {p:#}");
+        assert_eq!(p["matches_conventions"], true, "{name}: {p:#}");
+        assert_eq!(p["relation"], p["conventions_relation"], "{name}");
+        let want = if name.contains("q_proj") || name.contains("k_proj") {
+            "rope-permuted"
+        } else if name.contains("gate_proj") || name.contains("up_proj") {
+            "fused"
+        } else if name.ends_with("_proj.weight") || name == "lm_head.weight" {
+            "transposed"
+        } else {
+            "identical"
+        };
+        assert_eq!(verdict(p), want, "{name}");
+        if want == "rope-permuted" {
+            let heads = if name.contains("q_proj") { 4 } else { 2 };
+            assert_eq!(p["heads"], heads, "{name}");
+            assert_eq!(p["direction"], "to-interleaved", "{name}");
+            assert_eq!(p["transposed"], name.ends_with(".weight"), "{name}");
+        }
+    }
+    let gate = &pairs["model.layers.1.mlp.gate_proj.weight"];
+    assert_eq!(gate["b"]["name"], "params.decoder.layer_1.mlp.w_gate_up");
+    assert_eq!(gate["b"]["part"], "part 1 of 2");
+    assert_eq!(gate["part"], serde_json::json!([0, 2]));
+    assert_eq!(gate["transposed"], true);
+    let up = &pairs["model.layers.1.mlp.up_proj.weight"];
+    assert_eq!(up["b"]["name"], "params.decoder.layer_1.mlp.w_gate_up");
+    assert_eq!(up["part"], serde_json::json!([1, 2]));
+    assert_eq!(
+        pairs["model.layers.0.self_attn.q_proj.weight"]["relation"],
+        "rope-permute(heads=4, to=interleaved, rotary=16) → transpose"
+    );
+
+    // The other way round (the port as A): the inverse relations, still explained; and the
+    // table says so.
+    let (code, report) = diff_json(
+        &fixture("qwen2-port"),
+        &fixture("qwen2"),
+        &["--layout", &layout, "--full"],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    let p = &pairs_of(&report)["params.decoder.layer_0.mlp.w_gate_up"];
+    assert_eq!(verdict(p), "split");
+    let out = orient()
+        .args(["diff", "tests/fixtures/qwen2", "tests/fixtures/qwen2-port"])
+        .args(["--layout", &layout])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("layout qwen2-jax-port"), "{text}");
+    assert!(
+        text.contains("expected by conventions (hf → qwen2-jax-port)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("27 pairs: 8 identical, 7 transposed, 8 rope-permuted, 4 fused"),
+        "{text}"
+    );
+}
+
+/// Issue 9: a port whose wq was stored as a plain transpose (no RoPE permutation) is told
+/// apart from the port it claims to be: exactly those tensors are `rope-permuted`, unexplained.
+#[test]
+fn jax_port_with_an_unpermuted_wq_is_rope_permuted_there_only() {
+    let layout = port_layout();
+    let hf: BTreeMap<String, (Vec<usize>, Vec<f32>)> = load("qwen2")
+        .into_iter()
+        .map(|(n, s, v)| (n, (s, v)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let tensors: Vec<Tensor> = load("qwen2-port")
+        .into_iter()
+        .map(|(n, s, v)| {
+            let layer = n
+                .strip_prefix("params.decoder.layer_")
+                .and_then(|r| r.strip_suffix(".attn.wq"));
+            let v = match layer {
+                Some(i) => {
+                    let (qs, q) = &hf[&format!("model.layers.{i}.self_attn.q_proj.weight")];
+                    let mut t = vec![0f32; q.len()];
+                    for r in 0..qs[0] {
+                        for c in 0..qs[1] {
+                            t[c * qs[0] + r] = q[r * qs[1] + c];
+                        }
+                    }
+                    t
+                }
+                None => v,
+            };
+            f32_tensor(&n, &s, &v)
+        })
+        .collect();
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+    std::fs::copy(
+        fixture("qwen2-port").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let (code, report) = diff_json(&fixture("qwen2"), dir.path(), &["--layout", &layout]);
+    assert_eq!(code, 1, "{report:#}");
+    let mut rope_permuted: Vec<String> = Vec::new();
+    for (name, p) in pairs_of(&report) {
+        if p["explained"] == false {
+            assert_eq!(verdict(&p), "rope-permuted", "{name}: {p:#}");
+            assert_eq!(p["heads"], 4, "{name}");
+            assert_eq!(p["relation"], "transpose", "{name}");
+            let why = p["unexplained_because"].as_str().unwrap();
+            assert!(
+                why.contains("not stored in the RoPE order its convention says"),
+                "{why}"
+            );
+            rope_permuted.push(name);
+        } else {
+            assert_eq!(p["matches_conventions"], true, "{name}");
+        }
+    }
+    assert_eq!(
+        rope_permuted,
+        [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.1.self_attn.q_proj.weight"
+        ]
+    );
+    assert_eq!(report["summary"]["unexplained"], 2);
+}
+
+#[test]
+fn expect_conversion_names_any_two_conventions() {
+    let layout = port_layout();
+    // Explicitly, and for the flax side: A's port layout to B's built-in flax.
+    let (code, report) = diff_json(
+        &fixture("qwen2-port"),
+        &fixture("qwen2-flax"),
+        &[
+            "--layout",
+            &layout,
+            "--expect-conversion",
+            "qwen2-jax-port-to-flax",
+        ],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        report["expect"],
+        serde_json::json!(["qwen2-jax-port-to-flax"])
+    );
+    let p = &pairs_of(&report)["params.decoder.layer_0.attn.wq"];
+    assert_eq!(verdict(p), "rope-permuted");
+    assert_eq!(p["transposed"], false, "{p:#}");
+    // A convention nobody loaded is an error naming it (exit 2).
+    let out = orient()
+        .args(["diff", "tests/fixtures/qwen2", "tests/fixtures/qwen2-flax"])
+        .args(["--expect-conversion", "hf-to-qwen2-jax-port"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("`hf-to-qwen2-jax-port` is not a conversion") && err.contains("hf, flax"),
+        "{err}"
+    );
+}
+
+/// Issue 9: a port tensor whose shape its layout cannot read is an error of its pair, naming
+/// the tensor, both shapes and the convention; the diff goes on with the other pairs.
+#[test]
+fn a_port_tensor_of_the_wrong_shape_is_a_pair_error_naming_it() {
+    let layout = port_layout();
+    let dir = tempfile::tempdir().unwrap();
+    let tensors: Vec<Tensor> = load("qwen2-port")
+        .into_iter()
+        .map(|(n, s, v)| {
+            if n == "params.decoder.layer_0.attn.wq" {
+                f32_tensor(&n, &[64, 32], &v[..64 * 32])
+            } else {
+                f32_tensor(&n, &s, &v)
+            }
+        })
+        .collect();
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors);
+    std::fs::copy(
+        fixture("qwen2-port").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let (code, report) = diff_json(&fixture("qwen2"), dir.path(), &["--layout", &layout]);
+    assert_eq!(code, 1, "{report:#}");
+    let pairs = pairs_of(&report);
+    assert_eq!(pairs.len(), 27);
+    let q = &pairs["model.layers.0.self_attn.q_proj.weight"];
+    assert_eq!(verdict(q), "error");
+    let err = q["error"].as_str().unwrap();
+    assert_eq!(
+        err,
+        "B: `params.decoder.layer_0.attn.wq` has shape [64, 32], but convention `qwen2-jax-port` stores `model.layers.0.self_attn.q_proj.weight` as [64, 64]"
+    );
+    assert_eq!(report["summary"]["errors"], 1);
+    assert_eq!(report["summary"]["unexplained"], 1);
+}
+
+/// Issue 9, item 7: a layout that does not fit a side's model stops the diff with an error
+/// naming the side, the layout file, its line and the tensor (exit 2).
+#[test]
+fn a_layout_that_does_not_fit_the_model_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[convention]\nname = \"bad\"\n[[rule]]\ncanonical = \"model.layers.{i}.self_attn.k_proj.weight\"\nstored = \"k.{i}\"\ntransforms = [{ rope_permute = { heads = 3, to = \"interleaved\" } }]\n",
+    )
+    .unwrap();
+    let out = orient()
+        .args(["diff", "tests/fixtures/qwen2", "tests/fixtures/qwen2-flax"])
+        .arg("--layout")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("A (tests/fixtures/qwen2): the layout catalogue cannot be built"),
+        "{err}"
+    );
+    assert!(err.contains("bad.toml:5: `transforms`"), "{err}");
+    assert!(
+        err.contains("`model.layers.0.self_attn.k_proj.weight`") && err.contains("3 heads"),
+        "{err}"
+    );
+    // Said once, not repeated by a cause printed inline.
+    assert_eq!(err.matches("3 heads").count(), 1, "{err}");
+}

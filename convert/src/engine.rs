@@ -1,29 +1,40 @@
-//! Executes a list of per-tensor operations against an open checkpoint, streaming.
+//! Executes a list of output tensors against an open checkpoint, streaming.
 //!
-//! Why it is built this way: the converted model may be larger than RAM, so no tensor is
-//! ever gathered whole unless it is small, and the work must overlap the kernel's copy
-//! of the output into the page cache, which costs about as much as the transposes. Each
-//! output tensor is produced by the cheapest path that keeps memory bounded, straight
-//! into the write buffers that the shard's writer thread drains (see
-//! [`crate::writer::Staging::write_shard_with`]):
-//! - copy (no transpose, no cast): `copy_file_range` inside the kernel, so the bytes never
-//!   enter this process (nor its RSS);
-//! - cast only: chunks of the memory map cast on all cores into a write buffer;
-//! - transpose (± cast) of a tensor whose output fits one buffer (every projection of a
-//!   0.5B–7B model): in one go, from the memory map into the buffer;
+//! Each output tensor is a [`View`] over one or more source tensors (the source convention's
+//! inverse chain composed with the target's chain, see [`crate::plan`]) and a dtype. Why it is
+//! built this way: the converted model may be larger than RAM, so no tensor is ever gathered
+//! whole unless it is small, and the work must overlap the kernel's copy of the output into
+//! the page cache, which costs about as much as the transposes. Each output tensor is
+//! produced by the cheapest path that keeps memory bounded, straight into the write buffers
+//! that the shard's writer thread drains (see [`crate::writer::Staging::write_shard_with`]).
+//! The path is chosen from the view itself, whatever chain made it:
+//! - a contiguous range of one source (a copy, a rename, or a chain whose steps cancel):
+//!   `copy_file_range` inside the kernel, so the bytes never enter this process (nor its
+//!   RSS);
+//! - the same with a cast: chunks of the memory map cast on all cores into a write buffer;
+//! - a 2-D transpose of one source (± cast) whose output fits one buffer (every projection
+//!   of a 0.5B–7B model): in one go, from the memory map into the buffer;
 //! - a larger one (a tied embedding becoming a Flax `lm_head`, a 7B model's `lm_head`):
 //!   chunk of source rows by chunk, each transposed into a column block of the output
 //!   that the writer scatters to its rows, so the source is read once, in order, and each
 //!   chunk's mapped pages are released right after use;
 //! - only when a single source row exceeds a buffer: bands of whole output rows, each
-//!   assembled from all source rows, keeping a window of them mapped between bands.
+//!   assembled from all source rows, keeping a window of them mapped between bands;
+//! - anything else (RoPE permutations, fused or split parts, stacked experts, value
+//!   operations): the generic path, bands of whole output rows gathered through the view
+//!   ([`orient_inspect::layout::gather`]) on all cores, byte for byte when nothing is
+//!   computed, else widened to f32, computed, and cast with the same kernels as above.
 //!
 //! Resident memory is the write buffers plus one chunk of mapped source (plus the window
-//! in the last case), whatever the model's size.
+//! in the transpose case; in the generic case, the sources of the one tensor being made,
+//! released after every band once they exceed the window), whatever the model's size.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 
+use orient_inspect::layout::gather::{self, GatherError, Source as Data};
+use orient_inspect::layout::transform::Transform;
+use orient_inspect::layout::view::{row_major_strides, View};
 use orient_inspect::{Checkpoint, Dtype, TensorInfo};
 use rayon::prelude::*;
 
@@ -59,33 +70,110 @@ impl Default for Tiling {
 }
 /// Elements cast by one rayon task.
 const CAST_TASK: usize = 1 << 18;
+/// Output bytes gathered by one rayon task of the generic path.
+const GATHER_TASK: usize = 256 << 10;
 
-/// What to do with one source tensor to obtain one output tensor.
+/// One source tensor an output tensor reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorOp {
+pub struct SourceTensor {
     /// Name in the source checkpoint.
-    pub source: String,
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its dtype.
+    pub dtype: Dtype,
+}
+
+/// How to make one output tensor: a view over source tensors, and a dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorOp {
     /// Name in the output.
     pub target: String,
-    /// Transpose the 2-D tensor (`[r, c]` → `[c, r]`).
-    pub transpose: bool,
-    /// Source dtype.
-    pub source_dtype: Dtype,
-    /// Output dtype (equal to the source dtype when there is no cast).
+    /// The tensors the view reads: source `k` of the view is `sources[k]`.
+    pub sources: Vec<SourceTensor>,
+    /// Where every element of the output comes from (and what is computed on it).
+    pub view: View,
+    /// Output dtype (equal to the sources' when there is no cast).
     pub target_dtype: Dtype,
-    /// Source shape.
-    pub source_shape: Vec<usize>,
-    /// Output shape.
+    /// Output shape (the view's).
     pub target_shape: Vec<usize>,
+    /// The chain of transforms the view stands for (source convention's inverse chain, then
+    /// the target's, with steps that cancel removed): empty for a copy or a rename.
+    pub chain: Vec<Transform>,
     /// Built from another tensor (an lm_head from the tied embedding), not from the
     /// same tensor under another name.
     pub tied: bool,
 }
 
 impl TensorOp {
+    /// An output made from one whole source tensor `[rows, cols]`, transposed or not, for
+    /// callers that build plain operations (and tests).
+    pub fn plain(
+        source: &str,
+        target: &str,
+        transpose: bool,
+        from: Dtype,
+        to: Dtype,
+        shape: &[usize],
+    ) -> Result<TensorOp> {
+        let mut view = View::contiguous(0, shape);
+        let mut chain = Vec::new();
+        if transpose {
+            view = view.transpose_last().map_err(|e| Error::Transform {
+                tensor: target.to_string(),
+                source: orient_inspect::layout::transform::TransformError::View {
+                    transform: "transpose".into(),
+                    source: e,
+                },
+            })?;
+            chain.push(Transform::Transpose);
+        }
+        Ok(TensorOp {
+            target: target.to_string(),
+            sources: vec![SourceTensor {
+                name: source.to_string(),
+                shape: shape.to_vec(),
+                dtype: from,
+            }],
+            target_shape: view.shape(),
+            view,
+            target_dtype: to,
+            chain,
+            tied: false,
+        })
+    }
+
+    /// The first source tensor's name (the only one for most outputs).
+    pub fn source(&self) -> &str {
+        self.sources.first().map_or("", |s| s.name.as_str())
+    }
+
+    /// The first source tensor's dtype.
+    pub fn source_dtype(&self) -> Dtype {
+        self.sources.first().map_or(self.target_dtype, |s| s.dtype)
+    }
+
     /// True when the dtype changes.
     pub fn casts(&self) -> bool {
-        self.source_dtype != self.target_dtype
+        self.sources.iter().any(|s| s.dtype != self.target_dtype)
+    }
+
+    /// True when the chain is exactly a 2-D transpose (what HF ↔ Flax does to a kernel).
+    pub fn is_transpose(&self) -> bool {
+        matches!(self.chain.as_slice(), [Transform::Transpose])
+    }
+
+    /// The chain in words, e.g. `transpose → rope-permute(heads=4, to=half, rotary=16)`;
+    /// `identity` when nothing moves.
+    pub fn chain_text(&self) -> String {
+        if self.chain.is_empty() {
+            return "identity".into();
+        }
+        self.chain
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" → ")
     }
 
     /// Output data size in bytes.
@@ -189,6 +277,43 @@ fn float_format(d: Dtype) -> Option<FloatFormat> {
     FloatFormat::from_name(d.name())
 }
 
+/// How an output tensor is produced, read off its view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Elements `offset..offset + numel` of the one source, in order (± cast).
+    Range { offset: usize },
+    /// The one 2-D source `[rows, cols]`, transposed (± cast).
+    Transpose { rows: usize, cols: usize },
+    /// Anything else: bands of output rows gathered through the view.
+    Gather,
+}
+
+/// The cheapest path that produces `op` (see the module docs).
+fn path_of(op: &TensorOp) -> Path {
+    let [src] = op.sources.as_slice() else {
+        return Path::Gather;
+    };
+    let Some((0, offset, strides)) = op.view.simple_strides() else {
+        return Path::Gather;
+    };
+    let shape = op.view.shape();
+    let row_major = row_major_strides(&shape);
+    let contiguous = shape
+        .iter()
+        .zip(&strides)
+        .zip(&row_major)
+        .all(|((&n, &s), &r)| n <= 1 || s == r);
+    if contiguous {
+        return Path::Range { offset };
+    }
+    match (src.shape.as_slice(), shape.as_slice(), strides.as_slice()) {
+        (&[rows, cols], &[c, r], &[1, s]) if offset == 0 && r == rows && c == cols && s == cols => {
+            Path::Transpose { rows, cols }
+        }
+        _ => Path::Gather,
+    }
+}
+
 /// Produces one output tensor into `sink`; returns the cast counts.
 fn produce_tensor(
     ckpt: &Checkpoint,
@@ -198,65 +323,88 @@ fn produce_tensor(
     scratch: &mut Scratch,
     sink: &mut TensorSink<'_>,
 ) -> Result<CastStats> {
-    let info = ckpt
-        .tensor(&op.source)
-        .ok_or_else(|| Error::MissingTensor(op.source.clone()))?;
-    if info.shape != op.source_shape || info.dtype != op.source_dtype {
-        return Err(Error::ShapeMismatch {
-            tensor: op.source.clone(),
-            actual: info.shape.clone(),
-            expected: op.source_shape.clone(),
-            convention: "the plan".into(),
-        });
+    let mut infos: Vec<&TensorInfo> = Vec::with_capacity(op.sources.len());
+    for s in &op.sources {
+        let info = ckpt
+            .tensor(&s.name)
+            .ok_or_else(|| Error::MissingTensor(s.name.clone()))?;
+        if info.shape != s.shape || info.dtype != s.dtype {
+            return Err(Error::ShapeMismatch {
+                tensor: s.name.clone(),
+                actual: info.shape.clone(),
+                expected: s.shape.clone(),
+                convention: "the plan".into(),
+            });
+        }
+        if info.dtype.bits() % 8 != 0 {
+            return Err(Error::UnsupportedDtype {
+                tensor: s.name.clone(),
+                dtype: info.dtype.name().into(),
+            });
+        }
+        infos.push(info);
     }
-    if info.dtype.bits() % 8 != 0 {
-        return Err(Error::UnsupportedDtype {
-            tensor: op.source.clone(),
-            dtype: info.dtype.name().into(),
-        });
-    }
-    let formats = if op.casts() {
-        match (float_format(op.source_dtype), float_format(op.target_dtype)) {
-            (Some(f), Some(t)) => Some((f, t)),
+    let formats = if op.casts() || op.view.has_values() {
+        let to = float_format(op.target_dtype);
+        let from = infos
+            .iter()
+            .map(|i| float_format(i.dtype))
+            .collect::<Option<Vec<_>>>();
+        match (from, to) {
+            (Some(f), Some(t)) => Some((f[0], t)),
             _ => {
+                let bad = infos
+                    .iter()
+                    .find(|i| float_format(i.dtype).is_none())
+                    .copied()
+                    .unwrap_or(infos[0]);
                 return Err(Error::NotCastable {
-                    tensor: op.source.clone(),
-                    dtype: op.source_dtype.name().into(),
+                    tensor: bad.name.clone(),
+                    dtype: bad.dtype.name().into(),
                     target: op.target_dtype.name().into(),
-                })
+                });
             }
         }
     } else {
         None
     };
-    let shard = &ckpt.shards()[info.shard];
-    let file = &files[info.shard];
-    let stats = match (op.transpose, formats) {
-        (false, None) => {
-            sink.copy_from(
-                file,
-                &shard.path,
-                info.range.start as u64,
-                info.nbytes() as u64,
-            )?;
-            CastStats::default()
-        }
-        (false, Some((from, to))) => {
-            let src = ckpt.view(info).bytes;
-            let release = |part: &[u8]| ckpt.release_part(info, part);
-            let s = cast_stream(src, info, &release, from, to, tiling, sink);
-            ckpt.release(info);
-            s?
-        }
-        (true, formats) => {
-            let [rows, cols] = info.shape[..] else {
-                return Err(Error::ShapeMismatch {
-                    tensor: op.source.clone(),
-                    actual: info.shape.clone(),
-                    expected: op.source_shape.clone(),
-                    convention: "a 2-D transpose".into(),
+    let stats = match path_of(op) {
+        Path::Range { offset } => {
+            let info = infos[0];
+            let es = info.dtype.bits() / 8;
+            let numel: usize = op.target_shape.iter().product();
+            let (start, len) = (offset * es, numel * es);
+            if start.checked_add(len).is_none_or(|end| end > info.nbytes()) {
+                return Err(Error::Gather {
+                    tensor: op.target.clone(),
+                    source: GatherError::OutOfBounds {
+                        source_index: 0,
+                        len: info.numel(),
+                        last: offset + numel,
+                    },
                 });
-            };
+            }
+            match formats {
+                None => {
+                    sink.copy_from(
+                        &files[info.shard],
+                        &ckpt.shards()[info.shard].path,
+                        (info.range.start + start) as u64,
+                        len as u64,
+                    )?;
+                    CastStats::default()
+                }
+                Some((from, to)) => {
+                    let src = &ckpt.view(info).bytes[start..start + len];
+                    let release = |part: &[u8]| ckpt.release_part(info, part);
+                    let s = cast_stream(src, info, &release, from, to, tiling, sink);
+                    ckpt.release(info);
+                    s?
+                }
+            }
+        }
+        Path::Transpose { rows, cols } => {
+            let info = infos[0];
             let src = ckpt.view(info).bytes;
             let release = |part: &[u8]| ckpt.release_part(info, part);
             let s = transpose_banded(
@@ -265,9 +413,255 @@ fn produce_tensor(
             ckpt.release(info);
             s?
         }
+        Path::Gather => {
+            let data: Vec<Data<'_>> = infos
+                .iter()
+                .map(|i| Data {
+                    bytes: ckpt.view(i).bytes,
+                    dtype: i.dtype,
+                })
+                .collect();
+            let total: usize = infos.iter().map(|i| i.nbytes()).sum();
+            let release = || {
+                if total > tiling.resident_bytes {
+                    infos.iter().for_each(|i| ckpt.release(i));
+                }
+            };
+            let s = gather_banded(op, &data, &release, tiling, scratch, sink);
+            infos.iter().for_each(|i| ckpt.release(i));
+            s?
+        }
     };
     // The bytes just read came from the map: trust them only if the file is intact.
-    ckpt.check_tensor(info)?;
+    for info in infos {
+        ckpt.check_tensor(info)?;
+    }
+    Ok(stats)
+}
+
+/// Rows `rows` of `view` copied byte for byte into `out` ([rows, cols] elements), on all
+/// cores: a few hundred KiB of output per task.
+pub(crate) fn par_gather_bytes(
+    view: &View,
+    data: &[Data<'_>],
+    rows: std::ops::Range<usize>,
+    out: &mut [u8],
+) -> std::result::Result<(), GatherError> {
+    let n = rows.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let row_bytes = out.len() / n;
+    if row_bytes == 0 || row_bytes * n != out.len() {
+        // Let the kernel say what is wrong with the buffer.
+        return gather::gather_bytes(view, data, rows, out);
+    }
+    // Enough rows per task for blocks of rows to form even when rows are long (the
+    // scratch of a block is the size of the task's output, within the band).
+    let task = (GATHER_TASK / row_bytes).max(2 * MIN_BLOCK);
+    out.par_chunks_mut(task * row_bytes)
+        .enumerate()
+        .try_for_each(|(k, chunk)| {
+            let a = rows.start + k * task;
+            gather_task(view, data, a..a + chunk.len() / row_bytes, chunk)
+        })
+}
+
+/// Rows that form a block for [`gather_task`]'s transpose, at least.
+const MIN_BLOCK: usize = 8;
+/// Blocks [`gather_task`] made, for the tests to see that they are made.
+#[cfg(test)]
+static BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One run of a view's row: `len` elements of source `source` from element `off`, `stride`
+/// apart, landing at output column `col`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    col: usize,
+    source: usize,
+    off: usize,
+    len: usize,
+    stride: usize,
+}
+
+/// The runs of row `row` of `view` into `out` (cleared first).
+fn runs_of(view: &View, row: usize, cols: usize, out: &mut Vec<Run>) {
+    out.clear();
+    view.runs(row, 0..cols, &mut |col, leaf, off, len, stride| {
+        out.push(Run {
+            col,
+            source: leaf.source,
+            off,
+            len,
+            stride,
+        })
+    });
+}
+
+/// Rows `rows` of `view` into `out` byte for byte, on one core. Rows read across the source
+/// (strided runs, as in every chain with a transpose in it) are slow element by element, so
+/// consecutive rows whose runs are the first row's shifted by a small constant step (row
+/// `r + i` reads element `off + i·δ` where row `r` reads `off`, `δ` within a cache line) are
+/// done as a block: each output column's `B` elements are read together (contiguous when
+/// `δ = 1`) into a `[cols, B]` scratch, which the cache-blocked transpose kernel turns into
+/// the `B` output rows. Other rows go through [`gather::gather_bytes`]. Every block is
+/// bounds-checked like a run.
+fn gather_task(
+    view: &View,
+    data: &[Data<'_>],
+    rows: std::ops::Range<usize>,
+    out: &mut [u8],
+) -> std::result::Result<(), GatherError> {
+    let (_, cols) = gather::rows_cols(view);
+    let es = match view.sources().first().and_then(|&s| data.get(s)) {
+        Some(d) => d.dtype.bits() / 8,
+        None => return gather::gather_bytes(view, data, rows, out),
+    };
+    let blockable = matches!(es, 1 | 2 | 4 | 8)
+        && !view.has_values()
+        && view
+            .sources()
+            .iter()
+            .all(|&s| data.get(s).is_some_and(|d| d.dtype.bits() == es * 8));
+    if !blockable || cols == 0 || out.len() != rows.len() * cols * es {
+        return gather::gather_bytes(view, data, rows, out);
+    }
+    let row_bytes = cols * es;
+    let (mut first, mut next) = (Vec::new(), Vec::new());
+    let mut tmp: Vec<u8> = Vec::new(); // [cols, B] elements, one output column per row
+    let mut r = rows.start;
+    while r < rows.end {
+        runs_of(view, r, cols, &mut first);
+        let across = first.iter().any(|x| x.stride != 1 && x.len > 1) || first.len() * 4 > cols;
+        // Extend the block while the next row is this one shifted by one more step.
+        let mut b = 1;
+        let mut step = 0usize;
+        while across && r + b < rows.end {
+            runs_of(view, r + b, cols, &mut next);
+            let fits = next.len() == first.len()
+                && next.iter().zip(&first).all(|(n, f)| {
+                    let shifted = n.off.checked_sub(f.off);
+                    if b == 1 && step == 0 {
+                        step = shifted.unwrap_or(0);
+                    }
+                    // A step past a cache line would read each column from far apart:
+                    // those rows are read as they are.
+                    (n.col, n.source, n.len, n.stride) == (f.col, f.source, f.len, f.stride)
+                        && step > 0
+                        && step * es <= 64
+                        && shifted == step.checked_mul(b)
+                });
+            if !fits {
+                break;
+            }
+            b += 1;
+        }
+        let dst = &mut out[(r - rows.start) * row_bytes..(r - rows.start + b) * row_bytes];
+        if b < MIN_BLOCK {
+            gather::gather_bytes(view, data, r..r + b, dst)?;
+            r += b;
+            continue;
+        }
+        #[cfg(test)]
+        BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tmp.clear();
+        tmp.resize(cols * b * es, 0);
+        for run in &first {
+            let src = data
+                .get(run.source)
+                .ok_or(GatherError::NoSource(run.source))?;
+            let n = src.bytes.len() / es;
+            let last = (run.len - 1)
+                .checked_mul(run.stride)
+                .and_then(|x| (b - 1).checked_mul(step).and_then(|y| x.checked_add(y)))
+                .and_then(|x| x.checked_add(run.off));
+            if last.is_none_or(|l| l >= n) {
+                return Err(GatherError::OutOfBounds {
+                    source_index: run.source,
+                    len: n,
+                    last: last.unwrap_or(usize::MAX),
+                });
+            }
+            for j in 0..run.len {
+                let at = run.off + j * run.stride;
+                let col = &mut tmp[(run.col + j) * b * es..(run.col + j + 1) * b * es];
+                if step == 1 {
+                    col.copy_from_slice(&src.bytes[at * es..(at + b) * es]);
+                } else {
+                    for (i, e) in col.chunks_exact_mut(es).enumerate() {
+                        let k = (at + i * step) * es;
+                        e.copy_from_slice(&src.bytes[k..k + es]);
+                    }
+                }
+            }
+        }
+        // tmp is [cols, b]; the output rows are its transpose.
+        transpose::transpose_strided(&tmp, b, dst, cols, cols, b, es)
+            .map_err(|e| GatherError::Mixed(format!("the blocked transpose failed: {e}")))?;
+        r += b;
+    }
+    Ok(())
+}
+
+/// The generic path: bands of whole output rows (as many as fit a write buffer), each
+/// gathered through `op.view` from `data` on all cores straight into the buffer when the
+/// bytes are copied unchanged, else widened to f32 in scratch, computed (the view's value
+/// operations) and cast into the buffer. `release` runs after every band, to bound the
+/// mapped source pages in use. Every read is bounds-checked by the gather kernels.
+pub(crate) fn gather_banded(
+    op: &TensorOp,
+    data: &[Data<'_>],
+    release: &dyn Fn(),
+    tiling: &Tiling,
+    scratch: &mut Scratch,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let view = &op.view;
+    let (rows, cols) = gather::rows_cols(view);
+    let err = |source| Error::Gather {
+        tensor: op.target.clone(),
+        source,
+    };
+    let copy = !op.casts() && !view.has_values();
+    let out_es = op.target_dtype.bits() / 8;
+    let to = float_format(op.target_dtype);
+    let row_bytes = cols.max(1) * if copy { out_es } else { out_es.max(4) };
+    let band = (sink.buffer_bytes().min(tiling.band_bytes) / row_bytes).clamp(1, rows.max(1));
+    // Rows per rayon task.
+    let task = (GATHER_TASK / row_bytes).max(1);
+    let mut stats = CastStats::default();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = band.min(rows - r0);
+        let s = if copy {
+            sink.fill_with(n * cols * out_es, |out| {
+                par_gather_bytes(view, data, r0..r0 + n, out).map_err(err)?;
+                Ok(CastStats::default())
+            })?
+        } else {
+            let to = to.ok_or_else(|| Error::NotCastable {
+                tensor: op.target.clone(),
+                dtype: op.source_dtype().name().into(),
+                target: op.target_dtype.name().into(),
+            })?;
+            let wide = scratch.wide(n * cols); // [n, cols] f32
+            wide.par_chunks_mut(task * cols)
+                .enumerate()
+                .try_for_each(|(k, chunk)| {
+                    let a = r0 + k * task;
+                    let b = a + chunk.len() / cols.max(1);
+                    gather::gather_f32(view, data, a..b, chunk)
+                })
+                .map_err(err)?;
+            let wide: &[u8] = bytemuck::cast_slice(wide);
+            sink.fill_with(n * cols * out_es, |out| {
+                par_cast(&op.target, wide, FloatFormat::F32, out, to)
+            })?
+        };
+        stats.merge(&s);
+        release();
+        r0 += n;
+    }
     Ok(stats)
 }
 
@@ -328,12 +722,14 @@ fn cast_stream(
     Ok(stats)
 }
 
-/// A buffer reused from tensor to tensor (a transposed band before its cast), so that
-/// each tensor does not pay for fresh zeroed pages.
+/// Buffers reused from tensor to tensor (a transposed band before its cast, a gathered
+/// band before its cast), so that each tensor does not pay for fresh zeroed pages.
 #[derive(Debug, Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     /// [band, rows] transposed elements in the source dtype.
     t: Vec<u8>,
+    /// [band, cols] gathered elements widened to f32.
+    w: Vec<f32>,
 }
 
 impl Scratch {
@@ -342,6 +738,13 @@ impl Scratch {
             self.t.resize(len, 0);
         }
         &mut self.t[..len]
+    }
+
+    fn wide(&mut self, len: usize) -> &mut [f32] {
+        if self.w.len() < len {
+            self.w.resize(len, 0.0);
+        }
+        &mut self.w[..len]
     }
 }
 
@@ -531,21 +934,7 @@ mod tests {
     }
 
     fn op(src: &str, dst: &str, t: bool, from: Dtype, to: Dtype, shape: &[usize]) -> TensorOp {
-        let target_shape = if t {
-            vec![shape[1], shape[0]]
-        } else {
-            shape.to_vec()
-        };
-        TensorOp {
-            source: src.into(),
-            target: dst.into(),
-            transpose: t,
-            source_dtype: from,
-            target_dtype: to,
-            source_shape: shape.to_vec(),
-            target_shape,
-            tied: false,
-        }
+        TensorOp::plain(src, dst, t, from, to, shape).unwrap()
     }
 
     fn ops() -> Vec<TensorOp> {
@@ -706,5 +1095,400 @@ mod tests {
         assert_eq!(w.lossy_casts.len(), 1);
         assert_eq!(w.cast_total.overflowed, 2);
         assert_eq!(w.cast_total.flushed_to_zero, 1);
+    }
+
+    /// Blocks of rows (a transpose somewhere in the chain) read exactly what the plain
+    /// gather reads, and a block past its source's end is an error, not a read.
+    #[test]
+    fn blocked_rows_match_the_plain_gather() {
+        use orient_inspect::layout::transform::{Chain, RopeOrder};
+        let bytes: Vec<u8> = (0..4 * 40 * 30).map(|k| (k * 7 % 251) as u8).collect();
+        let data = [
+            Data {
+                bytes: &bytes,
+                dtype: Dtype::F32,
+            },
+            Data {
+                bytes: &bytes[..4 * 20 * 30],
+                dtype: Dtype::F32,
+            },
+        ];
+        let t = View::contiguous(0, &[40, 30]).transpose_last().unwrap();
+        let rope = Chain::from_transforms(
+            vec![
+                Transform::Transpose,
+                // Runs of 15 rows a step of 2 apart (the halves of one 30-row head).
+                Transform::RopePermute {
+                    axis: 0,
+                    heads: 1,
+                    rotary: 30,
+                    to: RopeOrder::Half,
+                },
+            ],
+            vec![vec![vec![40, 30]]],
+        )
+        .unwrap()
+        .apply(vec![vec![View::contiguous(0, &[40, 30])]])
+        .unwrap()
+        .remove(0)
+        .remove(0);
+        let rope_after = Chain::from_transforms(
+            vec![
+                Transform::RopePermute {
+                    axis: 0,
+                    heads: 4,
+                    rotary: 10,
+                    to: RopeOrder::Interleaved,
+                },
+                Transform::Transpose,
+            ],
+            vec![vec![vec![40, 30]]],
+        )
+        .unwrap()
+        .apply(vec![vec![View::contiguous(0, &[40, 30])]])
+        .unwrap()
+        .remove(0)
+        .remove(0);
+        let fused = View::concat(
+            0,
+            vec![
+                View::contiguous(0, &[40, 30]),
+                View::contiguous(1, &[20, 30]),
+            ],
+        )
+        .unwrap()
+        .transpose_last()
+        .unwrap();
+        for view in [t, rope, rope_after, fused] {
+            let before = BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
+            let (rows, cols) = gather::rows_cols(&view);
+            let mut want = vec![0u8; rows * cols * 4];
+            gather::gather_bytes(&view, &data, 0..rows, &mut want).unwrap();
+            for (a, b) in [(0, rows), (3, rows - 1), (5, 17)] {
+                let mut got = vec![0u8; (b - a) * cols * 4];
+                gather_task(&view, &data, a..b, &mut got).unwrap();
+                assert_eq!(
+                    got,
+                    want[a * cols * 4..b * cols * 4],
+                    "{view:?} rows {a}..{b}"
+                );
+            }
+            assert!(
+                BLOCKS.load(std::sync::atomic::Ordering::Relaxed) > before,
+                "no block for {view:?}"
+            );
+        }
+        // The same transpose over a source that is too short.
+        let short = [Data {
+            bytes: &bytes[..4 * 40 * 29],
+            dtype: Dtype::F32,
+        }];
+        let t = View::contiguous(0, &[40, 30]).transpose_last().unwrap();
+        let mut out = vec![0u8; 30 * 40 * 4];
+        assert!(matches!(
+            gather_task(&t, &short, 0..30, &mut out),
+            Err(GatherError::OutOfBounds { .. })
+        ));
+    }
+
+    /// The generic path's property: every transform kind followed by its inverse, each leg
+    /// produced by `gather_banded` through the shard writer with tiny bands (so every tensor
+    /// takes many bands and most rows straddle two write buffers), gives back the input bit
+    /// for bit. Index transforms run on random bytes of every dtype; value transforms (add,
+    /// scale) on the float dtypes with values where the arithmetic is exact: multiples of 1/4
+    /// below 16 in magnitude, constants 0.5 to 2 that add exactly, and powers of two that
+    /// scale exactly, so `(x + c) − c` and `(x · c) / c` are `x` in F32, BF16 and F16.
+    mod generic_round_trip {
+        use std::collections::HashMap;
+
+        use orient_inspect::layout::transform::{Arrangement, Chain, Group, RopeOrder};
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::writer::SINGLE_FILE;
+
+        /// Random bytes for index transforms, exact values for value transforms.
+        fn data(dtype: Dtype, numel: usize, exact: bool, seed: &mut u64) -> Vec<u8> {
+            let mut next = || {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                *seed
+            };
+            if !exact {
+                return (0..numel * dtype.bits() / 8)
+                    .map(|_| next() as u8)
+                    .collect();
+            }
+            (0..numel)
+                .flat_map(|_| {
+                    let x = ((next() % 128) as i32 - 64) as f32 / 4.0;
+                    match dtype {
+                        Dtype::F32 => x.to_le_bytes().to_vec(),
+                        Dtype::BF16 => half::bf16::from_f32(x).to_le_bytes().to_vec(),
+                        _ => half::f16::from_f32(x).to_le_bytes().to_vec(),
+                    }
+                })
+                .collect()
+        }
+
+        /// Writes every op of `ops` (whose views read `data`) through the generic path into
+        /// a staged shard, and returns each output's bytes, in op order.
+        fn produce(ops: &[TensorOp], data: &[Data<'_>], band: usize) -> Vec<Vec<u8>> {
+            let tmp = tempfile::tempdir().unwrap();
+            let outs = ops
+                .iter()
+                .map(|op| OutTensor {
+                    name: op.target.clone(),
+                    dtype: op.target_dtype.name().into(),
+                    shape: op.target_shape.clone(),
+                    nbytes: op.target_nbytes().unwrap(),
+                })
+                .collect();
+            let layout = Layout::new(outs, &BTreeMap::new(), u64::MAX).unwrap();
+            let staging = Staging::create(&tmp.path().join("out"), false).unwrap();
+            let tiling = Tiling {
+                band_bytes: band,
+                chunk_bytes: band,
+                resident_bytes: band,
+            };
+            let by_name: HashMap<&str, &TensorOp> =
+                ops.iter().map(|o| (o.target.as_str(), o)).collect();
+            let mut scratch = Scratch::default();
+            let mut produce = |i: usize, sink: &mut TensorSink<'_>| -> Result<()> {
+                let op = by_name[layout.tensors[i].name.as_str()];
+                gather_banded(op, data, &|| {}, &tiling, &mut scratch, sink).map(|_| ())
+            };
+            staging
+                .write_shard_with(&layout, 0, band, &mut produce, &mut |_| {})
+                .unwrap();
+            let bytes = std::fs::read(staging.dir().join(SINGLE_FILE)).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            ops.iter()
+                .map(|op| st.tensor(&op.target).unwrap().data().to_vec())
+                .collect()
+        }
+
+        /// One output per view of `group`, reading `sources` (name, shape, dtype each).
+        fn ops_of(
+            group: Group<View>,
+            sources: &[SourceTensor],
+            dtype: Dtype,
+            prefix: &str,
+        ) -> Vec<TensorOp> {
+            group
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(k, view)| TensorOp {
+                    target: format!("{prefix}{k}"),
+                    sources: sources.to_vec(),
+                    target_shape: view.shape(),
+                    view,
+                    target_dtype: dtype,
+                    chain: Vec::new(),
+                    tied: false,
+                })
+                .collect()
+        }
+
+        /// Runs `transforms` over tensors of `shapes` (members × parts) and back.
+        fn round_trip(
+            transforms: Vec<Transform>,
+            shapes: Group<Vec<usize>>,
+            dtype: Dtype,
+            seed: u64,
+            band: usize,
+        ) -> std::result::Result<(), TestCaseError> {
+            let exact = transforms.iter().any(|t| !t.is_index());
+            let chain = Chain::from_transforms(transforms, shapes.clone()).unwrap();
+            let mut seed = seed | 1;
+            let inputs: Vec<Vec<u8>> = shapes
+                .iter()
+                .flatten()
+                .map(|s| data(dtype, s.iter().product(), exact, &mut seed))
+                .collect();
+            let sources: Vec<SourceTensor> = shapes
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(k, s)| SourceTensor {
+                    name: format!("in{k}"),
+                    shape: s.clone(),
+                    dtype,
+                })
+                .collect();
+            let mut k = 0;
+            let group: Group<View> = shapes
+                .iter()
+                .map(|m| {
+                    m.iter()
+                        .map(|s| {
+                            k += 1;
+                            View::contiguous(k - 1, s)
+                        })
+                        .collect()
+                })
+                .collect();
+            let stored_views = chain.apply(group).unwrap();
+            let ops = ops_of(stored_views, &sources, dtype, "out");
+            let d: Vec<Data<'_>> = inputs.iter().map(|b| Data { bytes: b, dtype }).collect();
+            let stored = produce(&ops, &d, band);
+            // Back: the stored tensors through the inverse chain.
+            let out_shapes = chain.output().cloned().unwrap_or(shapes);
+            let stored_sources: Vec<SourceTensor> = ops
+                .iter()
+                .map(|o| SourceTensor {
+                    name: o.target.clone(),
+                    shape: o.target_shape.clone(),
+                    dtype,
+                })
+                .collect();
+            let mut k = 0;
+            let group: Group<View> = out_shapes
+                .iter()
+                .map(|m| {
+                    m.iter()
+                        .map(|s| {
+                            k += 1;
+                            View::contiguous(k - 1, s)
+                        })
+                        .collect()
+                })
+                .collect();
+            let back_views = chain.inverse().apply(group).unwrap();
+            let back_ops = ops_of(back_views, &stored_sources, dtype, "back");
+            let d: Vec<Data<'_>> = stored.iter().map(|b| Data { bytes: b, dtype }).collect();
+            let back = produce(&back_ops, &d, band);
+            prop_assert_eq!(back, inputs, "{}", chain.describe());
+            Ok(())
+        }
+
+        fn one(shape: &[usize]) -> Group<Vec<usize>> {
+            vec![vec![shape.to_vec()]]
+        }
+
+        /// Transform kind `kind` with its input shapes, from small random sizes.
+        fn case(
+            kind: usize,
+            a: usize,
+            b: usize,
+            c: usize,
+            flip: bool,
+        ) -> (Vec<Transform>, Group<Vec<usize>>) {
+            let rope = |heads, rotary, to| Transform::RopePermute {
+                axis: 0,
+                heads,
+                rotary,
+                to,
+            };
+            let order = if flip {
+                RopeOrder::Interleaved
+            } else {
+                RopeOrder::Half
+            };
+            match kind {
+                0 => (vec![Transform::Transpose], one(&[a, b])),
+                // Per expert on a stack.
+                1 => (vec![Transform::Transpose], one(&[c, a, b])),
+                2 => (vec![Transform::Permute(vec![2, 0, 1])], one(&[a, b, c])),
+                3 => (vec![Transform::ReverseDims], one(&[a, b, c])),
+                // Whole heads, then partial rotary (2 dims of each head pass through).
+                4 => (vec![rope(a, 2 * b, order)], one(&[a * 2 * b, c])),
+                5 => (vec![rope(a, 2 * b, order)], one(&[a * (2 * b + 2), c])),
+                // Fused parts: concatenated, per head (outer = a), grouped (outer = a).
+                6 => (
+                    vec![Transform::Fuse {
+                        axis: 0,
+                        arrangement: Arrangement::Concat,
+                        outer: 1,
+                    }],
+                    vec![vec![vec![a, c], vec![b, c], vec![b, c]]],
+                ),
+                7 => (
+                    vec![Transform::Fuse {
+                        axis: 0,
+                        arrangement: Arrangement::PerHead,
+                        outer: a,
+                    }],
+                    vec![vec![vec![a * b, c]; 3]],
+                ),
+                8 => (
+                    vec![Transform::Fuse {
+                        axis: 1,
+                        arrangement: Arrangement::Grouped,
+                        outer: a,
+                    }],
+                    vec![vec![vec![c, a * b * 2], vec![c, a], vec![c, a]]],
+                ),
+                // Experts stacked on a new axis (first or middle).
+                9 => (
+                    vec![Transform::Stack {
+                        axis: usize::from(flip),
+                    }],
+                    vec![vec![vec![a, b]]; c],
+                ),
+                10 => (
+                    vec![Transform::Add(if flip { 0.5 } else { 2.0 })],
+                    one(&[a, b]),
+                ),
+                11 => (
+                    vec![Transform::Scale(if flip { 0.25 } else { 2.0 })],
+                    one(&[a, b]),
+                ),
+                // Composed as the port does: RoPE then transpose; fuse then transpose.
+                12 => (
+                    vec![rope(a, 2 * b, RopeOrder::Interleaved), Transform::Transpose],
+                    one(&[a * 2 * b, c]),
+                ),
+                _ => (
+                    vec![
+                        Transform::Fuse {
+                            axis: 0,
+                            arrangement: Arrangement::Concat,
+                            outer: 1,
+                        },
+                        Transform::Transpose,
+                    ],
+                    vec![vec![vec![a, c], vec![b, c]]],
+                ),
+            }
+        }
+
+        fn dtype() -> impl Strategy<Value = Dtype> {
+            prop_oneof![
+                Just(Dtype::F32),
+                Just(Dtype::BF16),
+                Just(Dtype::F16),
+                Just(Dtype::F64),
+                Just(Dtype::I32),
+                Just(Dtype::U8),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+            #[test]
+            fn every_transform_and_its_inverse_is_bit_identical_through_the_generic_path(
+                kind in 0usize..14,
+                d in dtype(),
+                a in 1usize..4, b in 1usize..4, c in 1usize..5,
+                grow in prop_oneof![Just(1usize), Just(6usize)],
+                flip in any::<bool>(),
+                seed in any::<u64>(),
+                band in prop_oneof![1usize..48, Just(1usize << 16)],
+            ) {
+                // Grown sizes with whole bands make blocks of rows for `gather_task`.
+                let (transforms, shapes) = case(kind, a, b * grow, c * grow, flip);
+                let computes = transforms.iter().any(|t| !t.is_index());
+                // Arithmetic is for floats the cast kernels write (F32, BF16, F16).
+                let d = if computes && !matches!(d, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+                    Dtype::BF16
+                } else {
+                    d
+                };
+                round_trip(transforms, shapes, d, seed, band)?;
+            }
+        }
     }
 }

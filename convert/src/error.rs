@@ -3,9 +3,15 @@
 //! Why one enum: a conversion fails for many distinct reasons (an unreadable source, a
 //! contradictory layout, a cast that would produce garbage, a full disk) and the binary
 //! must report each precisely, naming the file and the tensor. Every variant is one such
-//! reason; none is a catch-all string.
+//! reason; none is a catch-all string. A variant that wraps a lower-level error keeps it as
+//! its `source` and does not repeat its text: the binary prints the whole chain once.
 
 use std::path::PathBuf;
+
+use orient_inspect::layout::catalogue::CatalogueError;
+use orient_inspect::layout::gather::GatherError;
+use orient_inspect::layout::transform::TransformError;
+use orient_inspect::ConfigError;
 
 use crate::cast::CastError;
 use crate::transpose::TransposeError;
@@ -27,7 +33,7 @@ pub enum Error {
     #[error(transparent)]
     Read(#[from] orient_inspect::Error),
     /// A cast kernel rejected its buffers.
-    #[error("tensor `{tensor}`: {source}")]
+    #[error("tensor `{tensor}`: the cast failed")]
     Cast {
         /// The tensor being cast.
         tensor: String,
@@ -35,12 +41,29 @@ pub enum Error {
         source: CastError,
     },
     /// A transpose kernel rejected its buffers.
-    #[error("tensor `{tensor}`: {source}")]
+    #[error("tensor `{tensor}`: the transpose failed")]
     Transpose {
         /// The tensor being transposed.
         tensor: String,
         /// What the kernel reported.
         source: TransposeError,
+    },
+    /// Reading an output tensor through its view failed (a view that does not fit its
+    /// sources: never an out-of-bounds read).
+    #[error("tensor `{tensor}`: cannot read it from its source tensors")]
+    Gather {
+        /// The output tensor.
+        tensor: String,
+        /// What the gather kernel reported.
+        source: GatherError,
+    },
+    /// A convention's transform chain does not apply to a tensor of this model.
+    #[error("tensor `{tensor}`: its transform chain does not apply")]
+    Transform {
+        /// The tensor (canonical or stored name).
+        tensor: String,
+        /// What the transform algebra said.
+        source: TransformError,
     },
     /// Two output tensors have the same name.
     #[error("two output tensors are both named `{0}`")]
@@ -136,21 +159,65 @@ pub enum Error {
         /// The requested target dtype.
         target: String,
     },
-    /// The source has no usable config.json, so the layout is unknown.
-    #[error("{}: {problem}", path.display())]
-    Config {
+    /// The source has no config.json, so the layout is unknown.
+    #[error("{}: no config.json next to the checkpoint; orient needs it to know the layout", path.display())]
+    NoConfig {
         /// The checkpoint folder.
         path: PathBuf,
-        /// What is wrong with its config.
-        problem: String,
+    },
+    /// The source's config.json cannot be used.
+    #[error("{}: cannot be used", path.display())]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ConfigError,
     },
     /// The architecture is not in the layout catalogue.
-    #[error("the layout catalogue has no entry for model_type `{model_type}` (known: llama, mistral, qwen2, qwen3, gpt2), so orient cannot tell how its tensors are laid out in {target}")]
+    #[error("the layout catalogue has no entry for model_type `{model_type}` (known: {known}), so orient cannot tell how its tensors are laid out in {target}")]
     UnknownArchitecture {
         /// The config's model_type.
         model_type: String,
+        /// The architectures the catalogue knows, comma-separated.
+        known: String,
         /// The requested target layout.
         target: String,
+    },
+    /// A layout (built-in or a user's file) does not fit this model.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    /// A convention name that is neither built in nor given by a layout file.
+    #[error("unknown layout convention `{name}` (known: {known})")]
+    UnknownConvention {
+        /// The name asked for.
+        name: String,
+        /// The conventions there are, comma-separated.
+        known: String,
+    },
+    /// Tensors that are not part of this model in any known convention.
+    #[error(
+        "{}: {} tensor(s) are not part of a {model_type} model with this config in any known layout convention:\n{}\n\
+         Is config.json the one of these weights? A checkpoint with names of its own needs a \
+         layout file that maps them to the model's tensors.",
+        path.display(),
+        tensors.len(),
+        tensors.iter().map(|t| format!("  {t}")).collect::<Vec<_>>().join("\n")
+    )]
+    UnexpectedTensors {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The config's model_type.
+        model_type: String,
+        /// The tensors.
+        tensors: Vec<String>,
+    },
+    /// The same canonical tensor stored twice (two spellings, or two conventions).
+    #[error("{}: the source holds the same tensor twice:\n{}", path.display(), pairs.join("\n"))]
+    DuplicateTensors {
+        /// The checkpoint.
+        path: PathBuf,
+        /// One line per pair.
+        pairs: Vec<String>,
     },
     /// The source mixes conventions or contradicts the catalogue.
     #[error(
@@ -169,12 +236,58 @@ pub enum Error {
         problems: Vec<String>,
     },
     /// The source convention could not be decided from names and non-square shapes.
-    #[error("{}: cannot tell whether the source is hf or flax layout ({reason}); pass --from hf or --from flax", path.display())]
+    #[error("{}: cannot tell which layout convention the source follows among {candidates} ({reason}); pass --from with one of them", path.display())]
     Undetectable {
         /// The checkpoint.
         path: PathBuf,
+        /// The conventions considered, comma-separated.
+        candidates: String,
         /// Why detection failed.
         reason: String,
+    },
+    /// Required tensors of the source convention are absent.
+    #[error(
+        "{}: the source, read as {convention} layout, lacks {} required tensor(s):\n{}",
+        path.display(),
+        tensors.len(),
+        tensors.join("\n")
+    )]
+    MissingTensors {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The source convention.
+        convention: String,
+        /// One line per missing tensor (name and expected shape).
+        tensors: Vec<String>,
+    },
+    /// With an explicit source convention, a tensor named as in another convention whose
+    /// form of it is not one tensor in both.
+    #[error("tensor `{tensor}` is named as in the {named} layout, which stores it differently from {source_convention}; it cannot be read as {source_convention} layout")]
+    ForeignName {
+        /// The tensor.
+        tensor: String,
+        /// The convention its name belongs to.
+        named: String,
+        /// The convention the source is read as.
+        source_convention: String,
+    },
+    /// An output made from sources of different dtypes, with no output dtype asked for.
+    #[error("output tensor `{tensor}` is made from tensors of different dtypes ({dtypes}); ask for one output dtype")]
+    MixedDtypes {
+        /// The output tensor.
+        tensor: String,
+        /// The source dtypes.
+        dtypes: String,
+    },
+    /// A chain that computes on values (add, scale) over a tensor that holds no floats.
+    #[error("tensor `{tensor}` has dtype {dtype}, but its chain `{chain}` computes on values (F32, BF16 and F16 only)")]
+    NotComputable {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: String,
+        /// The chain.
+        chain: String,
     },
     /// A tensor needed by the target layout is absent from the source.
     #[error("tensor `{0}` is required by the target layout but missing from the source")]

@@ -1,8 +1,9 @@
 //! Rewriting safetensors checkpoints into a chosen layout, streaming.
 //!
-//! Each tensor is renamed, transposed, cast or skipped according to the layout
-//! catalogue of `orient-inspect`, and written one tile at a time so that memory stays
-//! bounded by a tile, not by the model.
+//! Each output tensor is made from the source's through the layout model of
+//! `orient-inspect` (the source convention's inverse chain, then the target's: renames,
+//! transposes, RoPE permutations, fused and split parts, casts), and written one band at a
+//! time so that memory stays bounded by a tile, not by the model.
 
 pub mod cast;
 pub mod error;

@@ -14,13 +14,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use orient_inspect::{Catalogue, Convention, Dtype, ModelConfig, Role};
+use orient_inspect::layout::arch::Role;
+use orient_inspect::layout::catalogue::{Catalogue, HF};
+use orient_inspect::{Dtype, ModelConfig};
 use rayon::prelude::*;
 
 use crate::cast::{f32_to_bf16_bits, f32_to_f16_bits};
 use crate::destination::{check_overwrite, Destination};
 use crate::error::{Error, Result};
-use crate::plan::has_lm_head;
 use crate::writer::{Layout, OutTensor, Staging, DEFAULT_MAX_SHARD_SIZE, INDEX_FILE};
 
 /// Elements generated per tile (one seed each).
@@ -58,33 +59,42 @@ pub struct SynthOptions {
     pub sync: bool,
 }
 
-/// The tensors of `cfg` in HF layout, with their roles, as the catalogue lists them
-/// (no lm_head when the embeddings are tied, no GPT-2 mask buffers).
+/// The tensors of `cfg` in HF layout, with their roles, as the catalogue's HF convention
+/// stores them (no lm_head when the embeddings are tied, no GPT-2 mask buffers).
 pub fn tensors(cfg: &ModelConfig, dtype: Dtype) -> Result<Vec<(OutTensor, Role)>> {
     let cat = Catalogue::new(cfg);
     let mut out = Vec::new();
-    for e in cat.entries() {
-        if e.role == Role::Buffer || (e.role == Role::LmHead && !has_lm_head(cfg, Convention::Hf)) {
+    for form in cat.forms().iter().filter(|f| f.convention == HF) {
+        let Some(&e) = form.entries.first().and_then(|m| m.first()) else {
+            continue;
+        };
+        let entry = &cat.entries()[e];
+        // Buffers are not weights; a tied lm_head is left out where HF leaves it out.
+        if entry.role == Role::Buffer
+            || (entry.role == Role::LmHead && cat.optional(e, HF).is_some())
+        {
             continue;
         }
-        let f = &e.hf;
-        let numel = f
-            .shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Error::SizeOverflow(f.name.clone()))?;
-        let nbytes = dtype
-            .checked_size(numel)
-            .ok_or_else(|| Error::SizeOverflow(f.name.clone()))? as u64;
-        out.push((
-            OutTensor {
-                name: f.name.clone(),
-                dtype: dtype.name().into(),
-                shape: f.shape.clone(),
-                nbytes,
-            },
-            e.role,
-        ));
+        for st in form.stored_tensors() {
+            let numel = st
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| Error::SizeOverflow(st.name.clone()))?;
+            let nbytes = dtype
+                .checked_size(numel)
+                .ok_or_else(|| Error::SizeOverflow(st.name.clone()))?
+                as u64;
+            out.push((
+                OutTensor {
+                    name: st.name.clone(),
+                    dtype: dtype.name().into(),
+                    shape: st.shape.clone(),
+                    nbytes,
+                },
+                entry.role,
+            ));
+        }
     }
     Ok(out)
 }

@@ -12,6 +12,8 @@
 //! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
 //!   name/orientation in each convention.
 //! - [`report`]: the `inspect` report.
+//! - [`hub`]: models named by repo id, found in the local Hugging Face cache.
+//! - [`lint`]: consistency checks between weights and config (`orient lint`).
 //! - [`write`](mod@write): the safetensors header serializer (the parser's inverse) and small files.
 
 pub mod cast;
@@ -24,7 +26,9 @@ pub mod error;
 pub mod file;
 pub mod formats;
 pub mod header;
+pub mod hub;
 pub mod layout;
+pub mod lint;
 pub mod mmap;
 pub mod report;
 pub mod view;

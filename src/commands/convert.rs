@@ -1,6 +1,7 @@
-//! `orient convert SRC DST`: rewrite a checkpoint into the canonical HF layout (or into
-//! Flax), streaming, from the layout catalogue. Refuses to guess, never writes into the
-//! source, and leaves nothing behind on failure.
+//! `orient convert SRC DST`: rewrite a checkpoint from one layout convention into another
+//! (the canonical HF layout by default, Flax, or a `--layout FILE` convention), streaming,
+//! from the layout catalogue. Refuses to guess, never writes into the source, and leaves
+//! nothing behind on failure.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,27 +14,7 @@ use orient_convert::convert::{self, WriteOptions};
 use orient_convert::destination::{self, Destination};
 use orient_convert::plan::{self, From, Options};
 use orient_convert::writer::parse_size;
-use orient_inspect::{Checkpoint, Convention, Dtype};
-
-/// Target layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Layout {
-    /// HF / PyTorch: what transformers' PyTorch classes load.
-    Hf,
-    /// transformers 4.x Flax / hand-written JAX.
-    Flax,
-}
-
-/// Source layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum FromLayout {
-    /// Detect from names and non-square shapes; refuse mixed sources.
-    Auto,
-    /// HF / PyTorch.
-    Hf,
-    /// Flax / JAX.
-    Flax,
-}
+use orient_inspect::{Checkpoint, Dtype};
 
 /// Output dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,15 +33,19 @@ pub enum DtypeArg {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Source checkpoint: a model folder, a `.safetensors` file or an index.
-    pub src: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub src: super::ModelPath,
     /// Destination folder (must not exist unless --force).
     pub dst: PathBuf,
-    /// Target layout.
-    #[arg(long, value_enum, default_value = "hf")]
-    pub to: Layout,
-    /// Source layout; an explicit value overrides detection.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub from: FromLayout,
+    /// Target layout convention: `hf` (what transformers' PyTorch classes load), `flax`
+    /// (transformers 4.x Flax / JAX), or the name of a `--layout FILE` convention.
+    #[arg(long, value_name = "NAME", default_value = "hf")]
+    pub to: String,
+    /// Source layout convention: `auto` detects it from names and non-square shapes and
+    /// refuses mixed sources; a name (`hf`, `flax`, a `--layout FILE` convention's) reads
+    /// every tensor in that convention and overrides detection (which is still reported).
+    #[arg(long, value_name = "NAME", default_value = "auto")]
+    pub from: String,
     /// Output dtype for float tensors.
     #[arg(long, value_enum, default_value = "keep")]
     pub dtype: DtypeArg,
@@ -68,12 +53,18 @@ pub struct Args {
     /// default 5GB, as transformers.
     #[arg(long, value_name = "SIZE")]
     pub max_shard_size: Option<String>,
-    /// Print the plan (one row per tensor) and write nothing.
+    /// Print the plan (one row per output tensor, with the chain that makes it) and write
+    /// nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
     /// How the output is written.
     #[command(flatten)]
     pub write: WriteArgs,
+    /// User layout conventions.
+    #[command(flatten)]
+    pub layouts: super::LayoutArgs,
 }
 
 /// Flags shared by the commands that write a checkpoint (`convert`, `synth`).
@@ -102,27 +93,21 @@ pub fn prepare_write(dst: &Destination) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn convention(l: Layout) -> Convention {
-    match l {
-        Layout::Hf => Convention::Hf,
-        Layout::Flax => Convention::Flax,
-    }
-}
-
 /// Runs `orient convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
-    let target = destination::check_destination(&args.src, &args.dst, args.write.force)?;
-    let ckpt = Checkpoint::open(&args.src)
-        .with_context(|| format!("cannot read {}", args.src.display()))?;
+    let src = args.src.resolve(&args.hub)?;
+    let target = destination::check_destination(&src, &args.dst, args.write.force)?;
+    let ckpt = Checkpoint::open(&src).with_context(|| format!("cannot read {}", src.display()))?;
     output::notes::warn(ckpt.notes());
+    let layouts = args.layouts.load()?;
     let opts = Options {
-        to: convention(args.to),
-        from: match args.from {
-            FromLayout::Auto => From::Auto,
-            FromLayout::Hf => From::Explicit(Convention::Hf),
-            FromLayout::Flax => From::Explicit(Convention::Flax),
+        to: args.to.clone(),
+        from: match args.from.as_str() {
+            "auto" => From::Auto,
+            name => From::Explicit(name.to_string()),
         },
+        layouts,
         dtype: match args.dtype {
             DtypeArg::Keep => None,
             DtypeArg::F32 => Some(Dtype::F32),
@@ -131,16 +116,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     // Some plan errors name only the tensor: say which checkpoint.
-    let plan = plan::plan(&ckpt, &opts)
-        .with_context(|| format!("cannot convert {}", args.src.display()))?;
+    let plan =
+        plan::plan(&ckpt, &opts).with_context(|| format!("cannot convert {}", src.display()))?;
     let mut out = output::stdout();
     if args.dry_run {
-        output::convert::plan_table(&plan, &args.src, &args.dst, &mut out)?;
+        output::convert::plan_table(&plan, &src, &args.dst, &mut out)?;
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
     if !args.write.quiet {
-        output::convert::header(&plan, &args.src, &args.dst, &mut out)?;
+        output::convert::header(&plan, &src, &args.dst, &mut out)?;
         out.flush()?;
     }
     prepare_write(&target)?;
@@ -163,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = result.with_context(|| {
         format!(
             "converting {} to {} failed; nothing was written",
-            args.src.display(),
+            src.display(),
             args.dst.display()
         )
     })?;

@@ -12,7 +12,7 @@ use orient::output;
 use orient_convert::convert::{self, WriteOptions};
 use orient_convert::plan;
 use orient_inspect::report::{self, Options};
-use orient_inspect::{Checkpoint, Convention};
+use orient_inspect::Checkpoint;
 
 use super::verify;
 
@@ -62,14 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     let tmp = tempfile::tempdir().context("creating a temporary folder")?;
     let converted = tmp.path().join("qwen2-hf");
-    let plan = plan::plan(
-        &ckpt,
-        &plan::Options {
-            to: Convention::Hf,
-            from: plan::From::Auto,
-            dtype: None,
-        },
-    )?;
+    let plan = plan::plan(&ckpt, &plan::Options::default())?;
     output::convert::header(&plan, &flax, &converted, &mut out)?;
     let start = Instant::now();
     let write_opts = WriteOptions {
@@ -90,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
     )?;
     let report = verify::verify(&verify::Args {
-        model: converted,
+        model: converted.into(),
         reference: Some(reference),
         against: None,
         tokens: None,
@@ -98,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rtol: 1e-4,
         json: false,
         layout: Default::default(),
+        hub: Default::default(),
     })?;
     output::verify::render(&report, false, &mut out)?;
     out.flush()?;

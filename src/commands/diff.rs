@@ -3,56 +3,34 @@
 //! on a terminal, and hands the report to [`orient::output::diff`].
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use orient_inspect::diff::{self, Conversion, DiffOptions};
+use orient_inspect::layout::convention;
 use orient_inspect::Checkpoint;
-
-/// A conversion that explains differences (the `--expect-conversion` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Expect {
-    /// A is HF/PyTorch, B is Flax: kernels the catalogue stores transposed must be exactly
-    /// transposed (a square kernel left untransposed fails), everything else identical.
-    HfToFlax,
-    /// A is Flax, B is HF/PyTorch (the mirror of hf-to-flax).
-    FlaxToHf,
-    /// Any 2-D pair may be transposed, whatever the names say.
-    Transpose,
-    /// q_proj/k_proj weights and biases may be RoPE-permuted per head (GGUF / Meta layout), in
-    /// either direction.
-    RopePermute,
-    /// The dtype may have been cast: pairs equal within one ulp of the narrower dtype pass
-    /// (also combined with an expected transpose or permutation).
-    Cast,
-}
-
-impl From<Expect> for Conversion {
-    fn from(e: Expect) -> Conversion {
-        match e {
-            Expect::HfToFlax => Conversion::HfToFlax,
-            Expect::FlaxToHf => Conversion::FlaxToHf,
-            Expect::Transpose => Conversion::Transpose,
-            Expect::RopePermute => Conversion::RopePermute,
-            Expect::Cast => Conversion::Cast,
-        }
-    }
-}
 
 /// Arguments of `orient diff`.
 ///
-/// Verdicts, first match wins: identical, transposed, rope-permuted, rounded, scaled (B = c·A),
-/// offset (B = A + c), different (max |Δ|, max relative Δ, cosine). Exit status: 0 when every
-/// pair is identical or explained by `--expect-conversion` and no tensor is missing on one side
-/// (the catalogue may allow some, e.g. lm_head under tied embeddings); 1 otherwise, including
-/// pairs that could not be compared; 2 when a checkpoint cannot be opened.
+/// Each side is read in its own convention, detected from its names and non-square shapes
+/// among the built-ins (hf, flax) and the `--layout` files; pairs are the canonical tensors
+/// present on both sides. Verdicts: the relation the two conventions imply is tried first
+/// (transposed, rope-permuted, fused, …, "expected by conventions"); otherwise the first
+/// hypothesis that holds: transposed, rope-permuted, rounded, scaled (B = c·A), offset
+/// (B = A + c), different (max |Δ|, max relative Δ, cosine). Exit status: 0 when every pair is
+/// identical or explained by `--expect-conversion` (or by a side's `--layout`) and no tensor
+/// is missing on one side (the catalogue may allow some, e.g. lm_head under tied embeddings);
+/// 1 otherwise, including pairs that could not be compared; 2 when a checkpoint cannot be
+/// opened.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("layouts", |a| a.help(LAYOUT_HELP)))]
 pub struct Args {
     /// First checkpoint: a .safetensors file, a model.safetensors.index.json, or a folder.
-    pub a: PathBuf,
-    /// Second checkpoint, in the same or another convention (HF or Flax names).
-    pub b: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub a: super::ModelPath,
+    /// Second checkpoint, in the same or another convention (HF, Flax, or a `--layout`); a path or a
+    /// repo id (`ORG/NAME@REV` compares two revisions of one repo).
+    pub b: super::ModelPath,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -64,24 +42,51 @@ pub struct Args {
     #[arg(long)]
     pub full: bool,
     /// Conversions that explain differences, comma-separated or repeated, e.g.
-    /// `--expect-conversion hf-to-flax,cast`. Without it only `identical` pairs pass.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub expect_conversion: Vec<Expect>,
+    /// `--expect-conversion hf-to-flax,cast`: `transpose` (any 2-D pair may be transposed),
+    /// `rope-permute` (q/k projections and biases may be RoPE-permuted per head, either way),
+    /// `cast` (equal within one ulp of the narrower dtype, where the dtypes differ), or
+    /// FROM-to-TO for two conventions (`hf-to-flax`, `flax-to-hf`, `hf-to-my-port` with a
+    /// `--layout`): A in FROM, B in TO, related as those conventions say. Without it only
+    /// `identical` pairs pass (and, with a `--layout` side, what its conventions imply).
+    #[arg(long, value_delimiter = ',', value_name = "CONVERSION")]
+    pub expect_conversion: Vec<String>,
+    #[command(flatten)]
+    pub layout: super::LayoutArgs,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
 }
+
+/// `--layout` as diff uses it: a candidate for either side.
+const LAYOUT_HELP: &str = "A layout file (TOML) describing a convention, e.g. a hand-written JAX \
+port's names and transforms (format in README.md). Repeat to load several. Each side is read in \
+the convention its names and shapes fit, among the built-ins and these; a side read in a layout \
+makes the conversion between the two sides' conventions expected";
 
 /// Runs `orient diff`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let a = Checkpoint::open(&args.a)
-        .with_context(|| format!("cannot open A ({})", args.a.display()))?;
-    let b = Checkpoint::open(&args.b)
-        .with_context(|| format!("cannot open B ({})", args.b.display()))?;
+    let (path_a, path_b) = (args.a.resolve(&args.hub)?, args.b.resolve(&args.hub)?);
+    let a = Checkpoint::open(&path_a)
+        .with_context(|| format!("cannot open A ({})", path_a.display()))?;
+    let b = Checkpoint::open(&path_b)
+        .with_context(|| format!("cannot open B ({})", path_b.display()))?;
     orient::output::notes::warn(a.notes());
     orient::output::notes::warn(b.notes());
-    let mut expect: Vec<Conversion> = args.expect_conversion.iter().map(|&e| e.into()).collect();
-    expect.dedup();
+    let layouts = args.layout.load()?;
+    let names: Vec<&str> = convention::builtins()
+        .iter()
+        .chain(&layouts)
+        .map(|c| c.name.as_str())
+        .collect();
+    let expect = args
+        .expect_conversion
+        .iter()
+        .map(|text| Conversion::parse(text, &names))
+        .collect::<Result<Vec<_>, _>>()
+        .context("invalid --expect-conversion")?;
     let opts = DiffOptions {
         full: args.full,
         expect,
+        layouts,
     };
 
     let bar = orient::output::stdio::stderr_is_terminal().then(orient::output::diff::progress_bar);
@@ -92,15 +97,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bar.set_message(r.a.name.clone());
         }
     };
-    let report = diff::diff(&a, &b, &opts, &progress);
+    let report = diff::diff(&a, &b, &opts, &progress).context("cannot compare A and B")?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     // Verdicts computed from a file that changed underneath mean nothing.
     a.check_intact()
-        .with_context(|| format!("cannot compare A ({})", args.a.display()))?;
+        .with_context(|| format!("cannot compare A ({})", path_a.display()))?;
     b.check_intact()
-        .with_context(|| format!("cannot compare B ({})", args.b.display()))?;
+        .with_context(|| format!("cannot compare B ({})", path_b.display()))?;
 
     let mut out = orient::output::stdout();
     if args.json {

@@ -2,7 +2,6 @@
 //! and status. Reads headers only, unless `--stats` asks for the data.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -15,7 +14,8 @@ use orient_inspect::Checkpoint;
 pub struct Args {
     /// A `.safetensors` file, a `model.safetensors.index.json`, or a model folder
     /// (with `config.json` for roles and expected shapes).
-    pub path: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub path: super::ModelPath,
     /// Print the report as JSON (schema in README.md) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -36,6 +36,8 @@ pub struct Args {
     pub check: bool,
     #[command(flatten)]
     pub layout: super::LayoutArgs,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
 }
 
 /// Runs `orient inspect`.
@@ -45,8 +47,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(report::compile_filter)
         .transpose()?;
-    let ck = Checkpoint::open(&args.path)
-        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
+    let path = args.path.resolve(&args.hub)?;
+    let ck =
+        Checkpoint::open(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
     let opts = Options {
         filter,
         group_layers: args.group_layers,
@@ -56,11 +59,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let total = ck.tensors().iter().map(|t| t.nbytes() as u64).sum();
     let progress = output::progress::BytesProgress::new(args.stats, total, "reading");
     let report = report::inspect(&ck, &opts, &|n| progress.inc(n))
-        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
+        .with_context(|| format!("cannot inspect {}", path.display()))?;
     progress.finish();
     // --stats read the data: none of it counts if a file changed meanwhile.
     ck.check_intact()
-        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
+        .with_context(|| format!("cannot inspect {}", path.display()))?;
     // One write per buffer, not per line: a 7B report is ~350 lines.
     let mut out = std::io::BufWriter::new(output::stdout());
     if args.json {

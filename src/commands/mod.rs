@@ -1,10 +1,12 @@
 //! One file per subcommand. Each parses its arguments, calls the library, and hands
 //! the resulting data to [`orient::output`] for rendering.
 
+pub mod completions;
 pub mod convert;
 pub mod demo;
 pub mod diff;
 pub mod inspect;
+pub mod lint;
 pub mod run;
 pub mod synth;
 pub mod verify;
@@ -35,5 +37,63 @@ impl LayoutArgs {
             out.push(c);
         }
         Ok(out)
+    }
+}
+
+/// A model named on the command line: a local path (a `.safetensors` file, an index, a model
+/// folder), or a repo id `ORG/NAME` (optionally `ORG/NAME@REV`) found in the local Hugging Face
+/// cache. An existing local path always wins over a repo id of the same spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPath(pub PathBuf);
+
+impl From<std::ffi::OsString> for ModelPath {
+    fn from(s: std::ffi::OsString) -> ModelPath {
+        ModelPath(PathBuf::from(s))
+    }
+}
+
+impl From<PathBuf> for ModelPath {
+    fn from(p: PathBuf) -> ModelPath {
+        ModelPath(p)
+    }
+}
+
+/// `--revision REV`, shared by every command that reads a model: the revision for models named
+/// by repo id.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HubArgs {
+    /// For a model named by repo id (`ORG/NAME`): a branch, tag or commit in the local Hugging Face
+    /// cache (default `main`; `ORG/NAME@REV` sets it for one model). Nothing is downloaded; the
+    /// cache is `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+}
+
+impl ModelPath {
+    /// The folder or file to open: the path itself when it exists (or is no repo id), else the
+    /// cached snapshot of the repo id (a note on stderr says which commit).
+    pub fn resolve(&self, hub: &HubArgs) -> anyhow::Result<PathBuf> {
+        let given = &self.0;
+        // An existing path wins; so does anything that cannot be a repo id.
+        if std::fs::symlink_metadata(given).is_ok() {
+            return Ok(given.clone());
+        }
+        let Some((repo, inline)) = given
+            .to_str()
+            .and_then(orient_inspect::hub::parse_model_ref)
+        else {
+            return Ok(given.clone());
+        };
+        let revision = inline.as_deref().or(hub.revision.as_deref());
+        let snapshot = orient_inspect::hub::HubCache::from_env()
+            .and_then(|cache| cache.resolve(&repo, revision))
+            .map_err(|e| {
+                anyhow::Error::new(e).context(format!(
+                    "{} is not a file or folder here, nor a model in the local Hugging Face cache",
+                    given.display()
+                ))
+            })?;
+        orient::output::notes::resolved(&snapshot);
+        Ok(snapshot.path)
     }
 }

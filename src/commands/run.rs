@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,8 @@ use orient_inspect::Checkpoint;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model folder, `.safetensors` file or `model.safetensors.index.json`.
-    pub model: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub model: super::ModelPath,
     /// Prompt token ids, comma-separated (e.g. `1,2,3`).
     #[arg(long, value_delimiter = ',', required = true)]
     pub tokens: Vec<u32>,
@@ -44,17 +45,20 @@ pub struct Args {
     pub keep_pages: bool,
     #[command(flatten)]
     pub layout: super::LayoutArgs,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
 }
 
 /// Runs `orient run`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let ckpt = Checkpoint::open(&args.model)
-        .with_context(|| format!("opening {}", args.model.display()))?;
+    let model_path = args.model.resolve(&args.hub)?;
+    let ckpt = Checkpoint::open(&model_path)
+        .with_context(|| format!("opening {}", model_path.display()))?;
     orient::output::notes::warn(ckpt.notes());
     let layouts = args.layout.load()?;
     let mut model = Model::with_layouts(&ckpt, &layouts)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+        .with_context(|| format!("loading {}", model_path.display()))?;
     model.keep_pages(args.keep_pages);
     if let Some(path) = &args.save {
         // Before the forward, which may take minutes.
@@ -71,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             LogitPositions::Last
         },
     };
-    let (out, forwards) = run_forwards(&mut model, &args, &opts)?;
+    let (out, forwards) = run_forwards(&mut model, &model_path, &args, &opts)?;
     if args.repeat > 1 {
         render::render_timings(
             &timings(&model, &out, load, forwards),
@@ -80,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let saved = match &args.save {
         Some(path) => {
-            model::save::write(&out, path, save_metadata(&args), args.force)
+            model::save::write(&out, path, save_metadata(&model_path), args.force)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some(path.display().to_string())
         }
@@ -92,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         vec![out.len() - 1]
     };
     let report = RunReport {
-        model: args.model.display().to_string(),
+        model: model_path.display().to_string(),
         model_type: model.config().model_type.clone(),
         convention: model.convention().to_string(),
         tokens: out.len(),
@@ -115,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// The forward, `--repeat` times: the last output and each run's time.
 fn run_forwards(
     model: &mut Model<'_>,
+    model_path: &Path,
     args: &Args,
     opts: &ForwardOptions,
 ) -> anyhow::Result<(ForwardOutput, Vec<Duration>)> {
@@ -125,7 +130,7 @@ fn run_forwards(
         let out = model.forward_with(&args.tokens, opts).with_context(|| {
             format!(
                 "running the forward of {} on {} tokens{}",
-                args.model.display(),
+                model_path.display(),
                 args.tokens.len(),
                 if opts.logits == LogitPositions::All {
                     " (--save and --all-positions keep the logits of every position)"
@@ -161,7 +166,7 @@ fn timings(
 }
 
 /// `__metadata__` of a `--save` file: what each tensor is, and where it came from.
-fn save_metadata(args: &Args) -> HashMap<String, String> {
+fn save_metadata(model_path: &Path) -> HashMap<String, String> {
     let mut meta = HashMap::new();
     meta.insert(
         "hidden_states".to_string(),
@@ -175,7 +180,7 @@ fn save_metadata(args: &Args) -> HashMap<String, String> {
         "logits".to_string(),
         "f32 [T, V], orient CPU forward (f32)".to_string(),
     );
-    meta.insert("model".to_string(), args.model.display().to_string());
+    meta.insert("model".to_string(), model_path.display().to_string());
     meta.insert("orient".to_string(), env!("CARGO_PKG_VERSION").to_string());
     meta
 }

@@ -13,7 +13,7 @@ use orient_convert::destination;
 use orient_convert::synth::{self, SynthOptions};
 use orient_convert::writer::parse_size;
 use orient_inspect::checkpoint::MAX_JSON_FILE_LEN;
-use orient_inspect::{parse_config, ConfigOutcome, Dtype};
+use orient_inspect::{parse_config, Arch, ConfigOutcome, Dtype};
 
 /// Weight dtype of the synthesized model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "{}: the layout catalogue has no entry for model_type `{}` (known: {})",
             path.display(),
             model_type.unwrap_or_default(),
-            orient_inspect::Arch::names().join(", ")
+            Arch::names().join(", ")
         ),
     };
     let opts = SynthOptions {
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // empty list would be an empty "checkpoint".
     if list.is_empty() {
         anyhow::bail!(
-            "{}: synth cannot make model_type `{}` yet (it makes llama, mistral, qwen2, qwen3, gpt2)",
+            "{}: the catalogue lists no tensor for model_type `{}`",
             path.display(),
             cfg.model_type
         );

@@ -18,7 +18,8 @@ use orient_inspect::Checkpoint;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The model under test: folder, `.safetensors` file or index.
-    pub model: PathBuf,
+    /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
+    pub model: super::ModelPath,
     /// A reference file (`input_ids`, `logits`, `hidden_states.{i}`), e.g. made by
     /// transformers (see the README) or by `orient run --save`.
     #[arg(
@@ -28,9 +29,9 @@ pub struct Args {
         required_unless_present = "against"
     )]
     pub reference: Option<PathBuf>,
-    /// Another model to run on the same tokens (the trusted side).
+    /// Another model to run on the same tokens (the trusted side); a path or a repo id.
     #[arg(long, value_name = "OTHER_MODEL")]
-    pub against: Option<PathBuf>,
+    pub against: Option<super::ModelPath>,
     /// Prompt token ids, comma-separated. Default: the reference's `input_ids`, or with
     /// `--against` a fixed 80-token prompt.
     #[arg(long, value_delimiter = ',')]
@@ -48,6 +49,8 @@ pub struct Args {
     /// convention its names and shapes show; a layout file is used when they do not decide).
     #[command(flatten)]
     pub layout: super::LayoutArgs,
+    #[command(flatten)]
+    pub hub: super::HubArgs,
 }
 
 /// Runs `orient verify`: exit 0 within tolerance, 1 not.
@@ -69,23 +72,37 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
         atol: args.atol,
         rtol: args.rtol,
     };
-    let ckpt = Checkpoint::open(&args.model)
-        .with_context(|| format!("opening {}", args.model.display()))?;
+    let model_path = args.model.resolve(&args.hub)?;
+    let ckpt = Checkpoint::open(&model_path)
+        .with_context(|| format!("opening {}", model_path.display()))?;
     orient::output::notes::warn(ckpt.notes());
     let layouts = args.layout.load()?;
     let mut model = Model::with_layouts(&ckpt, &layouts)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+        .with_context(|| format!("loading {}", model_path.display()))?;
+    let under_test = Named {
+        path: &model_path,
+        model: &mut model,
+    };
     match (&args.reference, &args.against) {
-        (Some(reference), _) => against_reference(args, &mut model, reference, tol),
-        (None, Some(other)) => against_model(args, &mut model, other, &layouts, tol),
+        (Some(reference), _) => against_reference(args, under_test, reference, tol),
+        (None, Some(other)) => {
+            let other_path = other.resolve(&args.hub)?;
+            against_model(args, under_test, &other_path, &layouts, tol)
+        }
         (None, None) => bail!("pass --reference FILE or --against MODEL"),
     }
+}
+
+/// The model under test and the path it was opened from.
+struct Named<'a, 'c> {
+    path: &'a Path,
+    model: &'a mut Model<'c>,
 }
 
 /// `--reference`: the model on the reference's own `input_ids`, stage by stage against it.
 fn against_reference(
     args: &Args,
-    model: &mut Model<'_>,
+    Named { path, model }: Named<'_, '_>,
     ref_path: &Path,
     tol: Tolerance,
 ) -> anyhow::Result<VerifyReport> {
@@ -111,7 +128,7 @@ fn against_reference(
                 format!(
                     "{} does not fit {} ({} layers, hidden size {}, vocabulary {})",
                     ref_path.display(),
-                    args.model.display(),
+                    path.display(),
                     shape.layers,
                     shape.hidden_size,
                     shape.vocab_size
@@ -120,10 +137,10 @@ fn against_reference(
         )?;
     let out = model
         .forward(&reference.input_ids, true)
-        .with_context(|| format!("running {}", args.model.display()))?;
+        .with_context(|| format!("running {}", path.display()))?;
     let comparison = compare::compare_reference(&out, &reference, tol);
     Ok(VerifyReport {
-        model: args.model.display().to_string(),
+        model: path.display().to_string(),
         against: ref_path.display().to_string(),
         against_kind: "reference",
         tokens: out.len(),
@@ -141,7 +158,7 @@ fn against_reference(
 /// by stage.
 fn against_model(
     args: &Args,
-    model: &mut Model<'_>,
+    Named { path, model }: Named<'_, '_>,
     other_path: &Path,
     layouts: &[Arc<Convention>],
     tol: Tolerance,
@@ -155,7 +172,7 @@ fn against_model(
     if va != vb {
         bail!(
             "vocabularies differ: {} has {va} tokens, {} has {vb}",
-            args.model.display(),
+            path.display(),
             other_path.display()
         );
     }
@@ -168,7 +185,7 @@ fn against_model(
     };
     let out = model
         .forward(&tokens, true)
-        .with_context(|| format!("running {}", args.model.display()))?;
+        .with_context(|| format!("running {}", path.display()))?;
     let want = other
         .forward(&tokens, true)
         .with_context(|| format!("running {}", other_path.display()))?;
@@ -183,7 +200,7 @@ fn against_model(
     }
     let comparison = compare::compare_runs(&out, &want, tol);
     Ok(VerifyReport {
-        model: args.model.display().to_string(),
+        model: path.display().to_string(),
         against: other_path.display().to_string(),
         against_kind: "model",
         tokens: out.len(),

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use comfy_table::{presets, Cell, ContentArrangement, Table};
 use orient_convert::convert::Outcome;
+use orient_convert::engine::TensorOp;
 use orient_convert::plan::{Action, Plan};
 
 use crate::output::escape::{cell, escape, path, Escaping};
@@ -23,24 +24,30 @@ pub fn header(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io::Res
         "source:  {} ({}, {} layout, {})",
         path(src),
         escape(&plan.config.model_type),
-        plan.source.name(),
+        escape(&plan.source),
         how
     )?;
     if plan.explicit_from {
         let det = match &plan.detected {
-            Ok(c) => c.name().to_string(),
+            Ok(c) => c.clone(),
             Err(why) => why.clone(),
         };
         writeln!(w, "detect:  {}", escape(&det))?;
     }
-    writeln!(w, "target:  {} ({} layout)", path(dst), plan.target.name())?;
+    writeln!(
+        w,
+        "target:  {} ({} layout)",
+        path(dst),
+        escape(&plan.target)
+    )?;
     for note in &plan.notes {
         writeln!(w, "note:    {}", escape(note))?;
     }
     Ok(())
 }
 
-/// The plan: one row per source tensor (plus rows for tensors built from another one).
+/// The plan: one row per output tensor with the source tensor(s) it is made from, one per
+/// source tensor left out (in source-name order), then the outputs built from another tensor.
 pub fn plan_table(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io::Result<()> {
     header(plan, src, dst, w)?;
     let w = &mut Escaping::new(w);
@@ -48,72 +55,91 @@ pub fn plan_table(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io:
     t.load_preset(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled);
     t.set_header(vec!["source", "target", "operations", "shape", "dtype"]);
+    // (sort key, row): outputs by their first source, skipped sources by their name.
+    let mut lines: Vec<(String, Vec<Cell>)> = Vec::new();
+    for op in plan.ops.iter().filter(|o| !o.tied) {
+        let names: Vec<&str> = op.sources.iter().map(|s| s.name.as_str()).collect();
+        lines.push((
+            names.first().map_or(String::new(), |n| n.to_string()),
+            op_row(&names.join(", "), op),
+        ));
+    }
     for row in &plan.rows {
-        match &row.action {
-            Action::Write { op } => {
-                let Some(op) = plan.ops.get(*op) else {
-                    continue;
-                };
-                t.add_row(vec![
-                    cell(&row.source),
-                    cell(&op.target),
-                    cell(op.describe()),
-                    Cell::new(shapes(&op.source_shape, &op.target_shape)),
-                    Cell::new(dtypes(op.source_dtype.name(), op.target_dtype.name())),
-                ]);
-            }
-            Action::Skip(why) => {
-                t.add_row(vec![
+        if let Action::Skip(why) = &row.action {
+            lines.push((
+                row.source.clone(),
+                vec![
                     cell(&row.source),
                     Cell::new("-"),
                     cell(format!("skip: {why}")),
                     Cell::new(shape(&row.shape)),
                     Cell::new(row.dtype.name()),
-                ]);
-            }
+                ],
+            ));
         }
     }
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, cells) in lines {
+        t.add_row(cells);
+    }
     for op in plan.ops.iter().filter(|o| o.tied) {
-        t.add_row(vec![
-            cell(format!("({})", op.source)),
-            cell(&op.target),
-            cell(op.describe()),
-            Cell::new(shapes(&op.source_shape, &op.target_shape)),
-            Cell::new(dtypes(op.source_dtype.name(), op.target_dtype.name())),
-        ]);
+        t.add_row(op_row(&format!("({})", op.source()), op));
     }
     writeln!(w, "{t}")?;
-    let skipped = plan
-        .rows
-        .iter()
-        .filter(|r| matches!(r.action, Action::Skip(_)))
-        .count();
-    let transposed = plan.ops.iter().filter(|o| o.transpose).count();
-    let cast = plan.ops.iter().filter(|o| o.casts()).count();
     writeln!(
         w,
-        "plan:    {} tensors written ({} transposed, {} cast), {} skipped, {} of output; nothing written (--dry-run)",
+        "plan:    {} tensors written ({}{} cast), {} skipped, {} of output; nothing written (--dry-run)",
         plan.ops.len(),
-        transposed,
-        cast,
-        skipped,
+        counts(plan),
+        plan.cast(),
+        plan.skipped(),
         plan.output_bytes().map(human_bytes).unwrap_or_else(|_| "?".into())
     )
 }
 
-fn shapes(a: &[usize], b: &[usize]) -> String {
-    if a == b {
-        shape(a)
-    } else {
-        format!("{} → {}", shape(a), shape(b))
+/// `N transposed, ` and, when some outputs go through other chains, `M through other
+/// chains, `.
+fn counts(plan: &Plan) -> String {
+    let mut s = format!("{} transposed, ", plan.transposed());
+    if plan.relaid() > 0 {
+        s.push_str(&format!("{} through other chains, ", plan.relaid()));
+    }
+    s
+}
+
+/// One output tensor of the plan table.
+fn op_row(source: &str, op: &TensorOp) -> Vec<Cell> {
+    let shapes_in: Vec<&[usize]> = op.sources.iter().map(|s| s.shape.as_slice()).collect();
+    let dtypes_in: Vec<&str> = op.sources.iter().map(|s| s.dtype.name()).collect();
+    vec![
+        cell(source),
+        cell(&op.target),
+        cell(op.describe()),
+        Cell::new(shapes(&shapes_in, &op.target_shape)),
+        Cell::new(dtypes(&dtypes_in, op.target_dtype.name())),
+    ]
+}
+
+/// `[64, 192] → [192, 64]`, or one shape when nothing changes; several sources are
+/// joined with `+`.
+fn shapes(a: &[&[usize]], b: &[usize]) -> String {
+    match a {
+        [one] if *one == b => shape(b),
+        _ => format!(
+            "{} → {}",
+            a.iter().map(|s| shape(s)).collect::<Vec<_>>().join(" + "),
+            shape(b)
+        ),
     }
 }
 
-fn dtypes(a: &str, b: &str) -> String {
-    if a == b {
-        a.to_string()
-    } else {
-        format!("{a} → {b}")
+/// `F32 → BF16`, or one dtype when nothing changes.
+fn dtypes(a: &[&str], b: &str) -> String {
+    let mut distinct: Vec<&str> = a.to_vec();
+    distinct.dedup();
+    match distinct.as_slice() {
+        [one] if *one == b => b.to_string(),
+        _ => format!("{} → {b}", distinct.join(" + ")),
     }
 }
 
@@ -121,18 +147,13 @@ fn dtypes(a: &str, b: &str) -> String {
 pub fn summary(plan: &Plan, outcome: &Outcome, seconds: f64, w: &mut dyn Write) -> io::Result<()> {
     let w = &mut Escaping::new(w);
     let wr = &outcome.written;
-    let skipped = plan
-        .rows
-        .iter()
-        .filter(|r| matches!(r.action, Action::Skip(_)))
-        .count();
     writeln!(
         w,
-        "wrote:   {} tensors ({} transposed, {} cast, {} skipped), {} in {:.2} s ({}/s)",
+        "wrote:   {} tensors ({}{} cast, {} skipped), {} in {:.2} s ({}/s)",
         wr.tensors,
-        plan.ops.iter().filter(|o| o.transpose).count(),
-        plan.ops.iter().filter(|o| o.casts()).count(),
-        skipped,
+        counts(plan),
+        plan.cast(),
+        plan.skipped(),
         human_bytes(wr.bytes),
         seconds,
         human_bytes((wr.bytes as f64 / seconds.max(1e-9)) as u64)
@@ -142,7 +163,7 @@ pub fn summary(plan: &Plan, outcome: &Outcome, seconds: f64, w: &mut dyn Write) 
         writeln!(w, "copied:  {}", escape(&outcome.copied.join(", ")))?;
     }
     let c = &wr.cast_total;
-    if plan.ops.iter().any(|o| o.casts()) {
+    if plan.cast() > 0 {
         writeln!(
             w,
             "casts:   {} overflowed to Inf, {} flushed to zero, {} became subnormal, {} NaN kept",

@@ -80,12 +80,7 @@ fn detail(p: &PairResult) -> String {
                 None => "exact".to_string(),
             });
             if *expected_by_conventions {
-                let c = |x: Option<orient_inspect::Convention>| x.map_or("?", |c| c.name());
-                parts.push(format!(
-                    "expected by conventions ({} → {})",
-                    c(p.a.convention),
-                    c(p.b.convention)
-                ));
+                parts.push(by_conventions(p));
             }
         }
         Some(Verdict::RopePermuted {
@@ -108,6 +103,24 @@ fn detail(p: &PairResult) -> String {
             }
             if let Some(d) = within_rounding {
                 parts.push(format!("within {d} rounding"));
+            }
+            if p.matches_conventions {
+                parts.push(by_conventions(p));
+            }
+        }
+        Some(Verdict::Transformed(t)) => {
+            if let Some((k, n)) = t.part {
+                parts.push(format!("{} {} of {n}", t.verdict, k + 1));
+            }
+            if t.transposed {
+                parts.push("and transposed".to_string());
+            }
+            parts.push(match t.within_rounding {
+                Some(d) => format!("within {d} rounding"),
+                None => "exact".to_string(),
+            });
+            if t.expected_by_conventions {
+                parts.push(by_conventions(p));
             }
         }
         Some(Verdict::Rounded {
@@ -173,8 +186,29 @@ fn detail(p: &PairResult) -> String {
         }
         None => {}
     }
+    // A transform other than the one the conventions imply, when they imply more than a
+    // transpose (which the flags above already place): say both. An unchanged tensor is said
+    // so under the table, with what the conventions expected.
+    if let Some(found) = &p.relation {
+        let plain = ["identity", "transpose"].contains(&p.conventions_relation.as_str());
+        if !p.matches_conventions && !plain && found != "identity" {
+            parts.push(format!(
+                "found `{found}` where the conventions expect `{}`",
+                p.conventions_relation
+            ));
+        }
+    }
     parts.extend(p.notes.iter().cloned());
     parts.join("; ")
+}
+
+/// `expected by conventions (hf → flax)`, from the conventions the two sides were read in.
+fn by_conventions(p: &PairResult) -> String {
+    let (a, b) = match &p.conventions {
+        Some([a, b]) => (a.as_str(), b.as_str()),
+        None => ("?", "?"),
+    };
+    format!("expected by conventions ({a} → {b})")
 }
 
 fn side(dtype: &str, s: &[usize]) -> String {
@@ -188,22 +222,27 @@ pub fn render_table(
     out: &mut dyn Write,
 ) -> io::Result<()> {
     let out = &mut Escaping::new(out);
-    writeln!(
-        out,
-        "A: {} ({}, {} tensors)",
-        escape(&report.a.root),
-        escape(&report.a.config),
-        report.a.tensors
-    )?;
-    writeln!(
-        out,
-        "B: {} ({}, {} tensors)",
-        escape(&report.b.root),
-        escape(&report.b.config),
-        report.b.tensors
-    )?;
+    for (label, s) in [("A", &report.a), ("B", &report.b)] {
+        // The convention is named only when it is a user layout (the built-ins show in the
+        // rows' names).
+        let layout = match (&s.convention, &s.layout_file) {
+            (Some(c), Some(_)) => format!(", layout {c}"),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "{label}: {} ({}, {} tensors{})",
+            escape(&s.root),
+            escape(&s.config),
+            s.tensors,
+            escape(&layout)
+        )?;
+    }
     for w in &report.warnings {
         writeln!(out, "warning: {}", escape(w))?;
+    }
+    for n in &report.notes {
+        writeln!(out, "note: {}", escape(n))?;
     }
 
     let shown: Vec<&PairResult> = report
@@ -227,6 +266,15 @@ pub fn render_table(
             } else {
                 format!("{}\n→ {}", escape(&p.a.name), escape(&p.b.name))
             };
+            // A part of a fused or stacked tensor: which canonical tensor the row compares.
+            let name = match (&p.canonical, &p.a.part, &p.b.part) {
+                (Some(c), Some(_), _) | (Some(c), _, Some(_))
+                    if *c != p.a.name && *c != p.b.name =>
+                {
+                    format!("{name}\n({})", escape(c))
+                }
+                _ => name,
+            };
             table.add_row(vec![
                 Cell::new(if p.explained { "✓" } else { "✗" }),
                 Cell::new(name),
@@ -241,9 +289,13 @@ pub fn render_table(
 
     for (label, list) in [("A", &report.only_in_a), ("B", &report.only_in_b)] {
         for o in list {
-            let why = o
+            let mut why = o
                 .optional
+                .as_ref()
                 .map_or(String::new(), |w| format!(" (allowed: {w})"));
+            if let Some(c) = &o.canonical {
+                why.push_str(&format!(" (its part {c})"));
+            }
             writeln!(
                 out,
                 "only in {label}: {} {}{}",

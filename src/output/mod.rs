@@ -11,6 +11,7 @@ pub mod diff;
 pub mod escape;
 pub mod inspect;
 pub mod json;
+pub mod lint;
 pub mod notes;
 pub mod progress;
 pub mod run;

@@ -23,3 +23,20 @@ pub fn warn(notes: &[OpenNote]) {
         let _ = warnings(notes, &mut err);
     }
 }
+
+/// Says on stderr which cached snapshot a repo id resolved to (ignored if stderr is closed).
+pub fn resolved(s: &orient_inspect::hub::Snapshot) {
+    let mut err = crate::output::escape::Escaping::new(crate::output::stderr());
+    let commit = s.commit.get(..12).unwrap_or(&s.commit);
+    let at = if s.revision == s.commit {
+        String::new()
+    } else {
+        format!("{} = ", s.revision)
+    };
+    let _ = writeln!(
+        err,
+        "note: {} at {at}commit {commit}: {}",
+        s.repo,
+        s.path.display()
+    );
+}

@@ -1,24 +1,30 @@
-//! The numeric core of `diff`: element access that widens tile by tile, the candidate layouts
-//! (identity, transpose, RoPE row permutations), the value relations (exact, rounded, scaled,
-//! offset) and the two passes that test them: a cheap one over sampled rows and columns, and a
-//! confirming one over the whole tensor in cache-sized tiles.
+//! The numeric core of `diff`: reading two views element by element (samples) or tile by tile
+//! (the confirming pass), the value relations (exact, rounded, scaled, offset), and the
+//! statistics of a pair that matched none.
+//!
+//! Both operands are [`View`]s onto a side's tensors, so the same code compares canonical
+//! tensors, hypotheses (a transposed or RoPE-permuted A) and stored tensors. A view that is one
+//! plain strided matrix (the usual case: a tensor, its transpose, a part of a fused tensor) is
+//! read straight from the memory map, row runs or column runs widened in place; any other view
+//! (a RoPE permutation, parts of several tensors) is read through [`gather_f32`], row band by row
+//! band.
 //!
 //! Why sampled first: a wrong candidate almost always fails on the first few sampled values, so
 //! rejecting it costs nothing, and the one candidate that survives is confirmed with a single
 //! streaming pass. A typical pair (identical, or the transpose a convention implies) therefore
-//! costs one read of each tensor.
-
-use serde::Serialize;
+//! costs one read of each tensor; an exact f32 transpose is compared in place, block by block.
 
 use crate::cast;
 use crate::dtype::Dtype;
+use crate::layout::gather::{gather_bytes, gather_f32, rows_cols, GatherError, Source};
+use crate::layout::view::{Strided as Leaf, View};
 use crate::view::TensorView;
 
 /// Elements per tile of the confirming pass (256 KiB of f32 per buffer): small enough for L2,
 /// large enough that per-tile overhead vanishes.
 const TILE: usize = 64 * 1024;
-/// Rows of B in one tile when the candidate transposes, so that each gathered run of A is 64
-/// contiguous values (256 bytes, whole cache lines).
+/// Rows of a tile when an operand is read column-wise (a transpose), so that each run read
+/// from it is 64 contiguous values (256 bytes, whole cache lines).
 const TRANSPOSE_BAND: usize = 64;
 
 /// Widened-on-demand access to one tensor's elements, whatever its dtype and alignment.
@@ -41,29 +47,39 @@ pub(crate) enum Src<'a> {
 }
 
 impl<'a> Src<'a> {
-    /// Accessor for a view; `None` when its dtype cannot be widened to f32.
-    pub(crate) fn new(view: &TensorView<'a>) -> Option<Src<'a>> {
-        let bytes = view.bytes;
-        Some(match view.info.dtype {
-            Dtype::F32 => match view.as_f32() {
-                Some(s) => Src::F32(s),
-                None => Src::F32Bytes(bytes),
+    /// Accessor for a source; `None` when its dtype cannot be widened to f32.
+    pub(crate) fn new(s: &Source<'a>) -> Option<Src<'a>> {
+        let bytes = s.bytes;
+        Some(match s.dtype {
+            Dtype::F32 => match bytemuck::try_cast_slice(bytes) {
+                Ok(v) => Src::F32(v),
+                Err(_) => Src::F32Bytes(bytes),
             },
-            Dtype::BF16 => match view.as_u16() {
-                Some(s) => Src::Bf16(s),
-                None => Src::Bf16Bytes(bytes),
+            Dtype::BF16 => match bytemuck::try_cast_slice(bytes) {
+                Ok(v) => Src::Bf16(v),
+                Err(_) => Src::Bf16Bytes(bytes),
             },
-            Dtype::F16 => match view.as_u16() {
-                Some(s) => Src::F16(s),
-                None => Src::F16Bytes(bytes),
+            Dtype::F16 => match bytemuck::try_cast_slice(bytes) {
+                Ok(v) => Src::F16(v),
+                Err(_) => Src::F16Bytes(bytes),
             },
             Dtype::F64 => Src::F64Bytes(bytes),
             _ => return None,
         })
     }
 
-    /// Element `i` widened to f32. `i` must be below the element count (callers derive every
-    /// index from the validated shape).
+    /// Number of elements.
+    fn len(&self) -> usize {
+        match *self {
+            Src::F32(s) => s.len(),
+            Src::F32Bytes(b) => b.len() / 4,
+            Src::Bf16(s) | Src::F16(s) => s.len(),
+            Src::Bf16Bytes(b) | Src::F16Bytes(b) => b.len() / 2,
+            Src::F64Bytes(b) => b.len() / 8,
+        }
+    }
+
+    /// Element `i` widened to f32. `i` is below [`Src::len`]: readers check their extent once.
     fn get(&self, i: usize) -> f32 {
         match *self {
             Src::F32(s) => s[i],
@@ -103,8 +119,7 @@ impl<'a> Src<'a> {
     }
 }
 
-/// A tensor seen as a matrix: 2-D as is, 1-D as a column `[n, 1]`, a scalar as `[1, 1]`, and
-/// higher ranks as `[product of leading dims, last dim]` (identity comparisons only).
+/// A view seen as a matrix `[rows, cols]` over its last dimension (a 1-D view is one row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Geom {
     /// Rows.
@@ -114,107 +129,215 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
-    /// The matrix view of `shape`. The shape was validated by the header parser (its product
-    /// fits in usize), so the products here cannot overflow.
-    pub(crate) fn of(shape: &[usize]) -> Geom {
-        match shape {
-            [] => Geom { rows: 1, cols: 1 },
-            [n] => Geom { rows: *n, cols: 1 },
-            [lead @ .., last] => Geom {
-                rows: lead.iter().product(),
-                cols: *last,
-            },
-        }
+    /// The matrix a view is read as.
+    pub(crate) fn of(view: &View) -> Geom {
+        let (rows, cols) = rows_cols(view);
+        Geom { rows, cols }
     }
 }
 
-/// Direction of a RoPE row permutation between the two layouts in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RopeDirection {
-    /// B = A permuted from rotate-half (HF) to interleaved pairs (GGUF, Meta original): the
-    /// llama.cpp `w.reshape(n, 2, rows/n/2, cols).swapaxes(1, 2).reshape(rows, cols)`.
-    ToInterleaved,
-    /// B = A permuted from interleaved pairs back to rotate-half (what HF's
-    /// `convert_llama_weights_to_hf.py` applies).
-    ToRotateHalf,
+/// A plain strided matrix over one source: element `(i, j)` is at `row_offset(i) + j·cs`.
+#[derive(Debug, Clone)]
+pub(crate) struct StridedMatrix<'a> {
+    src: Src<'a>,
+    /// Element offset of `(0, 0)`.
+    base: usize,
+    /// The row index decomposed over these `(extent, stride)` axes, outermost first.
+    lead: Vec<(usize, usize)>,
+    /// Column stride.
+    cs: usize,
 }
 
-impl RopeDirection {
-    /// Words for reports.
-    pub fn describe(self) -> &'static str {
-        match self {
-            RopeDirection::ToInterleaved => "rotate-half → interleaved",
-            RopeDirection::ToRotateHalf => "interleaved → rotate-half",
+impl StridedMatrix<'_> {
+    fn row_offset(&self, mut r: usize) -> usize {
+        let mut off = self.base;
+        for &(n, s) in self.lead.iter().rev() {
+            off += (r % n) * s;
+            r /= n;
         }
+        off
+    }
+
+    /// Rows are one stride-1 axis: column `j` of a band of rows is one contiguous run.
+    fn column_major(&self) -> bool {
+        self.cs != 1 && matches!(self.lead.as_slice(), [(_, 1)])
     }
 }
 
-/// A per-head RoPE permutation of one axis of A.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RopePerm {
-    /// Axis of A (in A's matrix view) the permutation acts on: the projection's output axis.
-    pub axis: usize,
-    /// Number of heads n; the axis holds n·D entries.
-    pub heads: usize,
-    /// Entries per head (D).
-    pub head_dim: usize,
-    /// Which way.
-    pub direction: RopeDirection,
+/// One operand of a comparison: a view and the sources it reads.
+#[derive(Debug, Clone)]
+pub(crate) enum Reader<'a> {
+    /// Read straight from the map.
+    Strided(StridedMatrix<'a>),
+    /// Read through the view's runs (permutations, several tensors, value operations).
+    General {
+        /// The view.
+        view: &'a View,
+        /// Its sources.
+        sources: &'a [Source<'a>],
+    },
 }
 
-impl RopePerm {
-    /// Source index along the axis for target index `x`: B'[x] = A[src(x)].
-    pub(crate) fn src(&self, x: usize) -> usize {
-        let hd = self.head_dim;
-        let half = hd / 2;
-        let (h, r) = (x / hd, x % hd);
-        match self.direction {
-            // out[h·hd + 2i + j] = in[h·hd + j·half + i]
-            RopeDirection::ToInterleaved => h * hd + (r % 2) * half + r / 2,
-            // out[h·hd + j·half + i] = in[h·hd + 2i + j]
-            RopeDirection::ToRotateHalf => h * hd + 2 * (r % half) + r / half,
-        }
-    }
+/// True when every source `view` reads can be widened to f32.
+pub(crate) fn widenable(view: &View, sources: &[Source<'_>]) -> bool {
+    view.sources()
+        .iter()
+        .all(|&s| sources.get(s).is_some_and(|x| x.dtype.is_computable()))
 }
 
-/// How B's elements are laid out relative to A's: optionally a RoPE permutation of one of A's
-/// axes, then optionally a transpose. B[i, j] = A'[i, j] or A'[j, i].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Layout {
-    /// B = A'ᵀ.
-    pub transpose: bool,
-    /// A' = A with one axis RoPE-permuted.
-    pub perm: Option<RopePerm>,
-}
-
-impl Layout {
-    /// B = A.
-    pub(crate) const IDENTITY: Layout = Layout {
-        transpose: false,
-        perm: None,
-    };
-    /// B = Aᵀ.
-    pub(crate) const TRANSPOSE: Layout = Layout {
-        transpose: true,
-        perm: None,
-    };
-
-    /// Flat index in A of B's element (i, j).
-    fn a_index(&self, ga: Geom, i: usize, j: usize) -> usize {
-        let (mut u, mut v) = if self.transpose { (j, i) } else { (i, j) };
-        if let Some(p) = self.perm {
-            if p.axis == 0 {
-                u = p.src(u);
-            } else {
-                v = p.src(v);
+impl<'a> Reader<'a> {
+    /// A reader of `view`; the caller checked [`widenable`]. A strided view that reads past its
+    /// source is an error here, once, so that no later read can go out of bounds.
+    pub(crate) fn new(
+        view: &'a View,
+        sources: &'a [Source<'a>],
+    ) -> Result<Reader<'a>, GatherError> {
+        let Some((source, offset, strides)) = view.simple_strides() else {
+            return Ok(Reader::General { view, sources });
+        };
+        let s = sources.get(source).ok_or(GatherError::NoSource(source))?;
+        let Some(src) = Src::new(s) else {
+            return Ok(Reader::General { view, sources });
+        };
+        let shape = view.shape();
+        let (lead, cs) = match shape.len() {
+            0 => (Vec::new(), 0),
+            n => (
+                shape[..n - 1]
+                    .iter()
+                    .copied()
+                    .zip(strides[..n - 1].iter().copied())
+                    .collect(),
+                strides[n - 1],
+            ),
+        };
+        if view.numel() > 0 {
+            let last = shape
+                .iter()
+                .zip(&strides)
+                .try_fold(offset, |acc, (&n, &st)| {
+                    (n - 1).checked_mul(st).and_then(|x| x.checked_add(acc))
+                });
+            match last {
+                Some(last) if last < src.len() => {}
+                _ => {
+                    return Err(GatherError::OutOfBounds {
+                        source_index: source,
+                        len: src.len(),
+                        last: last.unwrap_or(usize::MAX),
+                    })
+                }
             }
         }
-        u * ga.cols + v
+        Ok(Reader::Strided(StridedMatrix {
+            src,
+            base: offset,
+            lead,
+            cs,
+        }))
+    }
+
+    /// Element `(i, j)`.
+    pub(crate) fn get(&self, i: usize, j: usize) -> Result<f32, GatherError> {
+        match self {
+            Reader::Strided(m) => Ok(m.src.get(m.row_offset(i) + j * m.cs)),
+            Reader::General { view, sources } => {
+                let mut out = Ok(0.0);
+                view.runs(i, j..j + 1, &mut |_, leaf, off, _, _| {
+                    out = read_one(sources, leaf, off);
+                });
+                out
+            }
+        }
+    }
+
+    fn is_general(&self) -> bool {
+        matches!(self, Reader::General { .. })
+    }
+
+    fn column_major(&self) -> bool {
+        matches!(self, Reader::Strided(m) if m.column_major())
+    }
+
+    /// Fills `out` (`[h, w]` row-major) with rows `i0..i0+h`, columns `j0..j0+w`. A general
+    /// reader is only asked for whole rows.
+    fn fill(
+        &self,
+        g: Geom,
+        (i0, h, j0, w): (usize, usize, usize, usize),
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), GatherError> {
+        match self {
+            Reader::General { view, sources } => {
+                debug_assert!(j0 == 0 && w == g.cols);
+                gather_f32(view, sources, i0..i0 + h, out)
+            }
+            Reader::Strided(m) if m.cs == 1 => {
+                for r in 0..h {
+                    m.src
+                        .widen(m.row_offset(i0 + r) + j0, &mut out[r * w..(r + 1) * w]);
+                }
+                Ok(())
+            }
+            Reader::Strided(m) if m.column_major() => {
+                // Column j of the band is h contiguous values: read them into scratch [w, h],
+                // then transpose into out [h, w].
+                for c in 0..w {
+                    m.src.widen(
+                        m.base + i0 + (j0 + c) * m.cs,
+                        &mut scratch[c * h..(c + 1) * h],
+                    );
+                }
+                for r in 0..h {
+                    for c in 0..w {
+                        out[r * w + c] = scratch[c * h + r];
+                    }
+                }
+                Ok(())
+            }
+            Reader::Strided(m) => {
+                for r in 0..h {
+                    let row = m.row_offset(i0 + r);
+                    for c in 0..w {
+                        out[r * w + c] = m.src.get(row + (j0 + c) * m.cs);
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 }
 
-/// The value relation B = f(A) under a layout.
+/// One element of a leaf, widened and with its value operations applied.
+fn read_one(sources: &[Source<'_>], leaf: &Leaf, off: usize) -> Result<f32, GatherError> {
+    let s = sources
+        .get(leaf.source)
+        .ok_or(GatherError::NoSource(leaf.source))?;
+    let src = Src::new(s).ok_or(GatherError::Dtype {
+        dtype: s.dtype,
+        how: "as f32 (F32, BF16, F16 and F64 only)",
+    })?;
+    if off >= src.len() {
+        return Err(GatherError::OutOfBounds {
+            source_index: leaf.source,
+            len: src.len(),
+            last: off,
+        });
+    }
+    Ok(leaf.values.iter().fold(src.get(off), |x, op| op.apply(x)))
+}
+
+/// Where element `(i, j)` of `view` is stored: its source and the element offset there.
+pub(crate) fn locate(view: &View, i: usize, j: usize) -> Option<(usize, usize)> {
+    let mut at = None;
+    view.runs(i, j..j + 1, &mut |_, leaf, off, _, _| {
+        at = Some((leaf.source, off))
+    });
+    at
+}
+
+/// The value relation B = f(A) under a candidate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Relation {
     /// Bit-identical after widening to f32.
@@ -273,13 +396,10 @@ impl Relation {
     }
 }
 
-/// A sampled set of B coordinates and the values there.
-#[derive(Debug)]
+/// Sampled coordinates of a `[rows, cols]` matrix.
+#[derive(Debug, Clone)]
 pub(crate) struct Sample {
-    /// (row, col) in B's matrix view.
     coords: Vec<(usize, usize)>,
-    /// B's values at `coords`.
-    b: Vec<f32>,
 }
 
 /// `k` indices spread evenly over `0..n`, first and last included.
@@ -291,19 +411,16 @@ fn spread(n: usize, k: usize) -> impl Iterator<Item = usize> {
 impl Sample {
     /// 8 rows (at 256 spread columns each) and 8 columns (at 256 spread rows), plus 64
     /// pseudo-random elements: at most 4 160 values however large the tensor.
-    pub(crate) fn new(b: &Src<'_>, gb: Geom) -> Sample {
+    pub(crate) fn new(g: Geom) -> Sample {
         let mut coords = Vec::new();
-        if gb.rows == 0 || gb.cols == 0 {
-            return Sample {
-                coords,
-                b: Vec::new(),
-            };
+        if g.rows == 0 || g.cols == 0 {
+            return Sample { coords };
         }
-        for i in spread(gb.rows, 8) {
-            coords.extend(spread(gb.cols, 256).map(|j| (i, j)));
+        for i in spread(g.rows, 8) {
+            coords.extend(spread(g.cols, 256).map(|j| (i, j)));
         }
-        for j in spread(gb.cols, 8) {
-            coords.extend(spread(gb.rows, 256).map(|i| (i, j)));
+        for j in spread(g.cols, 8) {
+            coords.extend(spread(g.rows, 256).map(|i| (i, j)));
         }
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..64 {
@@ -311,30 +428,18 @@ impl Sample {
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             let r = (state >> 33) as usize;
-            coords.push((r % gb.rows, (r / gb.rows.max(1)) % gb.cols));
+            coords.push((r % g.rows, (r / g.rows.max(1)) % g.cols));
         }
-        let bv = coords
-            .iter()
-            .map(|&(i, j)| b.get(i * gb.cols + j))
-            .collect();
-        Sample { coords, b: bv }
+        Sample { coords }
     }
 
-    /// A's values at the sampled coordinates under `layout`.
-    pub(crate) fn a_values(&self, a: &Src<'_>, ga: Geom, layout: &Layout) -> Vec<f32> {
-        self.coords
-            .iter()
-            .map(|&(i, j)| a.get(layout.a_index(ga, i, j)))
-            .collect()
-    }
-
-    /// B's sampled values.
-    pub(crate) fn b_values(&self) -> &[f32] {
-        &self.b
+    /// The operand's values at the sampled coordinates.
+    pub(crate) fn values(&self, r: &Reader<'_>) -> Result<Vec<f32>, GatherError> {
+        self.coords.iter().map(|&(i, j)| r.get(i, j)).collect()
     }
 }
 
-/// Where a tile sits in B: its first row and column, and its width (tiles are row-major).
+/// Where a tile sits: its first row and column, and its width (tiles are row-major).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TilePos {
     /// First row.
@@ -345,140 +450,124 @@ pub(crate) struct TilePos {
     pub width: usize,
 }
 
-/// A consumer of tiles: `(a_tile, b_tile, position) -> keep going`.
+/// A consumer of tiles: `(x_tile, y_tile, position) -> keep going`.
 pub(crate) type TileFn<'f> = dyn FnMut(&[f32], &[f32], TilePos) -> bool + 'f;
 
-/// Both tensors of a pair, ready to be read.
-#[derive(Debug, Clone, Copy)]
+/// Two operands of one shape, ready to be compared.
+#[derive(Debug, Clone)]
 pub(crate) struct Pair<'a> {
-    /// A's elements.
-    pub a: Src<'a>,
-    /// A's matrix view.
-    pub ga: Geom,
-    /// B's elements.
-    pub b: Src<'a>,
-    /// B's matrix view.
-    pub gb: Geom,
+    /// The candidate (a view of A's tensors).
+    pub x: Reader<'a>,
+    /// What it is compared with (a view of B's tensors).
+    pub y: Reader<'a>,
+    /// Their matrix shape.
+    pub g: Geom,
 }
 
 impl Pair<'_> {
-    /// Streams B in tiles together with A's values under `layout`, calling `f(a_tile, b_tile,
-    /// position)` for each; stops early (returning false) when `f` does.
-    pub(crate) fn stream(&self, layout: &Layout, f: &mut TileFn<'_>) -> bool {
-        let gb = self.gb;
-        if gb.rows == 0 || gb.cols == 0 {
-            return true;
+    /// Streams both operands in tiles, calling `f(x_tile, y_tile, position)` for each; stops
+    /// early (returning false) when `f` does.
+    pub(crate) fn stream(&self, f: &mut TileFn<'_>) -> Result<bool, GatherError> {
+        let g = self.g;
+        if g.rows == 0 || g.cols == 0 {
+            return Ok(true);
         }
-        let (band, width) = if layout.transpose {
-            let band = gb.rows.min(TRANSPOSE_BAND);
-            (band, gb.cols.min((TILE / band).max(1)))
+        let (band, width) = if self.x.is_general() || self.y.is_general() {
+            (g.rows.min((TILE / g.cols).max(1)), g.cols)
+        } else if self.x.column_major() || self.y.column_major() {
+            let band = g.rows.min(TRANSPOSE_BAND);
+            (band, g.cols.min((TILE / band).max(1)))
         } else {
-            let width = gb.cols.min(TILE);
-            (gb.rows.min((TILE / width).max(1)), width)
+            let width = g.cols.min(TILE);
+            (g.rows.min((TILE / width).max(1)), width)
         };
-        // a_tile, b_tile: [band, width] row-major; scratch: [width, band] (A' rows as read).
-        let mut a_tile = vec![0f32; band * width];
-        let mut b_tile = vec![0f32; band * width];
+        // x_tile, y_tile: [band, width] row-major; scratch: [width, band] (column runs as read).
+        let mut x_tile = vec![0f32; band * width];
+        let mut y_tile = vec![0f32; band * width];
         let mut scratch = vec![0f32; band * width];
         let mut i0 = 0;
-        while i0 < gb.rows {
-            let h = band.min(gb.rows - i0);
+        while i0 < g.rows {
+            let h = band.min(g.rows - i0);
             let mut j0 = 0;
-            while j0 < gb.cols {
-                let w = width.min(gb.cols - j0);
-                let bt = &mut b_tile[..h * w];
-                let at = &mut a_tile[..h * w];
-                for r in 0..h {
-                    self.b
-                        .widen((i0 + r) * gb.cols + j0, &mut bt[r * w..(r + 1) * w]);
-                }
-                self.fill_a(layout, i0, h, j0, w, at, &mut scratch[..h * w]);
-                if !f(
-                    at,
-                    bt,
-                    TilePos {
-                        row: i0,
-                        col: j0,
-                        width: w,
-                    },
-                ) {
-                    return false;
+            while j0 < g.cols {
+                let w = width.min(g.cols - j0);
+                let at = (i0, h, j0, w);
+                let (xt, yt) = (&mut x_tile[..h * w], &mut y_tile[..h * w]);
+                self.x.fill(g, at, xt, &mut scratch[..h * w])?;
+                self.y.fill(g, at, yt, &mut scratch[..h * w])?;
+                let pos = TilePos {
+                    row: i0,
+                    col: j0,
+                    width: w,
+                };
+                if !f(xt, yt, pos) {
+                    return Ok(false);
                 }
                 j0 += w;
             }
             i0 += h;
         }
-        true
+        Ok(true)
     }
 
-    /// Fills `out` ([h, w], B's order) with A's values for B rows `i0..i0+h`, cols `j0..j0+w`.
-    #[allow(clippy::too_many_arguments)]
-    fn fill_a(
-        &self,
-        layout: &Layout,
-        i0: usize,
-        h: usize,
-        j0: usize,
-        w: usize,
-        out: &mut [f32],
-        scratch: &mut [f32],
-    ) {
-        let ga = self.ga;
-        let perm_axis = layout.perm.map(|p| p.axis);
-        if !layout.transpose {
-            for r in 0..h {
-                let row = &mut out[r * w..(r + 1) * w];
-                if perm_axis == Some(1) {
-                    for (c, o) in row.iter_mut().enumerate() {
-                        *o = self.a.get(layout.a_index(ga, i0 + r, j0 + c));
-                    }
-                } else {
-                    // A' row i0+r is A row src(i0+r) (or itself): one contiguous run.
-                    let u = layout.a_index(ga, i0 + r, 0) / ga.cols.max(1);
-                    self.a.widen(u * ga.cols + j0, row);
-                }
-            }
-            return;
+    /// Does `rel` hold over the whole tensor? Stops at the first failing tile.
+    pub(crate) fn confirm(&self, rel: Relation) -> Result<bool, GatherError> {
+        // The common case of a conversion (an exact transpose or copy of aligned f32) compares
+        // in place, without widening copies; only a mismatch falls through to the general
+        // path, which also treats NaNs with different payloads as equal.
+        if rel == Relation::Exact && self.in_place_equal() {
+            return Ok(true);
         }
-        // B[i, j] = A'[j, i]: read A' rows j0..j0+w, runs of h values starting at column i0,
-        // into scratch [w, h], then transpose into out [h, w].
-        for c in 0..w {
-            let run = &mut scratch[c * h..(c + 1) * h];
-            if perm_axis == Some(1) {
-                for (r, o) in run.iter_mut().enumerate() {
-                    *o = self.a.get(layout.a_index(ga, i0 + r, j0 + c));
-                }
-            } else {
-                let start = layout.a_index(ga, i0, j0 + c);
-                self.a.widen(start, run);
-            }
-        }
-        for r in 0..h {
-            for c in 0..w {
-                out[r * w + c] = scratch[c * h + r];
-            }
-        }
+        self.stream(&mut |x, y, _| rel.holds(x, y))
     }
 
-    /// Does `rel` hold under `layout` over the whole tensor? Stops at the first failing tile.
-    pub(crate) fn confirm(&self, layout: &Layout, rel: Relation) -> bool {
-        // The common case of a conversion (an exact transpose of aligned f32) compares in place,
-        // without widening copies; only a mismatch falls through to the general path, which
-        // also treats NaNs with different payloads as equal.
-        if let (Relation::Exact, Src::F32(a), Src::F32(b)) = (rel, self.a, self.b) {
-            if *layout == Layout::TRANSPOSE && transpose_bits_equal(a, self.ga, b, self.gb) {
-                return true;
+    /// Like [`Pair::confirm`], also measuring max |x − y| where it holds.
+    pub(crate) fn confirm_measuring(&self, rel: Relation) -> Result<Option<f64>, GatherError> {
+        let mut max = 0f32;
+        let held = self.stream(&mut |x, y, _| {
+            if !rel.holds(x, y) {
+                return false;
             }
-        }
-        self.stream(layout, &mut |a, b, _| rel.holds(a, b))
+            for (a, b) in x.iter().zip(y) {
+                max = max.max((a - b).abs());
+            }
+            true
+        })?;
+        Ok(held.then_some(f64::from(max)))
     }
 
-    /// Full-tensor statistics of B against A under `layout`.
-    pub(crate) fn stats(&self, layout: &Layout) -> Stats {
+    /// Bitwise equality of two aligned-f32 strided matrices read in place: row runs compared
+    /// as bits when both are row-major, 64×64 blocks when one is the other's transpose. False
+    /// when it does not apply or finds a difference (the general path then decides).
+    fn in_place_equal(&self) -> bool {
+        let (Reader::Strided(x), Reader::Strided(y)) = (&self.x, &self.y) else {
+            return false;
+        };
+        let (Src::F32(xs), Src::F32(ys)) = (x.src, y.src) else {
+            return false;
+        };
+        let g = self.g;
+        if x.cs == 1 && y.cs == 1 {
+            return (0..g.rows).all(|r| {
+                let a = &xs[x.row_offset(r)..][..g.cols];
+                let b = &ys[y.row_offset(r)..][..g.cols];
+                bytemuck::cast_slice::<f32, u32>(a) == bytemuck::cast_slice::<f32, u32>(b)
+            });
+        }
+        if x.cs == 1 && y.column_major() {
+            return transposed_bits_equal(xs, x, ys, y, g);
+        }
+        if y.cs == 1 && x.column_major() {
+            return transposed_bits_equal(ys, y, xs, x, g);
+        }
+        false
+    }
+
+    /// Full-tensor statistics of y against x.
+    pub(crate) fn stats(&self) -> Result<Stats, GatherError> {
         let mut s = Stats::default();
-        let gb = self.gb;
         let mut first: Option<(usize, usize)> = None;
-        self.stream(layout, &mut |a, b, pos| {
+        self.stream(&mut |a, b, pos| {
             for (k, (&x, &y)) in a.iter().zip(b).enumerate() {
                 let (x64, y64) = (f64::from(x), f64::from(y));
                 s.dot += x64 * y64;
@@ -501,38 +590,41 @@ impl Pair<'_> {
                 }
             }
             true
-        });
-        s.first_difference = first.map(|(i, j)| i * gb.cols + j);
-        s
+        })?;
+        s.first_difference = first;
+        Ok(s)
     }
 }
 
-/// B = Aᵀ bit for bit, for aligned f32 data read in place, in 64×64 blocks: the block's 64 runs
-/// of A (64 contiguous values each, on up to 64 different pages) are copied once into an L1-sized
-/// buffer, then compared against B's rows; reading A column-wise straight from the map would
-/// touch a different page on every element.
-fn transpose_bits_equal(a: &[f32], ga: Geom, b: &[f32], gb: Geom) -> bool {
+/// x (row-major) equals y (column-major) bit for bit, in 64×64 blocks: the block's 64 column
+/// runs of y (64 contiguous values each, on up to 64 different pages) are copied once into an
+/// L1-sized buffer, then compared against x's rows; reading y element by element straight from
+/// the map would touch a different page on every element.
+fn transposed_bits_equal(
+    xs: &[f32],
+    x: &StridedMatrix<'_>,
+    ys: &[f32],
+    y: &StridedMatrix<'_>,
+    g: Geom,
+) -> bool {
     const BLOCK: usize = 64;
-    if ga.rows != gb.cols || ga.cols != gb.rows {
-        return false;
-    }
-    // block: [BLOCK (A rows j), BLOCK (A cols i)] — the transpose of B's block.
+    // block: [BLOCK (columns c), BLOCK (rows r)], y's block as read.
     let mut block = [0u32; BLOCK * BLOCK];
-    for i0 in (0..gb.rows).step_by(BLOCK) {
-        let h = BLOCK.min(gb.rows - i0);
-        for j0 in (0..gb.cols).step_by(BLOCK) {
-            let w = BLOCK.min(gb.cols - j0);
+    for i0 in (0..g.rows).step_by(BLOCK) {
+        let h = BLOCK.min(g.rows - i0);
+        for j0 in (0..g.cols).step_by(BLOCK) {
+            let w = BLOCK.min(g.cols - j0);
             for c in 0..w {
-                let run = &a[(j0 + c) * ga.cols + i0..][..h];
-                for (d, x) in block[c * BLOCK..][..h].iter_mut().zip(run) {
-                    *d = x.to_bits();
+                let run = &ys[y.base + i0 + (j0 + c) * y.cs..][..h];
+                for (d, v) in block[c * BLOCK..][..h].iter_mut().zip(run) {
+                    *d = v.to_bits();
                 }
             }
             let mut equal = true;
             for r in 0..h {
-                let b_run = &b[(i0 + r) * gb.cols + j0..][..w];
-                for (c, y) in b_run.iter().enumerate() {
-                    equal &= block[c * BLOCK + r] == y.to_bits();
+                let x_run = &xs[x.row_offset(i0 + r) + j0..][..w];
+                for (c, v) in x_run.iter().enumerate() {
+                    equal &= block[c * BLOCK + r] == v.to_bits();
                 }
             }
             if !equal {
@@ -600,8 +692,8 @@ pub(crate) struct Stats {
     pub max_rel_diff: f64,
     /// Elements whose bits differ.
     pub differing: u64,
-    /// Flat index in B of the first differing element.
-    pub first_difference: Option<usize>,
+    /// `(row, col)` of the first differing element.
+    pub first_difference: Option<(usize, usize)>,
 }
 
 impl Stats {
@@ -610,6 +702,36 @@ impl Stats {
         let den = self.norm_a.sqrt() * self.norm_b.sqrt();
         (den > 0.0).then(|| self.dot / den)
     }
+}
+
+/// Element-by-element byte comparison of two views of one dtype that cannot be read as
+/// numbers: `(differing elements, first differing (row, col))`.
+pub(crate) fn byte_differences(
+    x: (&View, &[Source<'_>]),
+    y: (&View, &[Source<'_>]),
+    element_bytes: usize,
+) -> Result<(u64, Option<(usize, usize)>), GatherError> {
+    let g = Geom::of(x.0);
+    let e = element_bytes.max(1);
+    let band = g.rows.min((TILE / g.cols.max(1)).max(1)).max(1);
+    let mut xb = vec![0u8; band * g.cols * e];
+    let mut yb = vec![0u8; band * g.cols * e];
+    let (mut differing, mut first) = (0u64, None);
+    let mut i0 = 0;
+    while i0 < g.rows {
+        let h = band.min(g.rows - i0);
+        let n = h * g.cols * e;
+        gather_bytes(x.0, x.1, i0..i0 + h, &mut xb[..n])?;
+        gather_bytes(y.0, y.1, i0..i0 + h, &mut yb[..n])?;
+        for (k, (p, q)) in xb[..n].chunks(e).zip(yb[..n].chunks(e)).enumerate() {
+            if p != q {
+                differing += 1;
+                first.get_or_insert((i0 + k / g.cols, k % g.cols));
+            }
+        }
+        i0 += h;
+    }
+    Ok((differing, first))
 }
 
 /// Median of the finite values of `v`; `None` when there are none.

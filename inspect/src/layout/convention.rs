@@ -634,3 +634,29 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod load_with_tests {
+    use super::*;
+
+    /// A layout file may name an earlier user layout as its `base` (what `--layout A --layout
+    /// B` loads): `load_with` resolves it against the conventions it is given.
+    #[test]
+    fn a_base_may_be_an_earlier_user_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("port.toml");
+        std::fs::write(
+            &first,
+            "[convention]\nname = \"port\"\nbase = \"flax\"\n[[rule]]\ncanonical = \"model.norm.weight\"\nstored = \"final_norm\"\n",
+        )
+        .unwrap();
+        let second = dir.path().join("port2.toml");
+        std::fs::write(&second, "[convention]\nname = \"port2\"\nbase = \"port\"\n").unwrap();
+        let mut known = builtins().to_vec();
+        known.push(Arc::new(load_with(&first, &known).unwrap()));
+        let c = load_with(&second, &known).unwrap();
+        assert_eq!(c.rules[0].origin.0, first.display().to_string());
+        assert!(load(&second).is_err());
+    }
+}
