@@ -9,15 +9,14 @@
 //! - [`cast`]: widening kernels (bf16/f16 → f32) shared by every reader of data.
 //! - [`config`]: `config.json` resolved once into a plain struct.
 //! - [`diff`]: compare two checkpoints and name the transform between each pair.
-//! - [`catalogue`]: the layout catalogue, as data: every tensor's role, shape and
-//!   name/orientation in each convention.
+//! - [`layout`]: the layout model: the canonical catalogue, conventions as data (built-in
+//!   and user TOML files), the transform algebra and index views, the one detector.
 //! - [`report`]: the `inspect` report.
 //! - [`hub`]: models named by repo id, found in the local Hugging Face cache.
 //! - [`lint`]: consistency checks between weights and config (`orient lint`).
 //! - [`write`](mod@write): the safetensors header serializer (the parser's inverse) and small files.
 
 pub mod cast;
-pub mod catalogue;
 pub mod checkpoint;
 pub mod config;
 pub mod diff;
@@ -34,9 +33,9 @@ pub mod report;
 pub mod view;
 pub mod write;
 
-pub use catalogue::{
-    Catalogue, Component, Convention, Entry, Form, NameMatch, Orientation, Role, Variant,
-};
+pub use layout::arch::{Component, Entry, Role, Slot};
+pub use layout::catalogue::{Catalogue, ConvId, Form, NameMatch, Variant, FLAX, HF};
+pub use layout::convention::Convention;
 pub use checkpoint::{Checkpoint, ConfigStatus, OpenNote, Shard, Source, TensorInfo};
 pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;
