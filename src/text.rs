@@ -36,7 +36,7 @@ pub enum TextError {
         dir: PathBuf,
     },
     /// The file cannot be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -5,11 +5,25 @@ use std::path::PathBuf;
 use crate::config::ConfigError;
 use crate::header::HeaderError;
 
+/// An error and its sources, joined with `: ` — how an error reads when it is shown as one
+/// line (a report cell, a JSON string). No error in orient prints its source inline, so this
+/// repeats nothing.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Why a checkpoint cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused to open, read or map a file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -18,7 +32,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A safetensors header is invalid.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Header {
         /// The safetensors file.
         path: PathBuf,
@@ -155,7 +169,7 @@ pub enum Error {
         second: PathBuf,
     },
     /// `config.json` exists but cannot be resolved.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Config {
         /// The config file.
         path: PathBuf,

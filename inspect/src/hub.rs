@@ -218,7 +218,7 @@ pub enum HubError {
         content: String,
     },
     /// The operating system refused to read the cache.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,

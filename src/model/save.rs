@@ -20,7 +20,7 @@ use super::ForwardOutput;
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
     /// I/O on the file.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: String,
@@ -29,7 +29,7 @@ pub enum ReferenceError {
         source: std::io::Error,
     },
     /// Not a valid safetensors file.
-    #[error("{path}: not a valid safetensors file: {source}")]
+    #[error("{path}: not a valid safetensors file")]
     Format {
         /// The file.
         path: String,
@@ -38,7 +38,7 @@ pub enum ReferenceError {
         source: HeaderError,
     },
     /// The forward cannot be written as safetensors (a bug: its sizes are the model's).
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Write {
         /// The file.
         path: String,

@@ -498,7 +498,7 @@ pub enum ConfigOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The text is not JSON at all.
-    #[error("not valid JSON: {0}")]
+    #[error("not valid JSON")]
     InvalidJson(#[source] serde_json::Error),
     /// The JSON is not an object.
     #[error("expected a JSON object at the top level, found {found}")]

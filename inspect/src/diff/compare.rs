@@ -287,7 +287,11 @@ fn candidates(p: &PairInput<'_>, notes: &mut Vec<String>) -> Vec<Candidate> {
             Err(e) => {
                 // A composition the index algebra cannot express: say so, try the others.
                 let words: Vec<String> = h.iter().map(ToString::to_string).collect();
-                notes.push(format!("`{}` not tried: {e}", words.join(" → ")));
+                notes.push(format!(
+                    "`{}` not tried: {}",
+                    words.join(" → "),
+                    crate::error::chain(&e)
+                ));
                 None
             }
         };

@@ -196,7 +196,7 @@ fn compare_planned(
     });
     let (found, error) = match outcome {
         Ok(f) => (Some(f), None),
-        Err(e) => (None, Some(report::with_causes(&e))),
+        Err(e) => (None, Some(crate::error::chain(&e))),
     };
     let matches = found.as_ref().is_some_and(|f| f.matches_conventions);
     let facts = Facts {

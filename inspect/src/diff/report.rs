@@ -544,14 +544,3 @@ pub enum DiffError {
     },
 }
 
-/// An error and its causes joined with `: `, for the one-line `error` of a pair.
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}

@@ -423,7 +423,7 @@ fn chain_error(
         file: file.to_string(),
         line,
         field: Some(field.to_string()),
-        message: format!("for `{tensor}`: {err}"),
+        message: format!("for `{tensor}`: {}", crate::error::chain(&err)),
     })
 }
 

@@ -147,7 +147,7 @@ pub enum TransformError {
         problem: String,
     },
     /// The index algebra cannot express the composition.
-    #[error("`{transform}`: {source}")]
+    #[error("`{transform}`")]
     View {
         /// The transform.
         transform: String,

@@ -185,7 +185,7 @@ pub enum LintError {
     #[error(transparent)]
     Catalogue(#[from] CatalogueError),
     /// A tensor's values cannot be read.
-    #[error("tensor `{tensor}`: {source}")]
+    #[error("tensor `{tensor}`")]
     Read {
         /// The tensor (as stored).
         tensor: String,
