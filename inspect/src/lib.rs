@@ -33,12 +33,12 @@ pub mod report;
 pub mod view;
 pub mod write;
 
-pub use layout::arch::{Component, Entry, Role, Slot};
-pub use layout::catalogue::{Catalogue, ConvId, Form, NameMatch, Variant, FLAX, HF};
-pub use layout::convention::Convention;
 pub use checkpoint::{Checkpoint, ConfigStatus, OpenNote, Shard, Source, TensorInfo};
 pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;
 pub use error::{Error, FileChange};
 pub use header::HeaderError;
+pub use layout::arch::{Component, Entry, Role, Slot};
+pub use layout::catalogue::{Catalogue, ConvId, Form, NameMatch, Variant, FLAX, HF};
+pub use layout::convention::Convention;
 pub use view::{TensorView, ViewError};

@@ -543,4 +543,3 @@ pub enum DiffError {
         source: Box<CatalogueError>,
     },
 }
-
