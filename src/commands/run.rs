@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use orient::model::{self, ForwardOptions, ForwardOutput, LogitPositions, Model};
-use orient::output::run::{self as render, PositionTop, RunReport, Timings};
+use orient::output::run::{self as render, EncoderSummary, PositionTop, RunReport, Timings};
 use orient_inspect::Checkpoint;
 
 /// Arguments of `orient run`.
@@ -90,11 +90,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let positions: Vec<usize> = if args.all_positions {
+    let positions: Vec<usize> = if model.is_encoder() {
+        Vec::new() // no logits: see `encoder`
+    } else if args.all_positions {
         (0..out.len()).collect()
     } else {
         vec![out.len() - 1]
     };
+    let encoder = model.is_encoder().then(|| EncoderSummary {
+        last_hidden_state: [out.len(), out.hidden_size],
+        pooler_output: out.pooler_output.clone(),
+    });
     let report = RunReport {
         model: model_path.display().to_string(),
         model_type: model.config().model_type.clone(),
@@ -109,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
             .collect(),
         saved,
+        encoder,
     };
     let mut lock = orient::output::stdout();
     render::render(&report, args.json, &mut lock)?;
@@ -159,9 +166,12 @@ fn timings(
         tokens: out.len(),
         // 2·parameters per token, less the lm_head rows not computed (V·H per position)
         flops: 2.0 * model.parameters() as f64 * out.len() as f64
-            - 2.0
-                * (cfg.vocab_size * cfg.hidden_size) as f64
-                * (out.len() - out.logit_positions.len()) as f64,
+            - if model.is_encoder() {
+                0.0 // no lm_head; the embedding tables are read, not multiplied (≈)
+            } else {
+                2.0 * (cfg.vocab_size * cfg.hidden_size) as f64
+                    * (out.len() - out.logit_positions.len()) as f64
+            },
     }
 }
 

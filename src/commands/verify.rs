@@ -122,6 +122,9 @@ fn against_reference(
         layers: cfg.num_hidden_layers,
         vocab_size: cfg.vocab_size,
     };
+    if model.is_encoder() {
+        return against_encoder_reference(Named { path, model }, &reference, ref_path, shape, tol);
+    }
     let reference_notes =
         compare::check_reference(&reference, &ref_path.display().to_string(), shape).with_context(
             || {
@@ -148,6 +151,49 @@ fn against_reference(
         notes: model.notes().to_vec(),
         against_notes: Vec::new(),
         reference_notes,
+        passed: comparison.passed(),
+        first_failure: comparison.first_failing_stage().map(|s| s.blame()),
+        comparison,
+    })
+}
+
+/// `--reference` for an encoder (BERT): the model on the reference's `input_ids`,
+/// `token_type_ids` and `attention_mask`, against its hidden states and pooler output.
+fn against_encoder_reference(
+    Named { path, model }: Named<'_, '_>,
+    reference: &Reference,
+    ref_path: &Path,
+    shape: compare::ReferenceShape,
+    tol: Tolerance,
+) -> anyhow::Result<VerifyReport> {
+    compare::check_encoder_reference(reference, &ref_path.display().to_string(), shape)
+        .with_context(|| {
+            format!(
+                "{} does not fit the encoder {} ({} layers, hidden size {})",
+                ref_path.display(),
+                path.display(),
+                shape.layers,
+                shape.hidden_size
+            )
+        })?;
+    let enc = reference.encoder.clone().unwrap_or_default();
+    let inputs = model::EncoderInputs {
+        token_types: enc.token_type_ids,
+        attention_mask: enc.attention_mask,
+    };
+    let out = model
+        .encode(&reference.input_ids, &inputs, true)
+        .with_context(|| format!("running {}", path.display()))?;
+    let comparison = compare::compare_encoder_reference(&out, reference, tol);
+    Ok(VerifyReport {
+        model: path.display().to_string(),
+        against: ref_path.display().to_string(),
+        against_kind: "reference",
+        tokens: out.len(),
+        prompt: "the reference's input_ids, token_type_ids and attention_mask".to_string(),
+        notes: model.notes().to_vec(),
+        against_notes: Vec::new(),
+        reference_notes: Vec::new(),
         passed: comparison.passed(),
         first_failure: comparison.first_failing_stage().map(|s| s.blame()),
         comparison,

@@ -160,6 +160,8 @@ pub enum Stage {
     FinalNorm,
     /// The logits.
     LmHead,
+    /// An encoder's pooler output (`tanh(dense(h[0]))`).
+    Pooler,
 }
 
 impl Stage {
@@ -172,6 +174,7 @@ impl Stage {
             Stage::Layer { layer } => format!("layer {layer}"),
             Stage::FinalNorm => "final norm".to_string(),
             Stage::LmHead => "logits".to_string(),
+            Stage::Pooler => "pooler".to_string(),
         }
     }
 
@@ -184,6 +187,7 @@ impl Stage {
             Stage::Layer { layer } => format!("layer {layer} (attention or MLP)"),
             Stage::FinalNorm => "the final norm".to_string(),
             Stage::LmHead => "the lm_head".to_string(),
+            Stage::Pooler => "the pooler".to_string(),
         }
     }
 }
@@ -264,12 +268,117 @@ pub fn compare_runs(got: &ForwardOutput, want: &ForwardOutput, tol: Tolerance) -
             agreement: None,
         });
     }
+    if got.logits.is_empty() && want.logits.is_empty() {
+        // two encoders: the last hidden state is the last layer's output, then the pooler
+        if !(got.pooler_output.is_empty() && want.pooler_output.is_empty()) {
+            rows.push(pooler_row(got, &want.pooler_output, tol));
+        }
+        return Comparison::from_rows(rows, tol);
+    }
     rows.push(Row {
         stage: Stage::FinalNorm,
         diff: diff(&got.final_norm, &want.final_norm, tol),
         agreement: None,
     });
     rows.push(logit_row(got, &want.logits, tol));
+    Comparison::from_rows(rows, tol)
+}
+
+fn pooler_row(got: &ForwardOutput, want: &[f32], tol: Tolerance) -> Row {
+    Row {
+        stage: Stage::Pooler,
+        diff: diff(&got.pooler_output, want, tol),
+        agreement: None,
+    }
+}
+
+/// Checks an encoder reference (read from `path`) against the model: every stored
+/// `hidden_states.{i}` `[T, H]` with i ≤ L, `pooler_output` `[H]`, and something to compare.
+pub fn check_encoder_reference(
+    want: &Reference,
+    path: &str,
+    model: ReferenceShape,
+) -> Result<(), ReferenceError> {
+    let t = want.input_ids.len();
+    let malformed = |name: String, shape: Vec<usize>, expected: String| {
+        Err(ReferenceError::Malformed {
+            path: path.to_string(),
+            name,
+            dtype: "F32".to_string(),
+            shape,
+            expected,
+        })
+    };
+    let Some(enc) = &want.encoder else {
+        return Err(ReferenceError::WrongKind {
+            path: path.to_string(),
+            is: "a decoder's reference (with logits)",
+            model: "an encoder (BERT: hidden states and pooler_output, no logits)",
+        });
+    };
+    for (i, (_, shape)) in &enc.hidden {
+        if *i > model.layers {
+            return malformed(
+                format!("hidden_states.{i}"),
+                shape.to_vec(),
+                format!(
+                    "at most hidden_states.{} for {} layers",
+                    model.layers, model.layers
+                ),
+            );
+        }
+        if *shape != [t, model.hidden_size] {
+            return malformed(
+                format!("hidden_states.{i}"),
+                shape.to_vec(),
+                format!("F32 [{t}, {}]", model.hidden_size),
+            );
+        }
+    }
+    if let Some(p) = &enc.pooler_output {
+        if p.len() != model.hidden_size {
+            return malformed(
+                "pooler_output".to_string(),
+                vec![p.len()],
+                format!("F32 [{}]", model.hidden_size),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Compares a recorded encoder forward with an encoder reference (checked first with
+/// [`check_encoder_reference`]): `hidden_states.0` against the embedding output,
+/// `hidden_states.{i}` against layer i-1's output (the last one is `last_hidden_state`: an
+/// encoder has no final norm), then `pooler_output`.
+pub fn compare_encoder_reference(
+    got: &ForwardOutput,
+    want: &Reference,
+    tol: Tolerance,
+) -> Comparison {
+    let mut rows = Vec::new();
+    if let Some(enc) = &want.encoder {
+        for (i, (hs, _)) in &enc.hidden {
+            let (stage, mine) = match i.checked_sub(1) {
+                None => (Stage::Embedding, &got.embedding),
+                Some(layer) if layer + 1 == got.layers.len() => {
+                    (Stage::Layer { layer }, &got.final_norm)
+                }
+                Some(layer) => match got.layers.get(layer) {
+                    Some(l) => (Stage::Layer { layer }, &l.output),
+                    None => continue,
+                },
+            };
+            rows.push(Row {
+                stage,
+                diff: diff(mine, hs, tol),
+                agreement: None,
+            });
+        }
+        if let Some(p) = &enc.pooler_output {
+            rows.push(pooler_row(got, p, tol));
+        }
+    }
     Comparison::from_rows(rows, tol)
 }
 
@@ -382,6 +491,13 @@ pub fn check_reference(
             expected,
         })
     };
+    if want.encoder.is_some() {
+        return Err(ReferenceError::WrongKind {
+            path: path.to_string(),
+            is: "an encoder's reference (hidden states and pooler_output, no logits)",
+            model: "a decoder",
+        });
+    }
     if t == 0 {
         return Err(ReferenceError::Malformed {
             path: path.to_string(),

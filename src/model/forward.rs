@@ -180,6 +180,7 @@ pub(crate) fn forward(
         final_norm: if opts.record { normed } else { Vec::new() },
         logit_positions: positions,
         logits,
+        pooler_output: Vec::new(),
     })
 }
 
@@ -269,6 +270,14 @@ fn footprint(
     if traits.mlp == MlpKind::Gated {
         buffers += t * inter; // up
     }
+    // a sparse layer's router, expert and shared-expert scratch (one layer at a time)
+    buffers += w
+        .layers
+        .iter()
+        .filter_map(|l| l.moe.as_ref())
+        .map(|m| m.scratch_cells(dims.t))
+        .max()
+        .unwrap_or(0);
     buffers += match &traits.position {
         Position::Rotary(rot) => 2 * t * u(rot.dims), // cos, sin [T, R]
         Position::Learned => t * h,                   // the position rows
@@ -428,27 +437,39 @@ fn mlp_block(
 ) -> Result<(), ModelError> {
     let (t, threads) = (ctx.dims.t, ctx.threads);
     norm(ctx, r, &w.mlp_norm, &b.x, &mut b.h)?;
-    match (ctx.traits.mlp, &w.mlp.gate) {
+    if let Some(moe) = &w.moe {
+        let act = ctx.traits.activation;
+        super::moe::sparse_mlp(r, moe, act, &b.h, t, &mut b.out, threads)?;
+        ops::add_in_place(&mut b.x, &b.out);
+        return Ok(());
+    }
+    let mlp = w
+        .mlp
+        .as_ref()
+        .ok_or_else(|| ModelError::Internal("a layer without its MLP".into()))?;
+    match (ctx.traits.mlp, &mlp.gate) {
         (MlpKind::Gated, Some(gate)) => {
             linear(r, gate, &b.h, t, &mut b.inner, threads)?;
-            linear(r, &w.mlp.up, &b.h, t, &mut b.up, threads)?;
+            linear(r, &mlp.up, &b.h, t, &mut b.up, threads)?;
             match ctx.traits.activation {
                 Activation::Silu => ops::gated_in_place(&mut b.inner, &b.up, ops::silu),
                 Activation::GeluNew => ops::gated_in_place(&mut b.inner, &b.up, ops::gelu_new),
+                Activation::Gelu => ops::gated_in_place(&mut b.inner, &b.up, super::encoder::gelu),
             }
         }
         (MlpKind::Plain, _) => {
-            linear(r, &w.mlp.up, &b.h, t, &mut b.inner, threads)?;
+            linear(r, &mlp.up, &b.h, t, &mut b.inner, threads)?;
             match ctx.traits.activation {
                 Activation::Silu => ops::map_in_place(&mut b.inner, ops::silu),
                 Activation::GeluNew => ops::map_in_place(&mut b.inner, ops::gelu_new),
+                Activation::Gelu => ops::map_in_place(&mut b.inner, super::encoder::gelu),
             }
         }
         (MlpKind::Gated, None) => {
             return Err(ModelError::Internal("a gated MLP without its gate".into()))
         }
     }
-    linear(r, &w.mlp.down, &b.inner, t, &mut b.out, threads)?;
+    linear(r, &mlp.down, &b.inner, t, &mut b.out, threads)?;
     ops::add_in_place(&mut b.x, &b.out);
     Ok(())
 }
@@ -488,7 +509,7 @@ fn norm(
 
 /// `out [T, N] = x [T, K] · Wᵀ + bias` for the `[N, K]` weight of `l`, read in place or
 /// gathered.
-fn linear(
+pub(super) fn linear(
     r: &mut Reader<'_>,
     l: &Linear,
     x: &[f32],

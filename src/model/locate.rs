@@ -20,14 +20,14 @@ use orient_inspect::layout::view::View;
 use orient_inspect::{Checkpoint, ModelConfig};
 
 use super::traits::Traits;
-use super::weights::{slot_name, ModelWeights, Slots};
+use super::weights::{slot_name, Slots, Weights};
 use super::{LoadNote, MissingTensor, ModelError, ShapeMismatch, Unrecognised};
 
 /// The weights of a checkpoint, what loading noticed, and the convention they were read in.
 #[derive(Debug)]
 pub(crate) struct Located {
     /// The typed weights.
-    pub weights: ModelWeights,
+    pub weights: Weights,
     /// Notes, in tensor order, then the lm_head's.
     pub notes: Vec<LoadNote>,
     /// Name of the convention the checkpoint was read in.
@@ -65,8 +65,13 @@ pub(crate) fn locate(
     let mut canonical = b.canonical_views(&mut notes)?;
     b.require_present(&canonical, &notes)?;
     let mut notes: Vec<LoadNote> = notes.into_values().collect();
-    notes.extend(b.choose_head(&mut canonical));
-    let weights = b.slots(canonical)?.assemble(cfg, traits)?;
+    let weights = if super::encoder::is_encoder(cfg) {
+        // no LM head to choose: the encoder computes hidden states and the pooler
+        Weights::Encoder(Box::new(b.slots(canonical)?.encoder(cfg)?))
+    } else {
+        notes.extend(b.choose_head(&mut canonical));
+        Weights::Decoder(Box::new(b.slots(canonical)?.assemble(cfg, traits)?))
+    };
     Ok(Located {
         weights,
         notes,
@@ -336,7 +341,12 @@ impl Bound<'_> {
                 } else {
                     entry.name.clone()
                 };
-                slots.insert(entry.layer, slot, v, name);
+                match (entry.layer, entry.expert) {
+                    (Some(layer), Some(expert)) => {
+                        slots.insert_expert(layer, expert, slot, v, name)
+                    }
+                    _ => slots.insert(entry.layer, slot, v, name),
+                }
             }
         }
         Ok(slots)
@@ -368,7 +378,10 @@ mod tests {
     fn a_fused_tensor_feeds_several_slots_as_strided_views() {
         let l = located("gpt2", &[]).unwrap();
         let h = 64;
-        let layer = &l.weights.layers[0];
+        let Weights::Decoder(w) = &l.weights else {
+            panic!("gpt2 is a decoder")
+        };
+        let layer = &w.layers[0];
         let parts: Vec<(usize, usize, Vec<usize>)> = [&layer.q, &layer.k, &layer.v]
             .iter()
             .map(|p| p.weight.view.simple_strides().unwrap())
@@ -412,9 +425,14 @@ mod tests {
         let l = located("qwen2-port", &[Arc::new(layout)]).unwrap();
         assert_eq!(l.convention, "qwen2-jax-port");
         assert!(l.notes.is_empty(), "{:?}", l.notes);
-        let layer = &l.weights.layers[1];
+        let Weights::Decoder(w) = &l.weights else {
+            panic!("a decoder")
+        };
+        let layer = &w.layers[1];
         let gate = layer
             .mlp
+            .as_ref()
+            .unwrap()
             .gate
             .as_ref()
             .unwrap()
@@ -422,7 +440,15 @@ mod tests {
             .view
             .simple_strides()
             .unwrap();
-        let up = layer.mlp.up.weight.view.simple_strides().unwrap();
+        let up = layer
+            .mlp
+            .as_ref()
+            .unwrap()
+            .up
+            .weight
+            .view
+            .simple_strides()
+            .unwrap();
         assert_eq!(gate.0, up.0, "one stored tensor");
         assert_eq!((gate.1, up.1), (0, 176));
         assert_eq!(gate.2, [1, 352]);

@@ -18,10 +18,12 @@
 
 mod attention;
 pub mod compare;
+mod encoder;
 mod forward;
 mod locate;
 pub mod matmul;
 pub mod memory;
+mod moe;
 pub mod ops;
 mod read;
 pub mod rope;
@@ -36,6 +38,8 @@ use orient_inspect::layout::convention::Convention;
 use orient_inspect::layout::gather::GatherError;
 use orient_inspect::{Checkpoint, ConfigStatus, ModelConfig};
 use serde::Serialize;
+
+pub use encoder::EncoderInputs;
 
 /// Why the forward could not run.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +153,9 @@ pub enum ModelError {
     /// another process): the values read are garbage. The error names the file.
     #[error(transparent)]
     Changed(orient_inspect::Error),
+    /// An encoder's token types or attention mask do not fit the prompt or the model.
+    #[error("encoder inputs: {0}")]
+    EncoderInputs(String),
     /// A broken invariant inside the forward (a bug, reported rather than panicking).
     #[error("internal error in the forward: {0}")]
     Internal(String),
@@ -327,7 +334,10 @@ pub struct ForwardOutput {
     /// The positions the logits were computed at, ascending (all T by default).
     pub logit_positions: Vec<usize>,
     /// `[P, V]` logits at `logit_positions` (`[T, V]` when every position was asked for).
+    /// Empty for an encoder without an LM head (BERT).
     pub logits: Vec<f32>,
+    /// `[H]` an encoder's `pooler_output` (`tanh(dense(h[0]))`); empty otherwise.
+    pub pooler_output: Vec<f32>,
 }
 
 /// Which positions a forward computes logits for. The `[T, V]` logits of a long prompt over a
@@ -456,7 +466,7 @@ pub const DEFAULT_PROMPT_LEN: usize = 80;
 pub struct Model<'c> {
     config: ModelConfig,
     traits: traits::Traits,
-    weights: weights::ModelWeights,
+    weights: weights::Weights,
     reader: read::Reader<'c>,
     notes: Vec<LoadNote>,
     convention: String,
@@ -504,9 +514,11 @@ impl<'c> Model<'c> {
     /// `2 · parameters · tokens` FLOP counts.
     pub fn parameters(&self) -> usize {
         let all = self.reader.tensors();
-        self.weights
-            .all_tensors()
-            .into_iter()
+        let used = match &self.weights {
+            weights::Weights::Decoder(w) => w.all_tensors(),
+            weights::Weights::Encoder(w) => w.all_tensors(),
+        };
+        used.into_iter()
             .filter_map(|k| all.get(k))
             .map(|t| t.numel())
             .sum()
@@ -545,10 +557,13 @@ impl<'c> Model<'c> {
         tokens: &[u32],
         opts: &ForwardOptions,
     ) -> Result<ForwardOutput, ModelError> {
+        let weights::Weights::Decoder(w) = &self.weights else {
+            return self.encode(tokens, &EncoderInputs::default(), opts.record);
+        };
         let out = forward::forward(
             &self.config,
             &self.traits,
-            &self.weights,
+            w,
             &mut self.reader,
             tokens,
             opts,
@@ -556,6 +571,41 @@ impl<'c> Model<'c> {
         );
         // Weights used in place are read inside the matmuls, after the per-tensor checks:
         // nothing computed from a file that changed underneath is returned.
+        self.reader.check_intact()?;
+        out
+    }
+}
+
+impl Model<'_> {
+    /// True for an encoder (BERT): no logits; the last hidden state and the pooler output.
+    pub fn is_encoder(&self) -> bool {
+        matches!(self.weights, weights::Weights::Encoder(_))
+    }
+
+    /// Runs an encoder on `tokens` with its token types and attention mask (the last hidden
+    /// state is `final_norm`, and [`ForwardOutput::hidden_states`] has transformers' meaning);
+    /// `record` keeps the embedding output and every layer's streams. An error for a decoder.
+    pub fn encode(
+        &mut self,
+        tokens: &[u32],
+        inputs: &EncoderInputs,
+        record: bool,
+    ) -> Result<ForwardOutput, ModelError> {
+        let weights::Weights::Encoder(w) = &self.weights else {
+            return Err(ModelError::Internal(
+                "token types and an attention mask are inputs of an encoder".into(),
+            ));
+        };
+        let out = encoder::forward(
+            &self.config,
+            self.traits.activation,
+            w,
+            &mut self.reader,
+            tokens,
+            inputs,
+            record,
+            self.threads,
+        );
         self.reader.check_intact()?;
         out
     }

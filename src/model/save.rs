@@ -101,6 +101,17 @@ pub enum ReferenceError {
         /// The first missing one.
         missing: String,
     },
+    /// A reference of the other kind: an encoder's (hidden states and `pooler_output`, no
+    /// `logits`) for a decoder, or a decoder's for an encoder.
+    #[error("{path} is {is}, but the model is {model}")]
+    WrongKind {
+        /// The file.
+        path: String,
+        /// What the file is.
+        is: &'static str,
+        /// What the model is.
+        model: &'static str,
+    },
     /// A token id that is negative or too large.
     #[error("{path}: input_ids[{position}] = {value} is not a valid token id")]
     BadToken {
@@ -133,6 +144,23 @@ pub struct Reference {
     pub layer_output_shapes: Vec<[usize; 2]>,
     /// `__metadata__`.
     pub metadata: HashMap<String, String>,
+    /// What an encoder reference (BERT: no `logits`) holds instead; `None` for a decoder's.
+    pub encoder: Option<EncoderReference>,
+}
+
+/// An encoder's reference (transformers' `BertModel`): its inputs besides the token ids, the
+/// hidden states it stores (a bf16 twin keeps only the last) and the pooler output.
+#[derive(Clone, Debug, Default)]
+pub struct EncoderReference {
+    /// `token_type_ids` (I64 `[T]`), when stored.
+    pub token_type_ids: Option<Vec<u32>>,
+    /// `attention_mask` (I64 `[T]`, 0 for padding), when stored.
+    pub attention_mask: Option<Vec<bool>>,
+    /// `hidden_states.{i}` by index, each with its stored shape: 0 the embedding output, i the
+    /// output of layer i-1 (the last is `last_hidden_state`).
+    pub hidden: std::collections::BTreeMap<usize, (Vec<f32>, [usize; 2])>,
+    /// `pooler_output` (F32 `[H]`), when stored.
+    pub pooler_output: Option<Vec<f32>>,
 }
 
 /// A stored 2-D shape `[rows, cols]`.
@@ -224,11 +252,24 @@ impl RefFile<'_> {
 
     /// `input_ids` (I64 `[T]`) as token ids.
     fn input_ids(&self) -> Result<Vec<u32>, ReferenceError> {
-        let ids = self
-            .get("input_ids")
-            .ok_or_else(|| self.missing("input_ids"))?;
-        if ids.dtype != Dtype::I64 || ids.shape.len() != 1 {
-            return Err(self.malformed(ids, "I64 [T]".into()));
+        self.ids("input_ids", None)?
+            .ok_or_else(|| self.missing("input_ids"))
+    }
+
+    /// The I64 `[T]` tensor `name` as non-negative ids (`t`: the length it must have), `None`
+    /// when absent.
+    fn ids(&self, name: &str, t: Option<usize>) -> Result<Option<Vec<u32>>, ReferenceError> {
+        let Some(ids) = self.get(name) else {
+            return Ok(None);
+        };
+        let fits = match (ids.shape.as_slice(), t) {
+            ([n], Some(t)) => *n == t,
+            ([_], None) => true,
+            _ => false,
+        };
+        if ids.dtype != Dtype::I64 || !fits {
+            let len = t.map_or("T".to_string(), |t| t.to_string());
+            return Err(self.malformed(ids, format!("I64 [{len}]")));
         }
         self.data(ids)
             .chunks_exact(8)
@@ -243,7 +284,49 @@ impl RefFile<'_> {
                     value,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<u32>, _>>()
+            .map(Some)
+    }
+
+    /// What an encoder reference holds: its inputs, every `hidden_states.{i}` present (in any
+    /// numbering: a bf16 twin stores only the last) and `pooler_output`; `None` when it has
+    /// none of the outputs.
+    fn encoder(&self, t: usize) -> Result<Option<EncoderReference>, ReferenceError> {
+        let mut hidden = std::collections::BTreeMap::new();
+        for h in &self.header.tensors {
+            let Some(i) = h
+                .name
+                .strip_prefix("hidden_states.")
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if let Some(stored) = self.f32_tensor(&h.name, None)? {
+                hidden.insert(i, stored);
+            }
+        }
+        let pooler_output = match self.get("pooler_output") {
+            Some(p) if p.dtype == Dtype::F32 && p.shape.len() == 1 => Some(
+                self.data(p)
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Some(p) => return Err(self.malformed(p, "F32 [H]".to_string())),
+            None => None,
+        };
+        if hidden.is_empty() && pooler_output.is_none() {
+            return Ok(None);
+        }
+        let attention_mask = self
+            .ids("attention_mask", Some(t))?
+            .map(|m| m.into_iter().map(|v| v != 0).collect());
+        Ok(Some(EncoderReference {
+            token_type_ids: self.ids("token_type_ids", Some(t))?,
+            attention_mask,
+            hidden,
+            pooler_output,
+        }))
     }
 }
 
@@ -269,6 +352,17 @@ impl Reference {
         };
         let input_ids = file.input_ids()?;
         let t = input_ids.len();
+        if file.get("logits").is_none() {
+            // an encoder's reference: hidden states and the pooler, no logits
+            if let Some(encoder) = file.encoder(t)? {
+                return Ok(Reference {
+                    input_ids,
+                    metadata: file.header.metadata.into_iter().collect(),
+                    encoder: Some(encoder),
+                    ..Reference::default()
+                });
+            }
+        }
         let logits_t = file.get("logits").ok_or_else(|| file.missing("logits"))?;
         let vocab_size = match logits_t.shape.as_slice() {
             [rows, v] if *rows == t => *v,
@@ -289,6 +383,7 @@ impl Reference {
             layer_outputs,
             layer_output_shapes,
             metadata: file.header.metadata.into_iter().collect(),
+            encoder: None,
         })
     }
 }
@@ -350,6 +445,27 @@ fn reference_tensors(out: &ForwardOutput) -> Vec<(String, Dtype, Vec<usize>, Vec
         .flat_map(|&x| i64::from(x).to_le_bytes())
         .collect();
     let as_bytes = |x: &[f32]| -> Vec<u8> { x.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    if out.logits.is_empty() {
+        // an encoder: its hidden states (the last is `last_hidden_state`) and the pooler
+        let mut owned = vec![("input_ids".into(), Dtype::I64, vec![t], ids)];
+        for (i, hs) in out.hidden_states().iter().enumerate() {
+            owned.push((
+                format!("hidden_states.{i}"),
+                Dtype::F32,
+                vec![t, h],
+                as_bytes(hs),
+            ));
+        }
+        if !out.pooler_output.is_empty() {
+            owned.push((
+                "pooler_output".into(),
+                Dtype::F32,
+                vec![out.pooler_output.len()],
+                as_bytes(&out.pooler_output),
+            ));
+        }
+        return owned;
+    }
     let mut owned = vec![
         ("input_ids".into(), Dtype::I64, vec![t], ids),
         (

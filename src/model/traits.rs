@@ -37,6 +37,8 @@ pub(crate) enum Activation {
     Silu,
     /// transformers' `gelu_new` (the tanh approximation, as GPT-2 computes it).
     GeluNew,
+    /// transformers' `gelu` (`GELUActivation`: the exact erf form, as BERT computes it).
+    Gelu,
 }
 
 impl Activation {
@@ -45,6 +47,7 @@ impl Activation {
         match name {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu_new" => Ok(Activation::GeluNew),
+            "gelu" => Ok(Activation::Gelu),
             other => Err(ModelError::UnsupportedActivation(other.to_string())),
         }
     }
@@ -140,6 +143,19 @@ fn row(arch: Arch) -> Option<Row> {
             mlp: MlpKind::Plain,
             learned_positions: true,
         }),
+        // BERT: LayerNorm, a plain MLP, learned positions (the encoder forward, `encoder`).
+        Arch::Bert => Some(Row {
+            norm: |_| NormKind::Layer,
+            mlp: MlpKind::Plain,
+            learned_positions: true,
+        }),
+        // llama's blocks; a sparse layer's experts come with its weights (`moe`), so the
+        // dense layers of a Qwen MoE (`mlp_only_layers`) stay gated MLPs.
+        Arch::Mixtral | Arch::Qwen2Moe | Arch::Qwen3Moe => Some(Row {
+            norm: rms,
+            mlp: MlpKind::Gated,
+            learned_positions: false,
+        }),
         _ => None,
     }
 }
@@ -148,8 +164,10 @@ fn row(arch: Arch) -> Option<Row> {
 fn unimplemented(cfg: &ModelConfig) -> Option<&'static str> {
     use orient_inspect::config::NormPlacement;
     [
-        (cfg.moe.is_some(), "a mixture of experts"),
-        (!cfg.causal, "bidirectional attention"),
+        (
+            !cfg.causal && !super::encoder::is_encoder(cfg),
+            "bidirectional attention",
+        ),
         (
             cfg.attn_logit_softcapping.is_some(),
             "soft-capped attention scores",
@@ -161,7 +179,7 @@ fn unimplemented(cfg: &ModelConfig) -> Option<&'static str> {
         ),
         (cfg.parallel_residual, "a parallel residual"),
         (
-            cfg.norm_placement != NormPlacement::Pre,
+            cfg.norm_placement != NormPlacement::Pre && !super::encoder::is_encoder(cfg),
             "norms after the blocks",
         ),
     ]

@@ -17,6 +17,8 @@ use orient_inspect::layout::arch::Slot;
 use orient_inspect::layout::view::View;
 use orient_inspect::ModelConfig;
 
+use super::encoder::{EncoderLayer, EncoderWeights};
+use super::moe::{Expert, MoeWeights, Routing, SharedExpert};
 use super::traits::{MlpKind, NormKind, Position, Traits};
 use super::ModelError;
 
@@ -99,8 +101,10 @@ pub(crate) struct LayerWeights {
     pub o: Linear,
     /// Norm before the MLP.
     pub mlp_norm: Norm,
-    /// The MLP.
-    pub mlp: Mlp,
+    /// The dense MLP (`None` in a sparse layer).
+    pub mlp: Option<Mlp>,
+    /// The sparse mixture of experts that replaces the dense MLP in a sparse layer.
+    pub moe: Option<Box<MoeWeights>>,
     /// The checkpoint tensors this layer reads (whose pages are released after it).
     pub tensors: Vec<usize>,
 }
@@ -150,9 +154,12 @@ impl LayerWeights {
             v.extend([&q.view, &k.view]);
         }
         v.extend(self.mlp_norm.views());
-        for l in self.mlp.gate.iter().chain([&self.mlp.up, &self.mlp.down]) {
-            v.extend(l.views());
+        if let Some(mlp) = &self.mlp {
+            for l in mlp.gate.iter().chain([&mlp.up, &mlp.down]) {
+                v.extend(l.views());
+            }
         }
+        v.extend(self.moe.iter().flat_map(|m| m.matrices()).map(|m| &m.view));
         v
     }
 
@@ -160,9 +167,13 @@ impl LayerWeights {
     pub fn matrices(&self) -> impl Iterator<Item = &Matrix> {
         [&self.q, &self.k, &self.v, &self.o]
             .into_iter()
-            .chain(self.mlp.gate.as_ref())
-            .chain([&self.mlp.up, &self.mlp.down])
+            .chain(
+                self.mlp
+                    .iter()
+                    .flat_map(|m| m.gate.iter().chain([&m.up, &m.down])),
+            )
             .map(|l| &l.weight)
+            .chain(self.moe.iter().flat_map(|m| m.matrices()))
     }
 }
 
@@ -203,6 +214,15 @@ impl ModelWeights {
     }
 }
 
+/// The weights of a decoder or of an encoder.
+#[derive(Clone, Debug)]
+pub(crate) enum Weights {
+    /// A decoder (every causal LM).
+    Decoder(Box<ModelWeights>),
+    /// An encoder (BERT).
+    Encoder(Box<EncoderWeights>),
+}
+
 /// The slot's name in the catalogue's spelling (`q_bias`, `lm_head`).
 pub(crate) fn slot_name(slot: Slot) -> String {
     serde_json::to_value(slot)
@@ -211,15 +231,30 @@ pub(crate) fn slot_name(slot: Slot) -> String {
         .unwrap_or_else(|| format!("{slot:?}"))
 }
 
-/// Views by (layer, slot), each with a name for messages; consumed as the typed structs are
-/// built.
+/// Views by (layer, slot), each with a name for messages, and those of the routed experts by
+/// (layer, expert, slot); consumed as the typed structs are built.
 #[derive(Debug, Default)]
-pub(crate) struct Slots(HashMap<(Option<usize>, Slot), (View, String)>);
+pub(crate) struct Slots(
+    HashMap<(Option<usize>, Slot), (View, String)>,
+    HashMap<(usize, usize, Slot), (View, String)>,
+);
 
 impl Slots {
     /// Adds the view of `slot` (of layer `layer`).
     pub fn insert(&mut self, layer: Option<usize>, slot: Slot, view: View, name: String) {
         self.0.insert((layer, slot), (view, name));
+    }
+
+    /// Adds the view of `slot` of routed expert `expert` of layer `layer`.
+    pub fn insert_expert(
+        &mut self,
+        layer: usize,
+        expert: usize,
+        slot: Slot,
+        view: View,
+        name: String,
+    ) {
+        self.1.insert((layer, expert, slot), (view, name));
     }
 
     fn take(&mut self, layer: Option<usize>, slot: Slot) -> Option<(View, String)> {
@@ -284,7 +319,12 @@ impl Slots {
         }
     }
 
-    fn layer(&mut self, i: usize, traits: &Traits) -> Result<LayerWeights, ModelError> {
+    fn layer(
+        &mut self,
+        i: usize,
+        cfg: &ModelConfig,
+        traits: &Traits,
+    ) -> Result<LayerWeights, ModelError> {
         let l = Some(i);
         let attn_norm = self.norm(traits.norm, l, Slot::AttnNorm, Slot::AttnNormBias)?;
         let q = self.linear(l, Slot::Q, Slot::QBias)?;
@@ -300,14 +340,19 @@ impl Slots {
         };
         let o = self.linear(l, Slot::O, Slot::OBias)?;
         let mlp_norm = self.norm(traits.norm, l, Slot::MlpNorm, Slot::MlpNormBias)?;
-        let gate = match traits.mlp {
-            MlpKind::Gated => Some(self.linear(l, Slot::Gate, Slot::GateBias)?),
-            MlpKind::Plain => None,
-        };
-        let mlp = Mlp {
-            gate,
-            up: self.linear(l, Slot::Up, Slot::UpBias)?,
-            down: self.linear(l, Slot::Down, Slot::DownBias)?,
+        let moe = self.moe(i, cfg)?.map(Box::new);
+        let mlp = match (&moe, traits.mlp) {
+            (Some(_), _) => None,
+            (None, MlpKind::Gated) => Some(Mlp {
+                gate: Some(self.linear(l, Slot::Gate, Slot::GateBias)?),
+                up: self.linear(l, Slot::Up, Slot::UpBias)?,
+                down: self.linear(l, Slot::Down, Slot::DownBias)?,
+            }),
+            (None, MlpKind::Plain) => Some(Mlp {
+                gate: None,
+                up: self.linear(l, Slot::Up, Slot::UpBias)?,
+                down: self.linear(l, Slot::Down, Slot::DownBias)?,
+            }),
         };
         let mut layer = LayerWeights {
             attn_norm,
@@ -318,6 +363,7 @@ impl Slots {
             o,
             mlp_norm,
             mlp,
+            moe,
             tensors: Vec::new(),
         };
         layer.tensors = sources(layer.views());
@@ -336,7 +382,7 @@ impl Slots {
             Position::Rotary(_) => None,
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| self.layer(i, traits))
+            .map(|i| self.layer(i, cfg, traits))
             .collect::<Result<Vec<_>, _>>()?;
         let final_norm = self.norm(traits.norm, None, Slot::FinalNorm, Slot::FinalNormBias)?;
         let lm_head = match self.take(None, Slot::LmHead) {
@@ -349,6 +395,107 @@ impl Slots {
             layers,
             final_norm,
             lm_head,
+        })
+    }
+}
+
+impl Slots {
+    /// The sparse block of layer `i`, when the config makes it one: its router, its E experts
+    /// (stored one tensor each or packed, the catalogue's views either way) and Qwen2-MoE's
+    /// shared expert.
+    fn moe(&mut self, i: usize, cfg: &ModelConfig) -> Result<Option<MoeWeights>, ModelError> {
+        let Some(moe) = cfg.moe.as_ref().filter(|_| cfg.is_moe_layer(i)) else {
+            return Ok(None);
+        };
+        let l = Some(i);
+        let router = self.matrix(l, Slot::Router)?;
+        let experts = (0..moe.num_experts)
+            .map(|j| {
+                let mut slot = |s: Slot| {
+                    self.1.remove(&(i, j, s)).ok_or_else(|| {
+                        ModelError::Internal(format!(
+                            "the layout catalogue has no tensor for the forward's `{}` slot of \
+                             expert {j} of layer {i}",
+                            slot_name(s)
+                        ))
+                    })
+                };
+                Ok(Expert {
+                    gate: to_matrix(slot(Slot::ExpertGate)?)?,
+                    up: to_matrix(slot(Slot::ExpertUp)?)?,
+                    down: to_matrix(slot(Slot::ExpertDown)?)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let shared = match moe.shared_expert_intermediate_size {
+            Some(_) => Some(SharedExpert {
+                mlp: Expert {
+                    gate: self.matrix(l, Slot::SharedGate)?,
+                    up: self.matrix(l, Slot::SharedUp)?,
+                    down: self.matrix(l, Slot::SharedDown)?,
+                },
+                gate: self.matrix(l, Slot::SharedExpertGate)?,
+            }),
+            None => None,
+        };
+        Ok(Some(MoeWeights {
+            router,
+            experts,
+            shared,
+            routing: Routing {
+                top_k: moe.top_k,
+                renormalise: moe.norm_topk_prob,
+            },
+        }))
+    }
+}
+
+impl Slots {
+    /// The typed weights of an encoder (BERT): embeddings with token types and their
+    /// LayerNorm, post-LayerNorm layers, the optional pooler.
+    pub fn encoder(mut self, cfg: &ModelConfig) -> Result<EncoderWeights, ModelError> {
+        let layer_norm = NormKind::Layer;
+        let embed = self.table(None, Slot::Embed)?;
+        let position = self.table(None, Slot::PositionEmbed)?;
+        let token_type = self.table(None, Slot::TokenTypeEmbed)?;
+        let embed_norm = self.norm(layer_norm, None, Slot::EmbedNorm, Slot::EmbedNormBias)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = Some(i);
+                let mut layer = EncoderLayer {
+                    q: self.linear(l, Slot::Q, Slot::QBias)?,
+                    k: self.linear(l, Slot::K, Slot::KBias)?,
+                    v: self.linear(l, Slot::V, Slot::VBias)?,
+                    o: self.linear(l, Slot::O, Slot::OBias)?,
+                    attn_norm: self.norm(
+                        layer_norm,
+                        l,
+                        Slot::PostAttnNorm,
+                        Slot::PostAttnNormBias,
+                    )?,
+                    up: self.linear(l, Slot::Up, Slot::UpBias)?,
+                    down: self.linear(l, Slot::Down, Slot::DownBias)?,
+                    mlp_norm: self.norm(layer_norm, l, Slot::PostMlpNorm, Slot::PostMlpNormBias)?,
+                    tensors: Vec::new(),
+                };
+                layer.tensors = sources(layer.views());
+                Ok(layer)
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let pooler = match self.take(None, Slot::Pooler) {
+            Some(weight) => Some(Linear {
+                weight: to_matrix(weight)?,
+                bias: self.vector(None, Slot::PoolerBias)?,
+            }),
+            None => None,
+        };
+        Ok(EncoderWeights {
+            embed,
+            position,
+            token_type,
+            embed_norm,
+            layers,
+            pooler,
         })
     }
 }

@@ -39,6 +39,17 @@ pub struct RunReport {
     pub positions: Vec<PositionTop>,
     /// Where `--save` wrote the logits and hidden states.
     pub saved: Option<String>,
+    /// An encoder's outputs (BERT: no LM head, so no candidates); `None` for a decoder.
+    pub encoder: Option<EncoderSummary>,
+}
+
+/// What `orient run` shows of an encoder's forward.
+#[derive(Clone, Debug, Serialize)]
+pub struct EncoderSummary {
+    /// `[T, H]` of `last_hidden_state`.
+    pub last_hidden_state: [usize; 2],
+    /// `[H]` `pooler_output` (empty without a pooler).
+    pub pooler_output: Vec<f32>,
 }
 
 /// One sentence per load note, for people (tensor names escaped).
@@ -84,6 +95,9 @@ pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result
     for n in report.notes.iter().filter(|n| !matches!(n, LoadNote::Tied)) {
         writeln!(out, "  {}", describe_note(n))?;
     }
+    if let Some(e) = &report.encoder {
+        return render_encoder(e, report.saved.as_deref(), out);
+    }
     let mut table = Table::new();
     table.load_preset(presets::UTF8_FULL_CONDENSED);
     table.set_header(vec!["position", "rank", "token", "logit", "prob"]);
@@ -103,6 +117,38 @@ pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result
         writeln!(
             out,
             "saved input_ids, logits and hidden states to {}",
+            escape(path)
+        )?;
+    }
+    Ok(())
+}
+
+/// An encoder's outputs: the shape of its last hidden state and the start of its pooler output.
+fn render_encoder(e: &EncoderSummary, saved: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
+    let [t, h] = e.last_hidden_state;
+    writeln!(
+        out,
+        "encoder (no LM head): last_hidden_state [{t}, {h}], pooler_output [{}]",
+        e.pooler_output.len()
+    )?;
+    if !e.pooler_output.is_empty() {
+        let shown: Vec<String> = e
+            .pooler_output
+            .iter()
+            .take(8)
+            .map(|v| format!("{v:.6}"))
+            .collect();
+        let more = if e.pooler_output.len() > 8 {
+            ", …"
+        } else {
+            ""
+        };
+        writeln!(out, "pooler_output: [{}{more}]", shown.join(", "))?;
+    }
+    if let Some(path) = saved {
+        writeln!(
+            out,
+            "saved input_ids, hidden states and pooler_output to {}",
             escape(path)
         )?;
     }
