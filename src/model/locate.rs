@@ -476,6 +476,41 @@ mod tests {
         );
     }
 
+    /// Packed experts (`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`) feed each expert's
+    /// gate, up and down as strided views into the packed tensors, read in place like the
+    /// per-expert file's own tensors; layer 1 of qwen3-moe is a dense MLP (`mlp_only_layers`).
+    #[test]
+    fn packed_experts_are_strided_views_of_the_packed_tensors() {
+        let (i, h) = (16, 32);
+        for name in ["qwen3-moe", "qwen3-moe-packed"] {
+            let l = located(name, &[]).unwrap();
+            let Weights::Decoder(w) = &l.weights else {
+                panic!("a decoder")
+            };
+            assert!(w.layers[1].moe.is_none() && w.layers[1].mlp.is_some());
+            let moe = w.layers[0].moe.as_ref().unwrap();
+            assert!(w.layers[0].mlp.is_none());
+            assert_eq!(moe.experts.len(), 4);
+            assert_eq!((moe.routing.top_k, moe.routing.renormalise), (2, true));
+            let e = &moe.experts[3];
+            let (gate, up, down) = (
+                e.gate.view.simple_strides().unwrap(),
+                e.up.view.simple_strides().unwrap(),
+                e.down.view.simple_strides().unwrap(),
+            );
+            assert_eq!((gate.2.clone(), down.2.clone()), (vec![h, 1], vec![i, 1]));
+            if name.ends_with("packed") {
+                assert_eq!(gate.0, up.0, "gate and up: one packed tensor");
+                assert_eq!((gate.1, up.1), (3 * 2 * i * h, 3 * 2 * i * h + i * h));
+                assert_eq!(down.1, 3 * h * i);
+                assert_eq!(l.convention, "hf-packed");
+            } else {
+                assert_ne!(gate.0, up.0);
+                assert_eq!((gate.1, up.1, down.1), (0, 0, 0));
+            }
+        }
+    }
+
     /// Without its layout file, the port's names mean nothing to the built-in conventions:
     /// the error says which tensor is missing and why that is the likely reason.
     #[test]

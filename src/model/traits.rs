@@ -302,6 +302,22 @@ mod tests {
         assert_eq!((g.mlp, g.activation), (MlpKind::Plain, Activation::GeluNew));
         assert_eq!(g.position, Position::Learned);
         assert!(g.rope_tables(4).is_none());
+        let m = Traits::of(&cfg(
+            r#"{"model_type": "mixtral", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "intermediate_size": 32, "num_hidden_layers": 2, "vocab_size": 256}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (m.mlp, m.norm),
+            (MlpKind::Gated, NormKind::Rms { offset: 0.0 })
+        );
+        let b = Traits::of(&cfg(
+            r#"{"model_type": "bert", "hidden_size": 32, "num_attention_heads": 4,
+                "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256}"#,
+        ))
+        .unwrap();
+        assert_eq!((b.mlp, b.activation), (MlpKind::Plain, Activation::Gelu));
+        assert_eq!((b.norm, b.position), (NormKind::Layer, Position::Learned));
     }
 
     #[test]
