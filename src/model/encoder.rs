@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::forward::linear;
 use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
+use super::memory::{self, Footprint};
 use super::ops;
 use super::read::Reader;
 use super::traits::Activation;
@@ -130,6 +131,8 @@ struct Sizes {
     inter: usize,
     eps: f32,
     threads: usize,
+    /// Keep every layer's streams.
+    record: bool,
 }
 
 /// Runs the encoder on `tokens`. `record` keeps the embedding output and every layer's
@@ -155,6 +158,7 @@ pub(crate) fn forward(
         inter: cfg.intermediate_size,
         eps: cfg.norm_eps as f32,
         threads,
+        record,
     };
     let (types, keep) = check_inputs(w, tokens, inputs, cfg.vocab_size)?;
     let t = s.t;
@@ -162,6 +166,18 @@ pub(crate) fn forward(
         .and_then(|c| c.checked_mul(4))
         .filter(|&b| isize::try_from(b).is_ok())
         .ok_or(ModelError::PromptTooLong { tokens: t })?;
+    // Everything is known now: refuse before the first large allocation.
+    let estimate = footprint(w, r, s, record).estimate();
+    if let Some(available) = memory::available() {
+        if estimate.total > available.bytes {
+            return Err(ModelError::WouldNotFit(Box::new(super::WouldNotFit {
+                tokens: t,
+                logit_positions: 0,
+                estimate,
+                available,
+            })));
+        }
+    }
 
     let mut x = embed(r, w, tokens, &types, s)?; // [T, H]
     let embedding = if record { x.clone() } else { Vec::new() };
@@ -199,6 +215,61 @@ pub(crate) fn forward(
         logits: Vec::new(),
         pooler_output: pooler,
     })
+}
+
+/// The peak memory of an encoder forward, in the buffers [`forward`] allocates: a layer's
+/// mapped weights (released after it) plus one gathered f32 matrix, the activations, the
+/// attention tiles, and the recorded streams.
+fn footprint(w: &EncoderWeights, r: &Reader<'_>, s: Sizes, record: bool) -> Footprint {
+    let u = |x: usize| x as u128;
+    let tensors = r.tensors();
+    let bytes = |ks: &[usize]| -> u128 {
+        ks.iter()
+            .filter_map(|&k| tensors.get(k))
+            .map(|t| u(t.nbytes()))
+            .sum()
+    };
+    let sources = |views: &[&orient_inspect::layout::view::View]| -> Vec<usize> {
+        let mut v: Vec<usize> = views.iter().flat_map(|v| v.sources()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let gathered = w
+        .layers
+        .iter()
+        .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.up, &l.down])
+        .map(|l| 4 * u(l.weight.out) * u(l.weight.inp))
+        .max()
+        .unwrap_or(0);
+    let layer = w
+        .layers
+        .iter()
+        .map(|l| bytes(&l.tensors))
+        .max()
+        .unwrap_or(0);
+    let tables = bytes(&sources(&[
+        &w.embed.view,
+        &w.position.view,
+        &w.token_type.view,
+    ]));
+    let (t, h) = (u(s.t), u(s.h));
+    let workers = u(s.threads.max(1)).min(t.div_ceil(u(QUERY_BLOCK)));
+    Footprint {
+        // x, q, k, v, attn, out, the kept keys and values; inner; types and mask
+        activations: t * (8 * h + u(s.inter)) + 2 * t,
+        attention: workers * u(QUERY_BLOCK) * t,
+        logits: 0,
+        recorded: if record {
+            t * h * (1 + 2 * u(w.layers.len()))
+        } else {
+            0
+        },
+        embedding_output: 4 * t * h, // word, token type and position rows, the LayerNorm output
+        weights_gather: tables,
+        weights_layers: layer + gathered,
+        weights_final: tables + layer,
+    }
 }
 
 /// The token types (0 when not given) and which keys are kept, checked against the prompt and
@@ -333,7 +404,7 @@ impl LayerBuffers {
 }
 
 /// One post-LayerNorm encoder layer on `x` in place; returns the stream after the attention
-/// block (empty unless asked for by the caller's `record`, which keeps it anyway: cheap).
+/// block when `s.record` (empty otherwise).
 fn encoder_layer(
     r: &mut Reader<'_>,
     w: &EncoderLayer,
@@ -351,7 +422,7 @@ fn encoder_layer(
     linear(r, &w.o, &b.attn, t, &mut b.out, threads)?;
     ops::add_in_place(&mut b.out, x); // dense(attn) + input
     layer_norm(r, &w.attn_norm, &b.out, s, x)?;
-    let after_attention = x.to_vec();
+    let after_attention = if s.record { x.to_vec() } else { Vec::new() };
     linear(r, &w.up, x, t, &mut b.inner, threads)?;
     match activation {
         Activation::Gelu => ops::map_in_place(&mut b.inner, gelu),
