@@ -131,6 +131,25 @@ fn packed_and_per_expert_experts_give_bit_identical_outputs() {
     }
 }
 
+/// FLOP counts follow the active parameters: a token runs 2 of mixtral's 4 experts, so half of
+/// the routed experts' 2 layers × 4 experts × 3 matrices of 32 × 32 are idle.
+#[test]
+fn active_parameters_count_k_of_e_experts() {
+    for name in ["mixtral", "mixtral-packed"] {
+        let ckpt = Checkpoint::open(fixture(name)).unwrap();
+        let model = Model::new(&ckpt).unwrap();
+        let idle = (2 * 4 * 3 * 32 * 32 / 2) as f64;
+        assert_eq!(
+            model.parameters() as f64 - model.active_parameters(),
+            idle,
+            "{name}"
+        );
+    }
+    let ckpt = Checkpoint::open(fixture("qwen2")).unwrap();
+    let dense = Model::new(&ckpt).unwrap();
+    assert_eq!(dense.active_parameters(), dense.parameters() as f64);
+}
+
 /// Only the experts a token is routed to are read: with one token and top-2 of 4 experts, an
 /// expert whose weights are all NaN poisons the logits exactly when the token picks it. Over
 /// the four experts of layer 0, two runs give the clean logits bit for bit (those experts were

@@ -164,8 +164,9 @@ fn timings(
         load,
         forwards,
         tokens: out.len(),
-        // 2·parameters per token, less the lm_head rows not computed (V·H per position)
-        flops: 2.0 * model.parameters() as f64 * out.len() as f64
+        // 2·active parameters per token (a mixture of experts runs k of its E experts), less
+        // the lm_head rows not computed (V·H per position)
+        flops: 2.0 * model.active_parameters() * out.len() as f64
             - if model.is_encoder() {
                 0.0 // no lm_head; the embedding tables are read, not multiplied (≈)
             } else {

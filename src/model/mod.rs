@@ -524,6 +524,31 @@ impl<'c> Model<'c> {
             .sum()
     }
 
+    /// The parameters one token multiplies on average: [`Model::parameters`] with each sparse
+    /// layer's routed experts counted at `top_k / E` of their size (a token runs k of the E
+    /// experts), for FLOP counts that follow the active parameters of a mixture of experts.
+    pub fn active_parameters(&self) -> f64 {
+        let total = self.parameters() as f64;
+        let weights::Weights::Decoder(w) = &self.weights else {
+            return total;
+        };
+        let idle: f64 = w
+            .layers
+            .iter()
+            .filter_map(|l| l.moe.as_ref())
+            .map(|m| {
+                let routed: f64 = m
+                    .experts
+                    .iter()
+                    .flat_map(|e| [&e.gate, &e.up, &e.down])
+                    .map(|x| (x.out * x.inp) as f64)
+                    .sum();
+                routed * (1.0 - m.routing.top_k as f64 / m.experts.len().max(1) as f64)
+            })
+            .sum();
+        total - idle
+    }
+
     /// By default each layer's mmap pages are released after use, so resident memory stays
     /// at about one layer even for a model larger than RAM. `keep = true` leaves them mapped:
     /// repeated forwards skip the page faults, at the cost of RSS growing to the model size.
