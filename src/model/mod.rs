@@ -295,6 +295,10 @@ pub enum LoadNote {
     TiedButOwnLmHead {
         /// Stored name of the head.
         name: String,
+        /// The convention whose framework always owns a head.
+        convention: String,
+        /// It is one of orient's own (else a user's `--layout` file).
+        builtin: bool,
     },
     /// The config says untied, but there is no lm_head: the embedding is used.
     UntiedButNoLmHead,
