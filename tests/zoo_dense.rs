@@ -1,5 +1,5 @@
 //! `orient verify` and `orient run` on the dense architectures of the zoo (issue 10): Gemma,
-//! Gemma 2, Gemma 3 (text) and GPT-NeoX (parallel and sequential residual), each against
+//! Gemma 2, Gemma 3 (text), Phi-3 and GPT-NeoX (parallel and sequential residual), each against
 //! transformers 5.24's own logits and hidden states on a 208-token prompt
 //! (`tests/fixtures/generate_zoo.py`: references computed in f32, eager attention, on the model
 //! reloaded from disk), for weights stored in f32 and, where the fixture has a twin, in bf16.
@@ -121,6 +121,11 @@ fn gemma3_bf16_matches_transformers_on_upcast_weights() {
 }
 
 #[test]
+fn phi3_fused_qkv_and_gate_up_match_transformers() {
+    matches_transformers("phi3", "phi3", full(2));
+}
+
+#[test]
 fn gpt_neox_parallel_residual_matches_transformers() {
     matches_transformers("gpt-neox", "gpt-neox", full(2));
 }
@@ -138,7 +143,14 @@ fn gpt_neox_sequential_residual_matches_transformers() {
 /// `orient run` on every dense zoo fixture: the next-token table for a short prompt.
 #[test]
 fn run_prints_the_next_tokens_of_every_dense_zoo_model() {
-    for name in ["gemma", "gemma2", "gemma3", "gpt-neox", "gpt-neox-seq"] {
+    for name in [
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "gpt-neox",
+        "gpt-neox-seq",
+    ] {
         orient()
             .args(["run", "--tokens", "5,17,200,2,99", "--top-k", "3"])
             .arg(fixture(name))
@@ -146,4 +158,33 @@ fn run_prints_the_next_tokens_of_every_dense_zoo_model() {
             .code(0)
             .stdout(predicate::str::contains("position"));
     }
+}
+
+/// The same weights under a config whose RoPE scaling the forward does not compute (Phi-3's
+/// `longrope`) are refused by name, never run with the scaling ignored.
+#[test]
+fn phi3_longrope_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(fixture("phi3").join("config.json")).unwrap())
+            .unwrap();
+    let ones = vec![1.0; 8];
+    config["rope_parameters"] = serde_json::json!({
+        "rope_type": "longrope", "rope_theta": 10000.0,
+        "short_factor": ones, "long_factor": ones,
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixture("phi3").join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    orient()
+        .args(["run", "--tokens", "1,2,3"])
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "rope scaling `longrope` is not supported",
+        ));
 }

@@ -2,7 +2,7 @@
 //!
 //! A conversion is only proven when the converted file computes the same logits as the
 //! original. This module runs the catalogue's dense decoders (Llama incl. `llama3` RoPE
-//! scaling, Mistral, Qwen2, Qwen3, GPT-2, Gemma 1/2/3, GPT-NeoX) on a prompt, in f32,
+//! scaling, Mistral, Qwen2, Qwen3, GPT-2, Gemma 1/2/3, Phi-3, GPT-NeoX) on a prompt, in f32,
 //! following transformers' numerics closely enough to match its logits to ~1e-5 and to be
 //! *bit-identical* across storage layouts (HF, Flax, a user's layout file). The layout catalogue binds the checkpoint's tensors, in
 //! whichever convention it is stored, to typed per-layer weights (`weights`): lazy views that

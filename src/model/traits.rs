@@ -158,14 +158,18 @@ fn row(arch: Arch) -> Option<Row> {
         offset: if cfg.norm_unit_offset { 1.0 } else { 0.0 },
     };
     match arch {
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma | Arch::Gemma3 => {
-            Some(Row {
-                norm: rms,
-                mlp: MlpKind::Gated,
-                learned_positions: false,
-                attention_softcap: false,
-            })
-        }
+        Arch::Llama
+        | Arch::Mistral
+        | Arch::Qwen2
+        | Arch::Qwen3
+        | Arch::Gemma
+        | Arch::Gemma3
+        | Arch::Phi3 => Some(Row {
+            norm: rms,
+            mlp: MlpKind::Gated,
+            learned_positions: false,
+            attention_softcap: false,
+        }),
         Arch::Gemma2 => Some(Row {
             norm: rms,
             mlp: MlpKind::Gated,
@@ -489,5 +493,25 @@ mod tests {
             neox(r#", "use_parallel_residual": false"#).residual,
             Residual::Sequential
         );
+    }
+
+    #[test]
+    fn unimplemented_rope_scalings_are_refused_by_name() {
+        let phi3 = |scaling: &str| {
+            Traits::of(&cfg(&format!(
+                r#"{{"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 2,
+                    "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256,
+                    "original_max_position_embeddings": 256, "rope_scaling": {scaling}}}"#
+            )))
+        };
+        assert!(phi3("null").is_ok());
+        for name in ["longrope", "su"] {
+            let e = phi3(&format!(
+                r#"{{"type": "{name}", "short_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                    "long_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]}}"#
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains(&format!("`{name}`")), "{e}");
+        }
     }
 }
