@@ -111,6 +111,11 @@ fn gemma2_softcaps_sandwich_norms_and_sliding_layers_match_transformers() {
 }
 
 #[test]
+fn gemma2_bf16_matches_transformers_on_upcast_weights() {
+    matches_transformers("gemma2-bf16", "gemma2-bf16", LOGITS_ONLY);
+}
+
+#[test]
 fn gemma3_qk_norms_and_local_rope_match_transformers() {
     matches_transformers("gemma3", "gemma3", full(3));
 }
@@ -123,6 +128,11 @@ fn gemma3_bf16_matches_transformers_on_upcast_weights() {
 #[test]
 fn phi3_fused_qkv_and_gate_up_match_transformers() {
     matches_transformers("phi3", "phi3", full(2));
+}
+
+#[test]
+fn phi3_bf16_matches_transformers_on_upcast_weights() {
+    matches_transformers("phi3-bf16", "phi3-bf16", LOGITS_ONLY);
 }
 
 #[test]
