@@ -90,6 +90,9 @@ struct Buffers {
     inner: Vec<f32>,
     /// `[T, I]` the up projection of a gated MLP (empty otherwise)
     up: Vec<f32>,
+    /// `[T, H]` the attention output, held while the MLP runs (parallel residual; empty
+    /// otherwise)
+    held: Vec<f32>,
 }
 
 impl Buffers {
@@ -108,6 +111,10 @@ impl Buffers {
                 MlpKind::Gated => vec![0.0; t * dims.inter],
                 MlpKind::Plain => Vec::new(),
             },
+            held: match traits.residual {
+                Residual::Parallel => vec![0.0; t * dims.h],
+                Residual::Sequential | Residual::Sandwich => Vec::new(),
+            },
         }
     }
 }
@@ -120,6 +127,8 @@ struct Ctx<'a> {
     threads: usize,
     /// cos/sin for rotary positions.
     rope: Option<&'a RopeTables>,
+    /// cos/sin of the local RoPE (layers with [`Attention::local_rope`]).
+    local_rope: Option<&'a RopeTables>,
 }
 
 /// Runs the model on `tokens`. See [`super::Model::forward_with`].
@@ -140,12 +149,14 @@ pub(crate) fn forward(
     let fp = footprint(traits, w, r, dims, positions.len(), opts.record, threads);
     refuse_if_too_large(&fp, dims.t, positions.len())?;
     let rope = traits.rope_tables(dims.t);
+    let local_rope = traits.local_rope_tables(dims.t);
     let ctx = Ctx {
         traits,
         dims,
         eps: cfg.norm_eps as f32,
         threads,
         rope: rope.as_ref(),
+        local_rope: local_rope.as_ref(),
     };
     let mut b = Buffers::new(dims, traits);
 
@@ -168,7 +179,10 @@ pub(crate) fn forward(
     norm(&ctx, r, &w.final_norm, &b.x, &mut normed)?;
     drop(b);
 
-    let logits = lm_head(r, &w.lm_head, &normed, &positions, dims, threads)?;
+    let mut logits = lm_head(r, &w.lm_head, &normed, &positions, dims, threads)?;
+    if let Some(cap) = traits.final_softcap {
+        ops::map_in_place(&mut logits, |z| ops::softcap(z, cap));
+    }
     r.release(&w.head_tensors());
     r.release(&w.embed_tensors());
     Ok(ForwardOutput {
@@ -273,6 +287,12 @@ fn footprint(
         Position::Rotary(rot) => 2 * t * u(rot.dims), // cos, sin [T, R]
         Position::Learned => t * h,                   // the position rows
     };
+    if let Some(local) = &traits.local_rope {
+        buffers += 2 * t * u(local.dims); // the local cos, sin [T, R]
+    }
+    if traits.residual == Residual::Parallel {
+        buffers += t * h; // held
+    }
     let block = u(query_block(dims.t, threads));
     let workers = u(threads.max(1)).min(t.div_ceil(block));
     // the final norm output, the rows the logits are asked for and their logits (+ 2 rows:
@@ -354,14 +374,46 @@ fn decoder_layer(
     match ctx.traits.residual {
         Residual::Sequential => {
             attention_block(ctx, layer, w, r, b)?;
+            ops::add_in_place(&mut b.x, &b.out);
             let after_attention = if record { b.x.clone() } else { Vec::new() };
             mlp_block(ctx, w, r, b)?;
+            ops::add_in_place(&mut b.x, &b.out);
+            Ok(after_attention)
+        }
+        Residual::Sandwich => {
+            let (post_attn, post_mlp) = w.post_norms.as_ref().ok_or_else(|| {
+                ModelError::Internal(format!("layer {layer} has no post-block norms"))
+            })?;
+            attention_block(ctx, layer, w, r, b)?;
+            norm(ctx, r, post_attn, &b.out, &mut b.h)?;
+            ops::add_in_place(&mut b.x, &b.h);
+            let after_attention = if record { b.x.clone() } else { Vec::new() };
+            mlp_block(ctx, w, r, b)?;
+            norm(ctx, r, post_mlp, &b.out, &mut b.h)?;
+            ops::add_in_place(&mut b.x, &b.h);
+            Ok(after_attention)
+        }
+        Residual::Parallel => {
+            attention_block(ctx, layer, w, r, b)?;
+            // the attention output waits in `held` while the MLP reads the same x
+            std::mem::swap(&mut b.out, &mut b.held);
+            // x + attn: what the stream would be after attention alone (for comparisons)
+            let after_attention = if record {
+                let mut a = b.x.clone();
+                ops::add_in_place(&mut a, &b.held);
+                a
+            } else {
+                Vec::new()
+            };
+            mlp_block(ctx, w, r, b)?;
+            ops::parallel_residual_in_place(&mut b.x, &b.out, &b.held);
             Ok(after_attention)
         }
     }
 }
 
-/// `x += o(attention(rope(q(n)), rope(k(n)), v(n)))` with `n = norm(x)`.
+/// `out = o(attention(rope(q(n)), rope(k(n)), v(n)))` with `n = norm(x)`; the caller adds it
+/// to the residual stream.
 fn attention_block(
     ctx: &Ctx<'_>,
     layer: usize,
@@ -381,10 +433,6 @@ fn attention_block(
         ops::rms_norm_in_place(&mut b.q, &qn, ctx.eps);
         ops::rms_norm_in_place(&mut b.k, &kn, ctx.eps);
     }
-    if let Some(rope) = ctx.rope {
-        rope.apply(&mut b.q, t, dims.d);
-        rope.apply(&mut b.k, t, dims.d);
-    }
     let (qd, kvd) = (dims.q_width(), dims.kv_width());
     let mask = ctx
         .traits
@@ -392,9 +440,18 @@ fn attention_block(
         .get(layer)
         .map(|a| Attention {
             window: ctx.traits.window(layer, t),
-            scale: a.scale,
+            ..*a
         })
         .ok_or_else(|| ModelError::Internal(format!("no attention traits for layer {layer}")))?;
+    let rope = if mask.local_rope {
+        ctx.local_rope
+    } else {
+        ctx.rope
+    };
+    if let Some(rope) = rope {
+        rope.apply(&mut b.q, t, dims.d);
+        rope.apply(&mut b.k, t, dims.d);
+    }
     attention(
         Head {
             data: &b.q,
@@ -414,12 +471,11 @@ fn attention_block(
         &mut b.attn,
     )?;
     linear(r, &w.o, &b.attn, t, &mut b.out, threads)?;
-    ops::add_in_place(&mut b.x, &b.out);
     Ok(())
 }
 
-/// `x += down(act(gate(n)) · up(n))` (gated) or `x += down(act(up(n)))` (plain), with
-/// `n = norm(x)`.
+/// `out = down(act(gate(n)) · up(n))` (gated) or `out = down(act(up(n)))` (plain), with
+/// `n = norm(x)`; the caller adds it to the residual stream.
 fn mlp_block(
     ctx: &Ctx<'_>,
     w: &LayerWeights,
@@ -432,25 +488,28 @@ fn mlp_block(
         (MlpKind::Gated, Some(gate)) => {
             linear(r, gate, &b.h, t, &mut b.inner, threads)?;
             linear(r, &w.mlp.up, &b.h, t, &mut b.up, threads)?;
-            match ctx.traits.activation {
-                Activation::Silu => ops::gated_in_place(&mut b.inner, &b.up, ops::silu),
-                Activation::GeluNew => ops::gated_in_place(&mut b.inner, &b.up, ops::gelu_new),
-            }
+            ops::gated_in_place(&mut b.inner, &b.up, act(ctx.traits.activation));
         }
         (MlpKind::Plain, _) => {
             linear(r, &w.mlp.up, &b.h, t, &mut b.inner, threads)?;
-            match ctx.traits.activation {
-                Activation::Silu => ops::map_in_place(&mut b.inner, ops::silu),
-                Activation::GeluNew => ops::map_in_place(&mut b.inner, ops::gelu_new),
-            }
+            ops::map_in_place(&mut b.inner, act(ctx.traits.activation));
         }
         (MlpKind::Gated, None) => {
             return Err(ModelError::Internal("a gated MLP without its gate".into()))
         }
     }
     linear(r, &w.mlp.down, &b.inner, t, &mut b.out, threads)?;
-    ops::add_in_place(&mut b.x, &b.out);
     Ok(())
+}
+
+/// The function computing `a`.
+fn act(a: Activation) -> fn(f32) -> f32 {
+    match a {
+        Activation::Silu => ops::silu,
+        Activation::GeluNew => ops::gelu_new,
+        Activation::GeluTanh => ops::gelu_tanh,
+        Activation::Gelu => ops::gelu,
+    }
 }
 
 /// `out [T, H] = norm(x [T, H])` with the norm `n` of the architecture's kind.

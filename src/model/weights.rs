@@ -17,7 +17,7 @@ use orient_inspect::layout::arch::Slot;
 use orient_inspect::layout::view::View;
 use orient_inspect::ModelConfig;
 
-use super::traits::{MlpKind, NormKind, Position, Traits};
+use super::traits::{MlpKind, NormKind, Position, Residual, Traits};
 use super::ModelError;
 
 /// A 1-D weight (a norm scale, a bias), read whole when a layer needs it.
@@ -101,6 +101,9 @@ pub(crate) struct LayerWeights {
     pub mlp_norm: Norm,
     /// The MLP.
     pub mlp: Mlp,
+    /// Norms on the attention and MLP outputs before their residual adds (Gemma 2/3's
+    /// `post_attention_layernorm`, `post_feedforward_layernorm`).
+    pub post_norms: Option<(Norm, Norm)>,
     /// The checkpoint tensors this layer reads (whose pages are released after it).
     pub tensors: Vec<usize>,
 }
@@ -152,6 +155,9 @@ impl LayerWeights {
         v.extend(self.mlp_norm.views());
         for l in self.mlp.gate.iter().chain([&self.mlp.up, &self.mlp.down]) {
             v.extend(l.views());
+        }
+        if let Some((a, m)) = &self.post_norms {
+            v.extend(a.views().chain(m.views()));
         }
         v
     }
@@ -309,6 +315,13 @@ impl Slots {
             up: self.linear(l, Slot::Up, Slot::UpBias)?,
             down: self.linear(l, Slot::Down, Slot::DownBias)?,
         };
+        let post_norms = match traits.residual {
+            Residual::Sandwich => Some((
+                self.norm(traits.norm, l, Slot::PostAttnNorm, Slot::PostAttnNormBias)?,
+                self.norm(traits.norm, l, Slot::PostMlpNorm, Slot::PostMlpNormBias)?,
+            )),
+            Residual::Sequential | Residual::Parallel => None,
+        };
         let mut layer = LayerWeights {
             attn_norm,
             q,
@@ -318,6 +331,7 @@ impl Slots {
             o,
             mlp_norm,
             mlp,
+            post_norms,
             tensors: Vec::new(),
         };
         layer.tensors = sources(layer.views());
