@@ -556,8 +556,7 @@ fn linear(
     threads: usize,
 ) -> Result<(), ModelError> {
     let bias = l.bias.as_ref().map(|b| r.vector(b)).transpose()?;
-    let wm = r.matrix(&l.weight, 0..l.weight.out)?; // [K, N]
-    let (k, n) = (wm.rows(), wm.cols());
+    let (k, n) = (l.weight.inp, l.weight.out);
     let size = |len: usize, what: &str| {
         ModelError::Internal(format!(
             "`{}`: {what} holds {len} values, fewer than {t} rows",
@@ -579,13 +578,24 @@ fn linear(
         }
         ops::fill_rows(out, bias);
     }
-    matmul(
-        MatMut::row_major(out, t, n)?,
-        MatRef::row_major(x, t, k)?,
-        wm,
-        bias.is_some(),
-        threads,
-    )
+    // A weight read in place is one product. One that must be widened (bf16, f16) or
+    // gathered is read in blocks of outputs, each widened just before gemm packs it, so the
+    // f32 copy stays in cache instead of making a round trip through memory.
+    let block = r.block_outputs(&l.weight);
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        let wm = r.matrix(&l.weight, start..end)?; // [K, end-start]
+        matmul(
+            MatMut::new(&mut out[start..], t, end - start, n)?, // dst [T, end-start] of [T, N]
+            MatRef::row_major(x, t, k)?,                        // lhs [T, K]
+            wm,                                                 // rhs [K, end-start]
+            bias.is_some(),
+            threads,
+        )?;
+        start = end;
+    }
+    Ok(())
 }
 
 /// `[P, V]` logits of the rows `positions` of `normed` `[T, H]`, computed in vocabulary
@@ -627,4 +637,90 @@ fn lm_head(
         start = end;
     }
     Ok(logits)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use orient_inspect::layout::view::View;
+    use orient_inspect::{write, Checkpoint, Dtype};
+
+    /// A bf16 weight read in many widened blocks gives the product of one block, and both
+    /// equal the f32 weight (same values) read in place, bit for bit: every output sums its
+    /// inputs in the same order whichever block it falls in.
+    #[test]
+    fn blocked_widening_matches_one_block_and_the_in_place_f32_weight() {
+        let (n, k, t) = (200usize, 48usize, 5usize);
+        // values exactly representable in bf16, so both files hold the same weights
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 97) as f32 - 48.0) / 64.0)
+            .collect();
+        let f32_bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = w
+            .iter()
+            .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let tensors = [
+            write::Tensor {
+                name: "a_f32",
+                dtype: Dtype::F32,
+                shape: &[n, k],
+                data: &f32_bytes,
+            },
+            write::Tensor {
+                name: "b_bf16",
+                dtype: Dtype::BF16,
+                shape: &[n, k],
+                data: &bf16_bytes,
+            },
+        ];
+        std::fs::write(
+            &path,
+            write::to_bytes(&tensors, &Default::default()).unwrap(),
+        )
+        .unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let linear_of = |src: usize| Linear {
+            weight: Matrix {
+                view: View::contiguous(src, &[n, k]),
+                out: n,
+                inp: k,
+                name: "w".into(),
+            },
+            bias: None,
+        };
+        let x: Vec<f32> = (0..t * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+            .collect();
+        let product = |src: usize, block_bytes: usize| -> Vec<f32> {
+            let mut r = Reader::new(&ckpt);
+            r.widen_block_bytes = block_bytes;
+            let mut out = vec![0.0f32; t * n]; // [T, N]
+            linear(&mut r, &linear_of(src), &x, t, &mut out, 2).unwrap();
+            out
+        };
+        let in_place = product(0, 4 << 20);
+        let one_block = product(1, 4 << 20);
+        // 16 outputs of 48 f32 inputs per block: 13 blocks, the last one partial
+        let many = product(1, 16 * 4 * k);
+        assert_eq!(one_block, in_place);
+        assert_eq!(many, in_place);
+        let r = Reader::new(&ckpt);
+        assert_eq!(r.block_outputs(&linear_of(0).weight), n);
+        let mut small = Reader::new(&ckpt);
+        small.widen_block_bytes = 16 * 4 * k;
+        assert_eq!(small.block_outputs(&linear_of(1).weight), 16);
+        // exact: integers over powers of two sum without rounding at these sizes
+        for (o, row) in (0..t).map(|i| (i, &many[i * n..(i + 1) * n])) {
+            for (j, &y) in row.iter().enumerate() {
+                let want: f64 = (0..k)
+                    .map(|i| f64::from(x[o * k + i]) * f64::from(w[j * k + i]))
+                    .sum();
+                assert_eq!(f64::from(y), want, "row {o} output {j}");
+            }
+        }
+    }
 }
