@@ -44,7 +44,8 @@ pub(super) struct Head<'a> {
 
 /// Causal multi-head attention (eager, as transformers' `eager_attention_forward`):
 /// `softmax(q·kᵀ · scale + mask) · v` per head (`mask.scale` is `D^-½` unless the model says
-/// otherwise; `mask.window` a sliding window), key/value head `j / (nH/nKV)` for query head
+/// otherwise; `mask.window` a sliding window; `mask.softcap` caps the scaled scores as
+/// `cap · tanh(s / cap)` before the mask, as Gemma 2), key/value head `j / (nH/nKV)` for query head
 /// `j` (GQA/MQA); `out` is `[T, nH·D]`.
 ///
 /// Tiled over blocks of `block` query rows (in parallel; each block runs every head in turn):
@@ -63,7 +64,12 @@ pub(super) fn attention(
     block: usize,
     out: &mut [f32],
 ) -> Result<(), ModelError> {
-    let Attention { window, scale } = mask;
+    let Attention {
+        window,
+        scale,
+        softcap,
+        ..
+    } = mask;
     let (t, d) = (dims.t, dims.d);
     let group = dims.n_heads / dims.n_kv;
     let width = dims.n_heads * d;
@@ -103,6 +109,11 @@ pub(super) fn attention(
                     let allowed = &mut row[from..=to];
                     for s in allowed.iter_mut() {
                         *s *= scale;
+                    }
+                    if let Some(cap) = softcap {
+                        for s in allowed.iter_mut() {
+                            *s = ops::softcap(*s, cap);
+                        }
                     }
                     ops::softmax_in_place(allowed);
                     row[..from].fill(0.0);
@@ -160,6 +171,8 @@ mod tests {
             Attention {
                 window,
                 scale: (2f64).powf(-0.5) as f32,
+                softcap: None,
+                local_rope: false,
             },
             3, // tiles of 3 query rows: every test below crosses tile boundaries
             &mut out,
@@ -193,6 +206,11 @@ mod tests {
 
     /// Attention over `t` tokens (GQA: 4 query heads over 2 KV heads, D = 8) tiled by `block`.
     fn gqa(t: usize, window: Option<usize>, block: usize) -> Vec<f32> {
+        gqa_capped(t, window, block, None)
+    }
+
+    /// [`gqa`] with the scaled scores soft-capped at `softcap`.
+    fn gqa_capped(t: usize, window: Option<usize>, block: usize, softcap: Option<f32>) -> Vec<f32> {
         let dims = Dims {
             t,
             h: 32,
@@ -221,6 +239,8 @@ mod tests {
             Attention {
                 window,
                 scale: (8f64).powf(-0.5) as f32,
+                softcap,
+                local_rope: false,
             },
             block,
             &mut out,
@@ -278,6 +298,44 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Soft-capping (Gemma 2) bounds each scaled score by `cap · tanh(s / cap)` before the
+    /// mask and the softmax: against an f64 evaluation, with a window, across tiles.
+    #[test]
+    fn soft_capped_scores_match_an_f64_evaluation() {
+        let (t, cap) = (40, 0.5f64);
+        let window = Some(9);
+        let got = gqa_capped(t, window, 7, Some(cap as f32));
+        assert_ne!(got, gqa(t, window, 7), "the cap must matter here");
+        let (q, k, v) = (values(t * 32, 1), values(t * 16, 2), values(t * 16, 3));
+        for i in 0..t {
+            let lo = (i + 1).saturating_sub(9);
+            for j in 0..4 {
+                let kv = j / 2;
+                let s: Vec<f64> = (lo..=i)
+                    .map(|key| {
+                        let dot: f64 = (0..8)
+                            .map(|c| {
+                                f64::from(q[i * 32 + j * 8 + c])
+                                    * f64::from(k[key * 16 + kv * 8 + c])
+                            })
+                            .sum();
+                        (dot / 8f64.sqrt() / cap).tanh() * cap
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for c in 0..8 {
+                    let want: f64 = (lo..=i)
+                        .zip(&s)
+                        .map(|(key, x)| (x - m).exp() / z * f64::from(v[key * 16 + kv * 8 + c]))
+                        .sum();
+                    let g = f64::from(got[i * 32 + j * 8 + c]);
+                    assert!((g - want).abs() < 1e-5, "i={i} j={j}: {g} vs {want}");
                 }
             }
         }

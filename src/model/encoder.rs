@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::forward::linear;
+use super::forward::{act, linear};
 use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
 use super::memory::{self, Footprint};
 use super::ops;
@@ -424,22 +424,11 @@ fn encoder_layer(
     layer_norm(r, &w.attn_norm, &b.out, s, x)?;
     let after_attention = if s.record { x.to_vec() } else { Vec::new() };
     linear(r, &w.up, x, t, &mut b.inner, threads)?;
-    match activation {
-        Activation::Gelu => ops::map_in_place(&mut b.inner, gelu),
-        Activation::GeluNew => ops::map_in_place(&mut b.inner, ops::gelu_new),
-        Activation::Silu => ops::map_in_place(&mut b.inner, ops::silu),
-    }
+    ops::map_in_place(&mut b.inner, act(activation));
     linear(r, &w.down, &b.inner, t, &mut b.out, threads)?;
     ops::add_in_place(&mut b.out, x); // dense(intermediate) + input
     layer_norm(r, &w.mlp_norm, &b.out, s, x)?;
     Ok(after_attention)
-}
-
-/// transformers' `GELUActivation` (`nn.functional.gelu`, the exact form):
-/// `x · ½ · (1 + erf(x / √2))`, evaluated in f64 and rounded once.
-pub fn gelu(x: f32) -> f32 {
-    let x = f64::from(x);
-    (x * 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))) as f32
 }
 
 /// Multi-head attention where every query sees every kept key (`out` `[T, nH·D]`): the
@@ -498,19 +487,4 @@ fn bidirectional_attention(
             }
             Ok(())
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gelu_is_the_erf_form() {
-        // x·Φ(x): Φ(1) = 0.841344746, Φ(-1) = 0.158655254
-        assert_eq!(gelu(0.0), 0.0);
-        assert!((f64::from(gelu(1.0)) - 0.841_344_746).abs() < 1e-7);
-        assert!((f64::from(gelu(-1.0)) + 0.158_655_254).abs() < 1e-7);
-        // differs from the tanh approximation in the 4th decimal at x = 1.5
-        assert!((gelu(1.5) - ops::gelu_new(1.5)).abs() > 1e-4);
-    }
 }

@@ -90,6 +90,9 @@ struct Buffers {
     inner: Vec<f32>,
     /// `[T, I]` the up projection of a gated MLP (empty otherwise)
     up: Vec<f32>,
+    /// `[T, H]` the attention output, held while the MLP runs (parallel residual; empty
+    /// otherwise)
+    held: Vec<f32>,
 }
 
 impl Buffers {
@@ -108,6 +111,10 @@ impl Buffers {
                 MlpKind::Gated => vec![0.0; t * dims.inter],
                 MlpKind::Plain => Vec::new(),
             },
+            held: match traits.residual {
+                Residual::Parallel => vec![0.0; t * dims.h],
+                Residual::Sequential | Residual::Sandwich => Vec::new(),
+            },
         }
     }
 }
@@ -120,6 +127,8 @@ struct Ctx<'a> {
     threads: usize,
     /// cos/sin for rotary positions.
     rope: Option<&'a RopeTables>,
+    /// cos/sin of the local RoPE (layers with [`Attention::local_rope`]).
+    local_rope: Option<&'a RopeTables>,
 }
 
 /// Runs the model on `tokens`. See [`super::Model::forward_with`].
@@ -140,12 +149,14 @@ pub(crate) fn forward(
     let fp = footprint(traits, w, r, dims, positions.len(), opts.record, threads);
     refuse_if_too_large(&fp, dims.t, positions.len())?;
     let rope = traits.rope_tables(dims.t);
+    let local_rope = traits.local_rope_tables(dims.t);
     let ctx = Ctx {
         traits,
         dims,
         eps: cfg.norm_eps as f32,
         threads,
         rope: rope.as_ref(),
+        local_rope: local_rope.as_ref(),
     };
     let mut b = Buffers::new(dims, traits);
 
@@ -168,7 +179,10 @@ pub(crate) fn forward(
     norm(&ctx, r, &w.final_norm, &b.x, &mut normed)?;
     drop(b);
 
-    let logits = lm_head(r, &w.lm_head, &normed, &positions, dims, threads)?;
+    let mut logits = lm_head(r, &w.lm_head, &normed, &positions, dims, threads)?;
+    if let Some(cap) = traits.final_softcap {
+        ops::map_in_place(&mut logits, |z| ops::softcap(z, cap));
+    }
     r.release(&w.head_tensors());
     r.release(&w.embed_tensors());
     Ok(ForwardOutput {
@@ -282,6 +296,12 @@ fn footprint(
         Position::Rotary(rot) => 2 * t * u(rot.dims), // cos, sin [T, R]
         Position::Learned => t * h,                   // the position rows
     };
+    if let Some(local) = &traits.local_rope {
+        buffers += 2 * t * u(local.dims); // the local cos, sin [T, R]
+    }
+    if traits.residual == Residual::Parallel {
+        buffers += t * h; // held
+    }
     let block = u(query_block(dims.t, threads));
     let workers = u(threads.max(1)).min(t.div_ceil(block));
     // the final norm output, the rows the logits are asked for and their logits (+ 2 rows:
@@ -363,14 +383,46 @@ fn decoder_layer(
     match ctx.traits.residual {
         Residual::Sequential => {
             attention_block(ctx, layer, w, r, b)?;
+            ops::add_in_place(&mut b.x, &b.out);
             let after_attention = if record { b.x.clone() } else { Vec::new() };
             mlp_block(ctx, w, r, b)?;
+            ops::add_in_place(&mut b.x, &b.out);
+            Ok(after_attention)
+        }
+        Residual::Sandwich => {
+            let (post_attn, post_mlp) = w.post_norms.as_ref().ok_or_else(|| {
+                ModelError::Internal(format!("layer {layer} has no post-block norms"))
+            })?;
+            attention_block(ctx, layer, w, r, b)?;
+            norm(ctx, r, post_attn, &b.out, &mut b.h)?;
+            ops::add_in_place(&mut b.x, &b.h);
+            let after_attention = if record { b.x.clone() } else { Vec::new() };
+            mlp_block(ctx, w, r, b)?;
+            norm(ctx, r, post_mlp, &b.out, &mut b.h)?;
+            ops::add_in_place(&mut b.x, &b.h);
+            Ok(after_attention)
+        }
+        Residual::Parallel => {
+            attention_block(ctx, layer, w, r, b)?;
+            // the attention output waits in `held` while the MLP reads the same x
+            std::mem::swap(&mut b.out, &mut b.held);
+            // x + attn: what the stream would be after attention alone (for comparisons)
+            let after_attention = if record {
+                let mut a = b.x.clone();
+                ops::add_in_place(&mut a, &b.held);
+                a
+            } else {
+                Vec::new()
+            };
+            mlp_block(ctx, w, r, b)?;
+            ops::parallel_residual_in_place(&mut b.x, &b.out, &b.held);
             Ok(after_attention)
         }
     }
 }
 
-/// `x += o(attention(rope(q(n)), rope(k(n)), v(n)))` with `n = norm(x)`.
+/// `out = o(attention(rope(q(n)), rope(k(n)), v(n)))` with `n = norm(x)`; the caller adds it
+/// to the residual stream.
 fn attention_block(
     ctx: &Ctx<'_>,
     layer: usize,
@@ -390,10 +442,6 @@ fn attention_block(
         ops::rms_norm_in_place(&mut b.q, &qn, ctx.eps);
         ops::rms_norm_in_place(&mut b.k, &kn, ctx.eps);
     }
-    if let Some(rope) = ctx.rope {
-        rope.apply(&mut b.q, t, dims.d);
-        rope.apply(&mut b.k, t, dims.d);
-    }
     let (qd, kvd) = (dims.q_width(), dims.kv_width());
     let mask = ctx
         .traits
@@ -401,9 +449,18 @@ fn attention_block(
         .get(layer)
         .map(|a| Attention {
             window: ctx.traits.window(layer, t),
-            scale: a.scale,
+            ..*a
         })
         .ok_or_else(|| ModelError::Internal(format!("no attention traits for layer {layer}")))?;
+    let rope = if mask.local_rope {
+        ctx.local_rope
+    } else {
+        ctx.rope
+    };
+    if let Some(rope) = rope {
+        rope.apply(&mut b.q, t, dims.d);
+        rope.apply(&mut b.k, t, dims.d);
+    }
     attention(
         Head {
             data: &b.q,
@@ -423,12 +480,11 @@ fn attention_block(
         &mut b.attn,
     )?;
     linear(r, &w.o, &b.attn, t, &mut b.out, threads)?;
-    ops::add_in_place(&mut b.x, &b.out);
     Ok(())
 }
 
-/// `x += down(act(gate(n)) · up(n))` (gated) or `x += down(act(up(n)))` (plain), with
-/// `n = norm(x)`.
+/// `out = down(act(gate(n)) · up(n))` (gated) or `out = down(act(up(n)))` (plain), with
+/// `n = norm(x)`; the caller adds it to the residual stream.
 fn mlp_block(
     ctx: &Ctx<'_>,
     w: &LayerWeights,
@@ -439,9 +495,7 @@ fn mlp_block(
     norm(ctx, r, &w.mlp_norm, &b.x, &mut b.h)?;
     if let Some(moe) = &w.moe {
         let act = ctx.traits.activation;
-        super::moe::sparse_mlp(r, moe, act, &b.h, t, &mut b.out, threads)?;
-        ops::add_in_place(&mut b.x, &b.out);
-        return Ok(());
+        return super::moe::sparse_mlp(r, moe, act, &b.h, t, &mut b.out, threads);
     }
     let mlp = w
         .mlp
@@ -451,27 +505,28 @@ fn mlp_block(
         (MlpKind::Gated, Some(gate)) => {
             linear(r, gate, &b.h, t, &mut b.inner, threads)?;
             linear(r, &mlp.up, &b.h, t, &mut b.up, threads)?;
-            match ctx.traits.activation {
-                Activation::Silu => ops::gated_in_place(&mut b.inner, &b.up, ops::silu),
-                Activation::GeluNew => ops::gated_in_place(&mut b.inner, &b.up, ops::gelu_new),
-                Activation::Gelu => ops::gated_in_place(&mut b.inner, &b.up, super::encoder::gelu),
-            }
+            ops::gated_in_place(&mut b.inner, &b.up, act(ctx.traits.activation));
         }
         (MlpKind::Plain, _) => {
             linear(r, &mlp.up, &b.h, t, &mut b.inner, threads)?;
-            match ctx.traits.activation {
-                Activation::Silu => ops::map_in_place(&mut b.inner, ops::silu),
-                Activation::GeluNew => ops::map_in_place(&mut b.inner, ops::gelu_new),
-                Activation::Gelu => ops::map_in_place(&mut b.inner, super::encoder::gelu),
-            }
+            ops::map_in_place(&mut b.inner, act(ctx.traits.activation));
         }
         (MlpKind::Gated, None) => {
             return Err(ModelError::Internal("a gated MLP without its gate".into()))
         }
     }
     linear(r, &mlp.down, &b.inner, t, &mut b.out, threads)?;
-    ops::add_in_place(&mut b.x, &b.out);
     Ok(())
+}
+
+/// The function computing `a`.
+pub(super) fn act(a: Activation) -> fn(f32) -> f32 {
+    match a {
+        Activation::Silu => ops::silu,
+        Activation::GeluNew => ops::gelu_new,
+        Activation::GeluTanh => ops::gelu_tanh,
+        Activation::Gelu => ops::gelu,
+    }
 }
 
 /// `out [T, H] = norm(x [T, H])` with the norm `n` of the architecture's kind.
@@ -518,8 +573,7 @@ pub(super) fn linear(
     threads: usize,
 ) -> Result<(), ModelError> {
     let bias = l.bias.as_ref().map(|b| r.vector(b)).transpose()?;
-    let wm = r.matrix(&l.weight, 0..l.weight.out)?; // [K, N]
-    let (k, n) = (wm.rows(), wm.cols());
+    let (k, n) = (l.weight.inp, l.weight.out);
     let size = |len: usize, what: &str| {
         ModelError::Internal(format!(
             "`{}`: {what} holds {len} values, fewer than {t} rows",
@@ -541,13 +595,24 @@ pub(super) fn linear(
         }
         ops::fill_rows(out, bias);
     }
-    matmul(
-        MatMut::row_major(out, t, n)?,
-        MatRef::row_major(x, t, k)?,
-        wm,
-        bias.is_some(),
-        threads,
-    )
+    // A weight read in place is one product. One that must be widened (bf16, f16) or
+    // gathered is read in blocks of outputs, each widened just before gemm packs it, so the
+    // f32 copy stays in cache instead of making a round trip through memory.
+    let block = r.block_outputs(&l.weight);
+    let mut start = 0;
+    while start < n {
+        let end = (start + block).min(n);
+        let wm = r.matrix(&l.weight, start..end)?; // [K, end-start]
+        matmul(
+            MatMut::new(&mut out[start..], t, end - start, n)?, // dst [T, end-start] of [T, N]
+            MatRef::row_major(x, t, k)?,                        // lhs [T, K]
+            wm,                                                 // rhs [K, end-start]
+            bias.is_some(),
+            threads,
+        )?;
+        start = end;
+    }
+    Ok(())
 }
 
 /// `[P, V]` logits of the rows `positions` of `normed` `[T, H]`, computed in vocabulary
@@ -589,4 +654,90 @@ fn lm_head(
         start = end;
     }
     Ok(logits)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use orient_inspect::layout::view::View;
+    use orient_inspect::{write, Checkpoint, Dtype};
+
+    /// A bf16 weight read in many widened blocks gives the product of one block, and both
+    /// equal the f32 weight (same values) read in place, bit for bit: every output sums its
+    /// inputs in the same order whichever block it falls in.
+    #[test]
+    fn blocked_widening_matches_one_block_and_the_in_place_f32_weight() {
+        let (n, k, t) = (200usize, 48usize, 5usize);
+        // values exactly representable in bf16, so both files hold the same weights
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 97) as f32 - 48.0) / 64.0)
+            .collect();
+        let f32_bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = w
+            .iter()
+            .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let tensors = [
+            write::Tensor {
+                name: "a_f32",
+                dtype: Dtype::F32,
+                shape: &[n, k],
+                data: &f32_bytes,
+            },
+            write::Tensor {
+                name: "b_bf16",
+                dtype: Dtype::BF16,
+                shape: &[n, k],
+                data: &bf16_bytes,
+            },
+        ];
+        std::fs::write(
+            &path,
+            write::to_bytes(&tensors, &Default::default()).unwrap(),
+        )
+        .unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let linear_of = |src: usize| Linear {
+            weight: Matrix {
+                view: View::contiguous(src, &[n, k]),
+                out: n,
+                inp: k,
+                name: "w".into(),
+            },
+            bias: None,
+        };
+        let x: Vec<f32> = (0..t * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+            .collect();
+        let product = |src: usize, block_bytes: usize| -> Vec<f32> {
+            let mut r = Reader::new(&ckpt);
+            r.widen_block_bytes = block_bytes;
+            let mut out = vec![0.0f32; t * n]; // [T, N]
+            linear(&mut r, &linear_of(src), &x, t, &mut out, 2).unwrap();
+            out
+        };
+        let in_place = product(0, 4 << 20);
+        let one_block = product(1, 4 << 20);
+        // 16 outputs of 48 f32 inputs per block: 13 blocks, the last one partial
+        let many = product(1, 16 * 4 * k);
+        assert_eq!(one_block, in_place);
+        assert_eq!(many, in_place);
+        let r = Reader::new(&ckpt);
+        assert_eq!(r.block_outputs(&linear_of(0).weight), n);
+        let mut small = Reader::new(&ckpt);
+        small.widen_block_bytes = 16 * 4 * k;
+        assert_eq!(small.block_outputs(&linear_of(1).weight), 16);
+        // exact: integers over powers of two sum without rounding at these sizes
+        for (o, row) in (0..t).map(|i| (i, &many[i * n..(i + 1) * n])) {
+            for (j, &y) in row.iter().enumerate() {
+                let want: f64 = (0..k)
+                    .map(|i| f64::from(x[o * k + i]) * f64::from(w[j * k + i]))
+                    .sum();
+                assert_eq!(f64::from(y), want, "row {o} output {j}");
+            }
+        }
+    }
 }

@@ -310,7 +310,12 @@ impl Bound<'_> {
                         || self.cat.entries()[h].name.clone(),
                         |&k| self.names[k].to_string(),
                     );
-                Some(LoadNote::TiedButOwnLmHead { name })
+                let conv = &self.cat.conventions()[self.cat.forms()[f].convention];
+                Some(LoadNote::TiedButOwnLmHead {
+                    name,
+                    convention: conv.name.clone(),
+                    builtin: conv.builtin,
+                })
             }
             (true, Some(_)) => {
                 canonical[h] = None;

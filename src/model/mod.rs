@@ -1,10 +1,10 @@
 //! A small, exact CPU forward pass, so that a checkpoint can be verified without PyTorch.
 //!
 //! A conversion is only proven when the converted file computes the same logits as the
-//! original. This module runs the catalogue's architectures (Llama incl. `llama3` RoPE scaling,
-//! Mistral, Qwen2, Qwen3, GPT-2) on a prompt, in f32, following transformers' numerics closely
-//! enough to match its logits to ~1e-5 and to be *bit-identical* across storage layouts (HF,
-//! Flax, a user's layout file). The layout catalogue binds the checkpoint's tensors, in
+//! original. This module runs the catalogue's dense decoders (Llama incl. `llama3` RoPE
+//! scaling, Mistral, Qwen2, Qwen3, GPT-2, Gemma 1/2/3, Phi-3, GPT-NeoX) on a prompt, in f32,
+//! following transformers' numerics closely enough to match its logits to ~1e-5 and to be
+//! *bit-identical* across storage layouts (HF, Flax, a user's layout file). The layout catalogue binds the checkpoint's tensors, in
 //! whichever convention it is stored, to typed per-layer weights (`weights`): lazy views that
 //! `read` hands to the matrix product in place (a transposed layout is a strided view, not a
 //! copy) or gathers into f32. What differs between architectures is data (`traits`).
@@ -90,10 +90,15 @@ pub enum ModelError {
         dtype: &'static str,
     },
     /// A RoPE scaling type the forward does not implement.
-    #[error("config.json: rope scaling `{0}` is not supported (only the default and `llama3`)")]
+    #[error(
+        "config.json: rope scaling `{0}` is not supported (only the default, `llama3` and `linear`)"
+    )]
     UnsupportedRope(String),
     /// An activation the forward does not implement.
-    #[error("config.json: hidden activation `{0}` is not supported (silu, gelu_new)")]
+    #[error(
+        "config.json: hidden activation `{0}` is not supported (silu, gelu_new, \
+         gelu_pytorch_tanh, gelu)"
+    )]
     UnsupportedActivation(String),
     /// An architecture the layout catalogue knows but the forward has no traits for.
     #[error("config.json: the forward does not run `{0}` models yet")]
@@ -302,6 +307,10 @@ pub enum LoadNote {
     TiedButOwnLmHead {
         /// Stored name of the head.
         name: String,
+        /// The convention whose framework always owns a head.
+        convention: String,
+        /// It is one of orient's own (else a user's `--layout` file).
+        builtin: bool,
     },
     /// The config says untied, but there is no lm_head: the embedding is used.
     UntiedButNoLmHead,

@@ -20,7 +20,7 @@
 //! tensor per expert, or packed `[E, 2I, H]` / `[E, H, I]`): an expert's matrix is a strided
 //! view either way, so both layouts give the same bits.
 
-use super::forward::linear;
+use super::forward::{act, linear};
 use super::matmul::{matmul, MatMut, MatRef};
 use super::ops;
 use super::read::Reader;
@@ -202,11 +202,7 @@ fn gated_mlp(
     let mut up = vec![0.0f32; n * inter]; // [n, I]
     product(r, &e.gate, x, n, &mut gate, threads)?;
     product(r, &e.up, x, n, &mut up, threads)?;
-    match activation {
-        Activation::Silu => ops::gated_in_place(&mut gate, &up, ops::silu),
-        Activation::GeluNew => ops::gated_in_place(&mut gate, &up, ops::gelu_new),
-        Activation::Gelu => ops::gated_in_place(&mut gate, &up, super::encoder::gelu),
-    }
+    ops::gated_in_place(&mut gate, &up, act(activation));
     product(r, &e.down, &gate, n, y, threads)
 }
 

@@ -104,6 +104,30 @@ pub fn gelu_new(x: f32) -> f32 {
     (0.5 * x) * (1.0 + (c * (x + 0.044715 * cube)).tanh())
 }
 
+/// PyTorch's `gelu(approximate="tanh")` (transformers' `gelu_pytorch_tanh`), as its CPU kernel:
+/// `0.5 * x * (1 + tanh(kBeta * (x + kKappa * x³)))` with `kBeta = √2 · 2/√π · 0.5` rounded to
+/// f32, evaluated left to right.
+pub fn gelu_tanh(x: f32) -> f32 {
+    let beta = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
+    let cube = x * x * x;
+    let inner = beta * (x + 0.044715 * cube);
+    0.5 * x * (1.0 + inner.tanh())
+}
+
+/// PyTorch's exact GELU (`gelu`, approximate="none"), as its CPU kernel:
+/// `x * 0.5 * (1 + erf(x * M_SQRT1_2))`; erf is evaluated in f64 and rounded once.
+pub fn gelu(x: f32) -> f32 {
+    let alpha = std::f32::consts::FRAC_1_SQRT_2;
+    let erf = libm::erf(f64::from(x * alpha)) as f32;
+    x * 0.5 * (1.0 + erf)
+}
+
+/// `cap · tanh(x / cap)` (Gemma 2's soft-capping of attention scores and logits), in f32 as
+/// transformers computes it: divide, `tanh`, multiply.
+pub fn softcap(x: f32, cap: f32) -> f32 {
+    (x / cap).tanh() * cap
+}
+
 /// SiLU as PyTorch computes it: `x / (1 + exp(-x))`.
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -136,6 +160,18 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
         .for_each(|(a, b)| {
             for (a, &b) in a.iter_mut().zip(b) {
                 *a += b;
+            }
+        });
+}
+
+/// `x[i] = (mlp[i] + attn[i]) + x[i]`: GPT-NeoX's parallel residual, summed in the order of
+/// `mlp_output + attn_output + hidden_states`, in parallel.
+pub fn parallel_residual_in_place(x: &mut [f32], mlp: &[f32], attn: &[f32]) {
+    x.par_chunks_mut(4096)
+        .zip(mlp.par_chunks(4096).zip(attn.par_chunks(4096)))
+        .for_each(|(x, (m, a))| {
+            for ((x, &m), &a) in x.iter_mut().zip(m).zip(a) {
+                *x += m + a; // (m + a) + x: the sum is formed first, and + commutes
             }
         });
 }
@@ -196,6 +232,28 @@ mod tests {
         assert!((gelu_new(1.0) - 0.841_192).abs() < 1e-6);
         assert!((gelu_new(-1.0) - (-0.158_808)).abs() < 1e-6);
         assert!((gelu_new(3.0) - 2.996_363_4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gelus_match_reference_values() {
+        // torch.nn.functional.gelu(torch.tensor([...]), approximate=...) in torch 2.15 (f32)
+        for (x, tanh, erf) in [
+            (1.0f32, 0.841_192, 0.841_344_7),
+            (-1.0, -0.158_808, -0.158_655_26),
+            (3.0, 2.996_362_7, 2.995_949_8),
+            (-0.5, -0.154_286, -0.154_268_77),
+        ] {
+            assert!((gelu_tanh(x) - tanh).abs() < 1e-6, "{x}: {}", gelu_tanh(x));
+            assert!((gelu(x) - erf).abs() < 1e-6, "{x}: {}", gelu(x));
+        }
+        assert_eq!((gelu(0.0), gelu_tanh(0.0)), (0.0, 0.0));
+    }
+
+    #[test]
+    fn softcap_bounds_by_the_cap() {
+        assert_eq!(softcap(0.0, 3.0), 0.0);
+        assert!((softcap(1.0, 3.0) - 3.0 * (1.0f32 / 3.0).tanh()).abs() < 1e-7);
+        assert!(softcap(1e6, 3.0) <= 3.0 && softcap(-1e6, 3.0) >= -3.0);
     }
 
     #[test]

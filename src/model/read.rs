@@ -22,6 +22,8 @@ use super::traits::NormKind;
 use super::weights::{Matrix, ModelWeights, Table, Vector};
 use super::ModelError;
 
+/// f32 bytes of one widened block of a linear layer's weight (see [`Reader::block_outputs`]).
+const WIDEN_BLOCK_BYTES: usize = 4 << 20;
 /// Elements gathered per rayon task.
 const GATHER_TASK: usize = 1 << 16;
 /// The kernel maps up to 16 neighbouring cached pages on each fault (fault-around).
@@ -38,6 +40,8 @@ pub(crate) struct Reader<'c> {
     /// Release each layer's mmap pages after use (bounded RSS), or keep them mapped (faster
     /// repeated forwards on a model that fits in RAM).
     pub release_pages: bool,
+    /// f32 bytes of one widened block of a linear layer's weight ([`Reader::block_outputs`]).
+    pub widen_block_bytes: usize,
 }
 
 /// A plain strided view onto aligned f32 data: the data from the view's first element, and
@@ -63,6 +67,7 @@ impl<'c> Reader<'c> {
             sources,
             scratch: Vec::new(),
             release_pages: true,
+            widen_block_bytes: WIDEN_BLOCK_BYTES,
         }
     }
 
@@ -84,6 +89,20 @@ impl<'c> Reader<'c> {
             data: all.get(offset..)?,
             strides,
         })
+    }
+
+    /// How many outputs of `m` a linear layer reads at a time: all of them when `m` is
+    /// handed to gemm in place, else blocks of about [`WIDEN_BLOCK_BYTES`] of f32 (a multiple
+    /// of 16 outputs), each widened just before gemm packs it so that the f32 copy stays in
+    /// cache instead of making a round trip through memory. On a Qwen2-7B-shaped bf16 model
+    /// this took about 4% off the CPU time of a 200-token forward, and the gathering buffer
+    /// from 271 MB (a whole MLP matrix) to 4 MiB.
+    pub fn block_outputs(&self, m: &Matrix) -> usize {
+        if self.in_place(&m.view).is_some() {
+            return m.out.max(1);
+        }
+        let cols = self.widen_block_bytes / (4 * m.inp.max(1));
+        (cols / 16 * 16).max(16).min(m.out.max(1))
     }
 
     /// Fails if a file `view` reads changed since it was opened (see
@@ -308,7 +327,7 @@ impl<'c> Reader<'c> {
             .layers
             .iter()
             .flat_map(|l| l.matrices())
-            .map(|m| gathered(m, m.out))
+            .map(|m| gathered(m, self.block_outputs(m)))
             .chain([gathered(&w.lm_head, head_block)])
             .max()
             .unwrap_or(0);

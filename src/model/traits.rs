@@ -11,7 +11,7 @@
 //! [`unimplemented`] ones. Settings the forward does not compute are refused by name, never
 //! silently skipped.
 
-use orient_inspect::config::AttentionKind;
+use orient_inspect::config::{AttentionKind, NormPlacement};
 use orient_inspect::{Arch, ModelConfig, RopeScaling};
 
 use super::rope::{self, Llama3Scaling, RopeTables};
@@ -37,7 +37,9 @@ pub(crate) enum Activation {
     Silu,
     /// transformers' `gelu_new` (the tanh approximation, as GPT-2 computes it).
     GeluNew,
-    /// transformers' `gelu` (`GELUActivation`: the exact erf form, as BERT computes it).
+    /// `gelu_pytorch_tanh`: PyTorch's `gelu(approximate="tanh")` (Gemma).
+    GeluTanh,
+    /// `gelu`: PyTorch's exact, erf-based GELU (GPT-NeoX).
     Gelu,
 }
 
@@ -47,6 +49,7 @@ impl Activation {
         match name {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu_new" => Ok(Activation::GeluNew),
+            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
             "gelu" => Ok(Activation::Gelu),
             other => Err(ModelError::UnsupportedActivation(other.to_string())),
         }
@@ -67,6 +70,12 @@ pub(crate) enum MlpKind {
 pub(crate) enum Residual {
     /// `x += attn(norm₁(x))`, then `x += mlp(norm₂(x))`.
     Sequential,
+    /// GPT-NeoX's `use_parallel_residual`: both blocks read the same input,
+    /// `x = (mlp(norm₂(x)) + attn(norm₁(x))) + x`, summed in that order.
+    Parallel,
+    /// Gemma 2/3: each block's output is normed before the add,
+    /// `x += post₁(attn(norm₁(x)))`, then `x += post₂(mlp(norm₂(x)))`.
+    Sandwich,
 }
 
 /// Where positions enter the model.
@@ -87,6 +96,8 @@ pub(crate) struct Rotary {
     pub theta: f64,
     /// `rope_scaling` of type `llama3`, when the config has one.
     pub llama3: Option<Llama3Scaling>,
+    /// `rope_type: "linear"`: every inverse frequency divided by this factor.
+    pub linear: Option<f64>,
 }
 
 /// The attention one layer computes.
@@ -97,6 +108,11 @@ pub(crate) struct Attention {
     /// The factor on `q·kᵀ` (`D^-½`, or `query_pre_attn_scalar^-½`), in f32 as transformers'
     /// `scaling` multiplies it.
     pub scale: f32,
+    /// Scaled scores soft-capped as `cap · tanh(s / cap)` before the mask (Gemma 2).
+    pub softcap: Option<f32>,
+    /// Positions rotate with the local RoPE ([`Traits::local_rope`]) rather than the global one
+    /// (Gemma 3's sliding layers).
+    pub local_rope: bool,
 }
 
 /// Everything the forward needs to know about an architecture beyond its sizes.
@@ -116,8 +132,13 @@ pub(crate) struct Traits {
     pub position: Position,
     /// A factor on the token embedding (Gemma's `√H`).
     pub embedding_scale: Option<f32>,
-    /// Per-head RMSNorm on q and k before RoPE (Qwen3).
+    /// Per-head RMSNorm on q and k before RoPE (Qwen3, Gemma 3).
     pub qk_norm: bool,
+    /// The rotary embedding of the layers whose [`Attention::local_rope`] is set (Gemma 3's
+    /// sliding layers: `rope_local_base_freq`, or `rope_parameters.sliding_attention`).
+    pub local_rope: Option<Rotary>,
+    /// Logits soft-capped as `cap · tanh(z / cap)` (Gemma 2/3 `final_logit_softcapping`).
+    pub final_softcap: Option<f32>,
 }
 
 /// The shape of an architecture's blocks: one row per architecture the forward runs.
@@ -125,6 +146,10 @@ struct Row {
     norm: fn(&ModelConfig) -> NormKind,
     mlp: MlpKind,
     learned_positions: bool,
+    /// The attention applies `attn_logit_softcapping` (Gemma 2). transformers 5.24's
+    /// Gemma3Attention never passes `softcap` to its attention function, so Gemma 3 ignores the
+    /// field, as here.
+    attention_softcap: bool,
 }
 
 /// The row of `arch`, `None` for one the forward has no traits for yet.
@@ -133,21 +158,42 @@ fn row(arch: Arch) -> Option<Row> {
         offset: if cfg.norm_unit_offset { 1.0 } else { 0.0 },
     };
     match arch {
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => Some(Row {
+        Arch::Llama
+        | Arch::Mistral
+        | Arch::Qwen2
+        | Arch::Qwen3
+        | Arch::Gemma
+        | Arch::Gemma3
+        | Arch::Phi3 => Some(Row {
             norm: rms,
             mlp: MlpKind::Gated,
             learned_positions: false,
+            attention_softcap: false,
+        }),
+        Arch::Gemma2 => Some(Row {
+            norm: rms,
+            mlp: MlpKind::Gated,
+            learned_positions: false,
+            attention_softcap: true,
         }),
         Arch::Gpt2 => Some(Row {
             norm: |_| NormKind::Layer,
             mlp: MlpKind::Plain,
             learned_positions: true,
+            attention_softcap: false,
+        }),
+        Arch::GptNeox => Some(Row {
+            norm: |_| NormKind::Layer,
+            mlp: MlpKind::Plain,
+            learned_positions: false,
+            attention_softcap: false,
         }),
         // BERT: LayerNorm, a plain MLP, learned positions (the encoder forward, `encoder`).
         Arch::Bert => Some(Row {
             norm: |_| NormKind::Layer,
             mlp: MlpKind::Plain,
             learned_positions: true,
+            attention_softcap: false,
         }),
         // llama's blocks; a sparse layer's experts come with its weights (`moe`), so the
         // dense layers of a Qwen MoE (`mlp_only_layers`) stay gated MLPs.
@@ -155,31 +201,20 @@ fn row(arch: Arch) -> Option<Row> {
             norm: rms,
             mlp: MlpKind::Gated,
             learned_positions: false,
+            attention_softcap: false,
         }),
-        _ => None,
     }
 }
 
 /// The first setting of `cfg` the forward does not compute yet, in words.
 fn unimplemented(cfg: &ModelConfig) -> Option<&'static str> {
-    use orient_inspect::config::NormPlacement;
     [
         (
             !cfg.causal && !super::encoder::is_encoder(cfg),
             "bidirectional attention",
         ),
         (
-            cfg.attn_logit_softcapping.is_some(),
-            "soft-capped attention scores",
-        ),
-        (cfg.final_logit_softcapping.is_some(), "soft-capped logits"),
-        (
-            cfg.sliding_rope.is_some(),
-            "a separate RoPE for sliding-window layers",
-        ),
-        (cfg.parallel_residual, "a parallel residual"),
-        (
-            cfg.norm_placement != NormPlacement::Pre && !super::encoder::is_encoder(cfg),
+            cfg.norm_placement == NormPlacement::Post && !super::encoder::is_encoder(cfg),
             "norms after the blocks",
         ),
     ]
@@ -200,47 +235,54 @@ impl Traits {
         let position = if row.learned_positions {
             Position::Learned
         } else {
-            let llama3 = match &cfg.rope_scaling {
-                None => None,
-                Some(RopeScaling::Llama3 {
-                    factor,
-                    low_freq_factor,
-                    high_freq_factor,
-                    original_max_position_embeddings,
-                }) => Some(Llama3Scaling {
-                    factor: *factor,
-                    low_freq_factor: *low_freq_factor,
-                    high_freq_factor: *high_freq_factor,
-                    original_max_position_embeddings: *original_max_position_embeddings,
-                }),
-                Some(other) => return Err(ModelError::UnsupportedRope(other.name().to_string())),
-            };
-            Position::Rotary(Rotary {
-                dims: cfg.rotary_dim(),
-                theta: cfg.rope_theta,
-                llama3,
-            })
+            Position::Rotary(rotary(
+                cfg.rotary_dim(),
+                cfg.rope_theta,
+                cfg.rope_scaling.as_ref(),
+            )?)
+        };
+        // Gemma 3: sliding layers rotate with their own base (and scaling).
+        let local_rope = match (&cfg.sliding_rope, &position) {
+            (Some(local), Position::Rotary(_)) => Some(rotary(
+                cfg.rotary_dim(),
+                local.theta,
+                local.scaling.as_ref(),
+            )?),
+            _ => None,
         };
         // transformers: `scaling = head_dim ** -0.5` (a Python float), applied in f32
         let scale = cfg.attention_scale() as f32;
+        let softcap = cfg
+            .attn_logit_softcapping
+            .filter(|_| row.attention_softcap)
+            .map(|c| c as f32);
         let attention = (0..cfg.num_hidden_layers)
-            .map(|i| Attention {
-                window: match cfg.layer_types.get(i) {
-                    Some(AttentionKind::Sliding) => cfg.sliding_window,
-                    _ => None,
-                },
-                scale,
+            .map(|i| {
+                let sliding = cfg.layer_types.get(i) == Some(&AttentionKind::Sliding);
+                Attention {
+                    window: if sliding { cfg.sliding_window } else { None },
+                    scale,
+                    softcap,
+                    local_rope: sliding && local_rope.is_some(),
+                }
             })
             .collect();
+        let residual = match (cfg.parallel_residual, cfg.norm_placement) {
+            (true, _) => Residual::Parallel,
+            (false, NormPlacement::Sandwich) => Residual::Sandwich,
+            (false, _) => Residual::Sequential,
+        };
         Ok(Traits {
             norm: (row.norm)(cfg),
             activation,
             mlp: row.mlp,
             attention,
-            residual: Residual::Sequential,
+            residual,
             position,
             embedding_scale: cfg.embed_scale.map(|s| s as f32),
             qk_norm: cfg.qk_norm,
+            local_rope,
+            final_softcap: cfg.final_logit_softcapping.map(|c| c as f32),
         })
     }
 
@@ -256,13 +298,58 @@ impl Traits {
     /// The cos/sin tables for `tokens` positions, when positions are rotary.
     pub fn rope_tables(&self, tokens: usize) -> Option<RopeTables> {
         match &self.position {
-            Position::Rotary(r) => {
-                let inv = rope::inv_freq(r.dims, r.theta, r.llama3.as_ref());
-                Some(RopeTables::new(&inv, tokens))
-            }
+            Position::Rotary(r) => Some(r.tables(tokens)),
             Position::Learned => None,
         }
     }
+
+    /// The cos/sin tables of the local RoPE ([`Traits::local_rope`]), when there is one.
+    pub fn local_rope_tables(&self, tokens: usize) -> Option<RopeTables> {
+        self.local_rope.as_ref().map(|r| r.tables(tokens))
+    }
+}
+
+impl Rotary {
+    /// The cos/sin tables for `tokens` positions.
+    fn tables(&self, tokens: usize) -> RopeTables {
+        let mut inv = rope::inv_freq(self.dims, self.theta, self.llama3.as_ref());
+        if let Some(factor) = self.linear {
+            // `_compute_linear_scaling_rope_parameters`: `inv_freq /= factor`, in f32
+            let factor = factor as f32;
+            inv.iter_mut().for_each(|f| *f /= factor);
+        }
+        RopeTables::new(&inv, tokens)
+    }
+}
+
+/// The rotary embedding of base `theta` with `scaling` over the first `dims` dimensions of each
+/// head; a scaling the forward does not compute is refused by name.
+fn rotary(dims: usize, theta: f64, scaling: Option<&RopeScaling>) -> Result<Rotary, ModelError> {
+    let (llama3, linear) = match scaling {
+        None => (None, None),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => (
+            Some(Llama3Scaling {
+                factor: *factor,
+                low_freq_factor: *low_freq_factor,
+                high_freq_factor: *high_freq_factor,
+                original_max_position_embeddings: *original_max_position_embeddings,
+            }),
+            None,
+        ),
+        Some(RopeScaling::Linear { factor }) => (None, Some(*factor)),
+        Some(other) => return Err(ModelError::UnsupportedRope(other.name().to_string())),
+    };
+    Ok(Rotary {
+        dims,
+        theta,
+        llama3,
+        linear,
+    })
 }
 
 #[cfg(test)]
@@ -351,18 +438,112 @@ mod tests {
     }
 
     #[test]
-    fn architectures_and_settings_without_a_row_are_refused_by_name() {
-        let e = Traits::of(&cfg(
-            r#"{"model_type": "gpt_neox", "hidden_size": 32, "num_attention_heads": 2,
-                "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256}"#,
-        ))
-        .unwrap_err();
-        assert!(e.to_string().contains("a parallel residual"), "{e}");
-        let e = Traits::of(&cfg(
+    fn gemma_norms_offset_activation_and_embedding_scale() {
+        let g = Traits::of(&cfg(
             r#"{"model_type": "gemma", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 1,
-                "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256}"#,
+                "head_dim": 16, "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256,
+                "hidden_act": "gelu_pytorch_tanh"}"#,
         ))
-        .unwrap_err();
-        assert!(e.to_string().contains("`gemma`"), "{e}");
+        .unwrap();
+        assert_eq!(g.norm, NormKind::Rms { offset: 1.0 });
+        assert_eq!(
+            (g.mlp, g.activation),
+            (MlpKind::Gated, Activation::GeluTanh)
+        );
+        assert_eq!(g.embedding_scale, Some((32f64).sqrt() as f32));
+        assert_eq!(g.residual, Residual::Sequential);
+        assert!(g.local_rope.is_none() && g.final_softcap.is_none());
+    }
+
+    /// Gemma 2: sandwich norms, soft-capping of scores and logits, sliding layers 0 and 2,
+    /// `query_pre_attn_scalar`; Gemma 3 has the local RoPE on its sliding layers and, as
+    /// transformers 5.24's Gemma3Attention, no score soft-capping even when the config has one.
+    #[test]
+    fn gemma2_and_gemma3_layers() {
+        let g2 = Traits::of(&cfg(
+            r#"{"model_type": "gemma2", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 16, "intermediate_size": 64, "num_hidden_layers": 3, "vocab_size": 256,
+                "sliding_window": 64, "query_pre_attn_scalar": 24, "attn_logit_softcapping": 2.0,
+                "final_logit_softcapping": 3.0}"#,
+        ))
+        .unwrap();
+        assert_eq!(g2.residual, Residual::Sandwich);
+        assert_eq!(g2.final_softcap, Some(3.0));
+        let windows: Vec<_> = g2.attention.iter().map(|a| a.window).collect();
+        assert_eq!(windows, [Some(64), None, Some(64)]);
+        assert!(g2.attention.iter().all(|a| a.softcap == Some(2.0)
+            && a.scale == (24f64).powf(-0.5) as f32
+            && !a.local_rope));
+        let g3 = Traits::of(&cfg(
+            r#"{"model_type": "gemma3_text", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 16, "intermediate_size": 64, "num_hidden_layers": 3, "vocab_size": 256,
+                "sliding_window": 64, "sliding_window_pattern": 3, "rope_theta": 1000000.0,
+                "rope_local_base_freq": 10000.0, "attn_logit_softcapping": 5.0,
+                "rope_scaling": {"rope_type": "linear", "factor": 8.0}}"#,
+        ))
+        .unwrap();
+        assert_eq!(g3.residual, Residual::Sandwich);
+        assert!(g3.qk_norm);
+        let local: Vec<_> = g3.attention.iter().map(|a| a.local_rope).collect();
+        assert_eq!(local, [true, true, false]);
+        assert!(g3.attention.iter().all(|a| a.softcap.is_none()));
+        let (Position::Rotary(global), Some(l)) = (&g3.position, &g3.local_rope) else {
+            panic!("{g3:?}")
+        };
+        assert_eq!((global.theta, global.linear), (1e6, Some(8.0)));
+        assert_eq!((l.theta, l.linear), (1e4, None));
+        // the linear factor divides every inverse frequency
+        let inv: Vec<f32> = rope::inv_freq(16, 1e6, None)
+            .iter()
+            .map(|f| f / 8.0)
+            .collect();
+        let (got, want) = (global.tables(3), RopeTables::new(&inv, 3));
+        assert_eq!((got.cos, got.sin), (want.cos, want.sin));
+    }
+
+    #[test]
+    fn gpt_neox_residuals_and_partial_rotary() {
+        let neox = |extra: &str| {
+            Traits::of(&cfg(&format!(
+                r#"{{"model_type": "gpt_neox", "hidden_size": 32, "num_attention_heads": 2,
+                    "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256,
+                    "hidden_act": "gelu", "rotary_pct": 0.25{extra}}}"#
+            )))
+            .unwrap()
+        };
+        let p = neox("");
+        assert_eq!(
+            (p.norm, p.mlp, p.activation),
+            (NormKind::Layer, MlpKind::Plain, Activation::Gelu)
+        );
+        assert_eq!(p.residual, Residual::Parallel);
+        assert!(matches!(
+            p.position,
+            Position::Rotary(Rotary { dims: 4, .. })
+        ));
+        assert_eq!(
+            neox(r#", "use_parallel_residual": false"#).residual,
+            Residual::Sequential
+        );
+    }
+
+    #[test]
+    fn unimplemented_rope_scalings_are_refused_by_name() {
+        let phi3 = |scaling: &str| {
+            Traits::of(&cfg(&format!(
+                r#"{{"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 2,
+                    "intermediate_size": 64, "num_hidden_layers": 2, "vocab_size": 256,
+                    "original_max_position_embeddings": 256, "rope_scaling": {scaling}}}"#
+            )))
+        };
+        assert!(phi3("null").is_ok());
+        for name in ["longrope", "su"] {
+            let e = phi3(&format!(
+                r#"{{"type": "{name}", "short_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                    "long_factor": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]}}"#
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains(&format!("`{name}`")), "{e}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use orient_inspect::ModelConfig;
 
 use super::encoder::{EncoderLayer, EncoderWeights};
 use super::moe::{Expert, MoeWeights, Routing, SharedExpert};
-use super::traits::{MlpKind, NormKind, Position, Traits};
+use super::traits::{MlpKind, NormKind, Position, Residual, Traits};
 use super::ModelError;
 
 /// A 1-D weight (a norm scale, a bias), read whole when a layer needs it.
@@ -105,6 +105,9 @@ pub(crate) struct LayerWeights {
     pub mlp: Option<Mlp>,
     /// The sparse mixture of experts that replaces the dense MLP in a sparse layer.
     pub moe: Option<Box<MoeWeights>>,
+    /// Norms on the attention and MLP outputs before their residual adds (Gemma 2/3's
+    /// `post_attention_layernorm`, `post_feedforward_layernorm`).
+    pub post_norms: Option<(Norm, Norm)>,
     /// The checkpoint tensors this layer reads (whose pages are released after it).
     pub tensors: Vec<usize>,
 }
@@ -160,6 +163,9 @@ impl LayerWeights {
             }
         }
         v.extend(self.moe.iter().flat_map(|m| m.matrices()).map(|m| &m.view));
+        if let Some((a, m)) = &self.post_norms {
+            v.extend(a.views().chain(m.views()));
+        }
         v
     }
 
@@ -354,6 +360,13 @@ impl Slots {
                 down: self.linear(l, Slot::Down, Slot::DownBias)?,
             }),
         };
+        let post_norms = match traits.residual {
+            Residual::Sandwich => Some((
+                self.norm(traits.norm, l, Slot::PostAttnNorm, Slot::PostAttnNormBias)?,
+                self.norm(traits.norm, l, Slot::PostMlpNorm, Slot::PostMlpNormBias)?,
+            )),
+            Residual::Sequential | Residual::Parallel => None,
+        };
         let mut layer = LayerWeights {
             attn_norm,
             q,
@@ -364,6 +377,7 @@ impl Slots {
             mlp_norm,
             mlp,
             moe,
+            post_norms,
             tensors: Vec::new(),
         };
         layer.tensors = sources(layer.views());

@@ -67,10 +67,20 @@ pub fn describe_note(n: &LoadNote) -> String {
         LoadNote::TiedLmHeadIgnored => {
             "tied embeddings: the stored lm_head is ignored, as transformers does".to_string()
         }
-        LoadNote::TiedButOwnLmHead { name } => format!(
-            "config.json ties the embeddings, but `{name}` computes the logits, as transformers' \
-             Flax llama-family classes do (they always use their own lm_head)"
-        ),
+        LoadNote::TiedButOwnLmHead {
+            name,
+            convention,
+            builtin,
+        } => {
+            let by = if *builtin {
+                // The one built-in with `tied_stored` rows: flax.toml.
+                "transformers' Flax llama-family classes do (they always use their own lm_head)"
+                    .to_string()
+            } else {
+                format!("layout `{convention}` says its framework does (it always uses its own lm_head)")
+            };
+            format!("config.json ties the embeddings, but `{name}` computes the logits, as {by}")
+        }
         LoadNote::UntiedButNoLmHead => {
             "config says untied, but there is no lm_head: the token embedding is used".to_string()
         }
