@@ -185,7 +185,7 @@ pub enum Error {
         path: PathBuf,
         /// What its reader found.
         #[source]
-        source: crate::formats::FormatError,
+        source: Box<crate::formats::FormatError>,
     },
     /// Meta's `params.json` or its shards do not fit together.
     #[error("{}", path.display())]
@@ -194,7 +194,7 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         #[source]
-        source: crate::formats::MetaError,
+        source: Box<crate::formats::MetaError>,
     },
     /// A tensor stored in a ggml type orient cannot decode, asked for by a command that reads values.
     #[error(

@@ -239,7 +239,7 @@ fn parse(shard: &Shard, format: formats::Format) -> Result<RawFile, Error> {
     shard.check_intact()?;
     parsed.map_err(|source| Error::Format {
         path: shard.path.clone(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -459,7 +459,7 @@ fn open_meta(params_path: &Path, paths: &[PathBuf]) -> Result<Opened, Error> {
     let text = super::read_json_file(params_path)?;
     let meta_err = |source| Error::Meta {
         path: params_path.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let params = MetaParams::parse(&String::from_utf8_lossy(&text)).map_err(meta_err)?;
     let mut shards = Vec::new();
@@ -479,7 +479,7 @@ fn open_meta(params_path: &Path, paths: &[PathBuf]) -> Result<Opened, Error> {
         let (Some(first), Encoding::Plain(dtype)) = (parts.first(), p.encoding) else {
             return Err(Error::Meta {
                 path: params_path.to_owned(),
-                source: meta::MetaError::NoShards,
+                source: Box::new(meta::MetaError::NoShards),
             });
         };
         match p.combine {
