@@ -344,3 +344,51 @@ fn config_flag_supplies_what_params_json_cannot() {
         .code(2)
         .stderr(predicate::str::contains("no-such/config.json"));
 }
+
+/// A copy of the sharded `.bin` fixture whose index is `index` (JSON text).
+fn sharded_bin_with_index(index: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(model("llama-bin-sharded")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    std::fs::write(tmp.path().join("pytorch_model.bin.index.json"), index).unwrap();
+    tmp
+}
+
+#[test]
+fn a_bin_index_is_held_to_the_safetensors_index_rules() {
+    let text =
+        std::fs::read_to_string(model("llama-bin-sharded/pytorch_model.bin.index.json")).unwrap();
+    let cases = [
+        (
+            text.replacen(
+                "\"pytorch_model-00001-of-00002.bin\"",
+                "\"../pytorch_model-00001-of-00002.bin\"",
+                1,
+            ),
+            "is not a plain file name in the model folder",
+        ),
+        (
+            text.replacen(
+                "\"pytorch_model-00002-of-00002.bin\"",
+                "\"pytorch_model-00003-of-00003.bin\"",
+                1,
+            ),
+            "which does not exist",
+        ),
+        (
+            text.replacen("\"lm_head.weight\"", "\"lm_head.renamed\"", 1),
+            "not listed in",
+        ),
+    ];
+    for (index, message) in cases {
+        let dir = sharded_bin_with_index(&index);
+        orient()
+            .arg("inspect")
+            .arg(dir.path())
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(message));
+    }
+}
