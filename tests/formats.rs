@@ -114,6 +114,20 @@ fn gguf_f32_converts_back_to_exactly_the_hf_checkpoint_it_was_made_from() {
 }
 
 #[test]
+fn gguf_qwen2_is_not_rope_permuted_and_keeps_its_biases() {
+    // convert_hf_to_gguf permutes q/k for the llama architecture only: a qwen2 file read with
+    // the llama permutation would differ here.
+    converts_to(&model("qwen2-f32.gguf"), &[], "qwen2");
+    orient()
+        .arg("verify")
+        .arg(model("qwen2-f32.gguf"))
+        .arg("--reference")
+        .arg(fixture("qwen2/reference.safetensors"))
+        .assert()
+        .success();
+}
+
+#[test]
 fn gguf_config_is_reconstructed_from_metadata_and_says_what_it_cannot_know() {
     let ck = Checkpoint::open(model("mistral-f32.gguf")).unwrap();
     let cfg = ck.config().unwrap();
