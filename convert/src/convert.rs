@@ -88,7 +88,16 @@ pub fn write(
         &staging,
         progress,
     )?;
-    let copied = copy_companions(ckpt.root(), &staging)?;
+    // A config that is not the folder's config.json (`--config FILE`, or one reconstructed
+    // from a GGUF file's metadata or Meta's params.json) is the one the output is written for.
+    let own_config = ckpt
+        .config_path()
+        .is_some_and(|p| p != ckpt.root().join("config.json"));
+    let mut copied = copy_companions_but(ckpt.root(), &staging, own_config)?;
+    if let (true, Some(text)) = (own_config, ckpt.config_text()) {
+        staging.write_file("config.json", text.as_bytes())?;
+        copied.push("config.json".to_string());
+    }
     let dst = staging.commit(opts.force)?;
     Ok(Outcome {
         dst,
@@ -99,8 +108,16 @@ pub fn write(
 
 /// Copies the [`COMPANION_FILES`] present in `root` into the staging folder.
 pub fn copy_companions(root: &Path, staging: &Staging) -> Result<Vec<String>> {
+    copy_companions_but(root, staging, false)
+}
+
+/// [`copy_companions`], all but `config.json` when `skip_config`.
+fn copy_companions_but(root: &Path, staging: &Staging, skip_config: bool) -> Result<Vec<String>> {
     let mut copied = Vec::new();
     for name in COMPANION_FILES {
+        if skip_config && *name == "config.json" {
+            continue;
+        }
         let p = root.join(name);
         if p.is_file() {
             staging.copy_file(&p, name)?;

@@ -386,6 +386,9 @@ fn produce_tensor(
             }
             match formats {
                 None => {
+                    // An assembled tensor (dequantized, or concatenated from shards) is
+                    // written to its file on first use.
+                    ckpt.prepare(info);
                     sink.copy_from(
                         &files[info.shard],
                         &ckpt.shards()[info.shard].path,

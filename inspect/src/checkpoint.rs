@@ -30,6 +30,9 @@ use crate::header::{self, HeaderError};
 use crate::mmap::GuardedMap;
 use crate::view::TensorView;
 
+mod foreign;
+pub use foreign::{Format, Undecodable};
+
 /// File name of a sharded set's index.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// File name of an unsharded model, what transformers loads from a folder.
@@ -82,12 +85,21 @@ pub struct Shard {
     map: GuardedMap,
     file: File,
     modified: Option<SystemTime>,
+    /// The temporary file of assembled tensors (written by this process, so its modification
+    /// time changes by design).
+    assembled: bool,
 }
 
 impl Shard {
     /// Size of the file in bytes (when it was opened).
     pub fn file_len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Whether this is the temporary file of tensors assembled on read (dequantized, or
+    /// concatenated from model-parallel shards), not a file of the checkpoint.
+    pub fn is_assembled(&self) -> bool {
+        self.assembled
     }
 
     /// The open file behind the map (the same inode, even if the path has since been
@@ -99,6 +111,9 @@ impl Shard {
     /// Checks that the file is still the one that was mapped: no read of ours ran past
     /// its end (it was truncated), and its length and modification time are unchanged.
     pub fn check_intact(&self) -> Result<(), Error> {
+        if self.assembled {
+            return Ok(());
+        }
         let was = self.map.len() as u64;
         let meta = self.file.metadata().map_err(|source| Error::Io {
             path: self.path.clone(),
@@ -142,6 +157,29 @@ pub enum OpenNote {
         /// What it is.
         kind: &'static str,
     },
+    /// There is no `config.json`: one was reconstructed from the file (GGUF metadata, Meta's
+    /// `params.json`); what it could not say is listed.
+    ConfigReconstructed {
+        /// The file it came from.
+        from: PathBuf,
+        /// Settings the file does not state (left to transformers' defaults).
+        unknown: Vec<String>,
+    },
+    /// Tensors stored block-quantized (GGUF Q8_0, Q4_0) are read dequantized to F32.
+    Dequantized {
+        /// The GGUF file.
+        path: PathBuf,
+        /// How many tensors.
+        count: usize,
+    },
+    /// Tensors stored in ggml types orient cannot decode: listed, refused by commands that
+    /// read values.
+    Undecodable {
+        /// The GGUF file.
+        path: PathBuf,
+        /// (tensor, ggml type) of each.
+        tensors: Vec<(String, &'static str)>,
+    },
 }
 
 impl fmt::Display for OpenNote {
@@ -157,6 +195,28 @@ impl fmt::Display for OpenNote {
                 "{} is {kind}, not a regular file; reading {INDEX_FILE} instead, as transformers does",
                 path.display()
             ),
+            OpenNote::ConfigReconstructed { from, unknown } => {
+                write!(f, "{}: no config.json; reconstructed from the file", from.display())?;
+                if !unknown.is_empty() {
+                    write!(f, "; not stated there (pass --config FILE if they matter): {}", unknown.join("; "))?;
+                }
+                Ok(())
+            }
+            OpenNote::Dequantized { path, count } => write!(
+                f,
+                "{}: {count} block-quantized tensors (Q8_0/Q4_0) are read dequantized to F32, as ggml computes them",
+                path.display()
+            ),
+            OpenNote::Undecodable { path, tensors } => {
+                let list: Vec<String> = tensors.iter().map(|(n, t)| format!("{n} ({t})")).collect();
+                write!(
+                    f,
+                    "{}: {} tensors are stored in ggml types orient cannot decode (it decodes F32, F16, BF16, Q8_0, Q4_0); listed, not read: {}",
+                    path.display(),
+                    tensors.len(),
+                    list.join(", ")
+                )
+            }
         }
     }
 }
@@ -205,6 +265,9 @@ pub struct Checkpoint {
     config_text: Option<String>,
     config: ConfigStatus,
     notes: Vec<OpenNote>,
+    format: Format,
+    assembled: Option<foreign::Assembled>,
+    undecodable: Vec<Undecodable>,
 }
 
 impl Checkpoint {
@@ -229,6 +292,15 @@ impl Checkpoint {
     /// [`Checkpoint::check_tensor`]) after reading and before reporting or committing
     /// anything, and turn its error into the command's error.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, Error> {
+        Checkpoint::open_with(path, None)
+    }
+
+    /// [`Checkpoint::open`], also reading the formats that are not safetensors (a `.gguf`
+    /// file; `pytorch_model.bin`, single or with its `.bin.index.json`; `flax_model.msgpack`;
+    /// Meta's `consolidated.NN.pth` with `params.json`; in a folder, safetensors win, as in
+    /// transformers), with `config` (when given) read instead of the folder's `config.json`
+    /// or the one reconstructed from a GGUF file's metadata or Meta's `params.json`.
+    pub fn open_with(path: impl AsRef<Path>, config: Option<&Path>) -> Result<Checkpoint, Error> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|source| Error::Io {
             path: path.to_owned(),
@@ -259,26 +331,63 @@ impl Checkpoint {
                 (Entry::Absent, Entry::Other(kind)) => {
                     return Err(Error::NotRegularFile { path: index, kind })
                 }
-                (Entry::Absent, Entry::Absent) => Target::File(lone_safetensors(path)?),
+                (Entry::Absent, Entry::Absent) => match lone_safetensors(path) {
+                    Ok(file) => Target::File(file),
+                    Err(e @ Error::NoSafetensors { .. }) => match foreign::detect_dir(path)? {
+                        Some(found) => Target::Foreign(found),
+                        None => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                },
             };
             (path.to_owned(), target)
         } else {
             let root = parent_dir(path).to_owned();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".index.json") {
+            if let Some(found) = foreign::detect_file(path) {
+                (root, Target::Foreign(found))
+            } else if name.ends_with(".index.json") {
                 (root, Target::Index(path.to_owned()))
             } else {
                 (root, Target::File(path.to_owned()))
             }
         };
 
+        let mut format = Format::Safetensors;
+        let mut assembled = None;
+        let mut undecodable = Vec::new();
+        let mut reconstructed = None;
         let (source, shards, tensors) = match target {
             Target::File(file) => {
                 let (shard, tensors) = open_shard(&file, 0)?;
                 (Source::SingleFile, vec![shard], tensors)
             }
             Target::Index(index) => open_index(&root, &index)?,
+            Target::Foreign(found) => {
+                let o = foreign::open(found)?;
+                format = o.format;
+                assembled = o.assembled;
+                undecodable = o.undecodable;
+                reconstructed = o.config;
+                (o.source, o.shards, o.tensors)
+            }
         };
+        if let (Some(a), Format::Gguf) = (&assembled, format) {
+            let count = tensors.iter().filter(|t| t.shard == a.shard).count();
+            notes.push(OpenNote::Dequantized {
+                path: shards[0].path.clone(),
+                count,
+            });
+        }
+        if !undecodable.is_empty() {
+            notes.push(OpenNote::Undecodable {
+                path: shards[0].path.clone(),
+                tensors: undecodable
+                    .iter()
+                    .map(|u| (u.name.clone(), u.ggml_type))
+                    .collect(),
+            });
+        }
 
         let mut tensors = tensors;
         tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
@@ -294,9 +403,37 @@ impl Checkpoint {
             }
         }
 
-        let config_path = root.join(CONFIG_FILE);
-        let (config_path, config_text) = match entry_kind(&config_path)? {
-            Entry::Absent => (None, None),
+        let mut reconstructed_used = false;
+        let config_path = config.map_or_else(|| root.join(CONFIG_FILE), Path::to_path_buf);
+        let config_kind = match (config, &reconstructed) {
+            // A reconstructed config replaces the folder's config.json only when there is
+            // none (a GGUF file beside the HF model it came from reads that model's config).
+            (None, Some((r, from))) if entry_kind(&config_path)? == Entry::Absent => {
+                notes.push(OpenNote::ConfigReconstructed {
+                    from: from.clone(),
+                    unknown: r.unknown.clone(),
+                });
+                Entry::Absent
+            }
+            (Some(_), _) => match entry_kind(&config_path)? {
+                Entry::Absent => {
+                    return Err(Error::Io {
+                        path: config_path,
+                        source: io::Error::from(io::ErrorKind::NotFound),
+                    })
+                }
+                other => other,
+            },
+            _ => entry_kind(&config_path)?,
+        };
+        let (config_path, config_text) = match config_kind {
+            Entry::Absent => match reconstructed {
+                Some((r, from)) if config.is_none() => {
+                    reconstructed_used = true;
+                    (Some(from), Some(r.json))
+                }
+                _ => (None, None),
+            },
             Entry::Other(kind) => {
                 return Err(Error::NotRegularFile {
                     path: config_path,
@@ -322,6 +459,14 @@ impl Checkpoint {
                     model_type,
                     architectures,
                 },
+                // A reconstructed config that cannot be resolved (the file lacks a size) is
+                // no config: the note says what was missing, `--config` supplies one.
+                Err(source) if reconstructed_used => {
+                    if let Some(OpenNote::ConfigReconstructed { unknown, .. }) = notes.last_mut() {
+                        unknown.push(format!("so it cannot be used: {source}"));
+                    }
+                    ConfigStatus::Missing
+                }
                 Err(source) => {
                     return Err(Error::Config {
                         path: path.clone(),
@@ -330,6 +475,10 @@ impl Checkpoint {
                 }
             },
             _ => ConfigStatus::Missing,
+        };
+        let (config_path, config_text) = match config {
+            ConfigStatus::Missing => (None, None),
+            _ => (config_path, config_text),
         };
 
         Ok(Checkpoint {
@@ -343,6 +492,9 @@ impl Checkpoint {
             config_text,
             config,
             notes,
+            format,
+            assembled,
+            undecodable,
         })
     }
 
@@ -357,12 +509,20 @@ impl Checkpoint {
     /// resized or modified. Call it after reading tensor data and before trusting
     /// anything computed from it.
     pub fn check_intact(&self) -> Result<(), Error> {
-        self.shards.iter().try_for_each(Shard::check_intact)
+        self.shards.iter().try_for_each(Shard::check_intact)?;
+        match &self.assembled {
+            Some(a) => a.check(&self.shards),
+            None => Ok(()),
+        }
     }
 
     /// [`Checkpoint::check_intact`] for the shard holding `t` only (one `fstat`): the
     /// check to run after each tensor of a long computation.
     pub fn check_tensor(&self, t: &TensorInfo) -> Result<(), Error> {
+        if self.assembled.as_ref().is_some_and(|a| a.shard == t.shard) {
+            // Assembled from other shards: check them all, and the assembly.
+            return self.check_intact();
+        }
         match self.shards.get(t.shard) {
             Some(shard) => shard.check_intact(),
             None => Ok(()),
@@ -428,6 +588,7 @@ impl Checkpoint {
     /// # Panics
     /// If `t` does not belong to this checkpoint (its shard or range is out of bounds).
     pub fn view<'a>(&'a self, t: &'a TensorInfo) -> TensorView<'a> {
+        self.prepare(t);
         TensorView {
             info: t,
             bytes: &self.shards[t.shard].map[t.range.clone()],
@@ -540,6 +701,7 @@ fn page_size() -> usize {
 enum Target {
     File(PathBuf),
     Index(PathBuf),
+    Foreign(foreign::Found),
 }
 
 /// What a name in a folder is, after following links.
@@ -650,6 +812,7 @@ fn open_shard(path: &Path, shard: usize) -> Result<(Shard, Vec<TensorInfo>), Err
         map,
         file,
         modified: meta.modified().ok(),
+        assembled: false,
     };
     let parsed = match header::parse(&shard_data.map) {
         Ok(parsed) => parsed,

@@ -177,6 +177,49 @@ pub enum Error {
         #[source]
         source: ConfigError,
     },
+    /// A GGUF, PyTorch or msgpack file is invalid (or a pickle asks for something a state
+    /// dict does not need).
+    #[error("{}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What its reader found.
+        #[source]
+        source: Box<crate::formats::FormatError>,
+    },
+    /// Meta's `params.json` or its shards do not fit together.
+    #[error("{}", path.display())]
+    Meta {
+        /// `params.json`.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<crate::formats::MetaError>,
+    },
+    /// A tensor stored in a ggml type orient cannot decode, asked for by a command that reads values.
+    #[error(
+        "{}: tensor `{tensor}` is stored as {ggml_type}, a ggml type orient cannot decode (it decodes F32, F16, BF16, Q8_0 and Q4_0); `orient inspect` lists it",
+        path.display()
+    )]
+    Undecodable {
+        /// The GGUF file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Its ggml type.
+        ggml_type: &'static str,
+    },
+    /// A tensor assembled from a file (dequantized, or concatenated from model-parallel shards)
+    /// could not be.
+    #[error("{}: tensor `{tensor}`: {reason}", path.display())]
+    Assemble {
+        /// Where it comes from.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// How a mapped file changed underneath the process (see [`Error::Changed`]).

@@ -33,7 +33,9 @@ pub mod report;
 pub mod view;
 pub mod write;
 
-pub use checkpoint::{Checkpoint, ConfigStatus, OpenNote, Shard, Source, TensorInfo};
+pub use checkpoint::{
+    Checkpoint, ConfigStatus, Format, OpenNote, Shard, Source, TensorInfo, Undecodable,
+};
 pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;
 pub use error::{Error, FileChange};

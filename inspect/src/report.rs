@@ -357,7 +357,10 @@ pub fn inspect(
 
     let (layout, shards) = match ck.source() {
         Source::SingleFile => ("single-file", 1),
-        Source::Sharded { .. } => ("sharded", ck.shards().len()),
+        Source::Sharded { .. } => (
+            "sharded",
+            ck.shards().iter().filter(|s| !s.is_assembled()).count(),
+        ),
     };
     let (architecture, config) = match ck.config_status() {
         ConfigStatus::Known(cfg) => (

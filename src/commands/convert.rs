@@ -14,7 +14,7 @@ use orient_convert::convert::{self, WriteOptions};
 use orient_convert::destination::{self, Destination};
 use orient_convert::plan::{self, From, Options};
 use orient_convert::writer::parse_size;
-use orient_inspect::{Checkpoint, Dtype};
+use orient_inspect::Dtype;
 
 /// Output dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,9 +98,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
     let src = args.src.resolve(&args.hub)?;
     let target = destination::check_destination(&src, &args.dst, args.write.force)?;
-    let ckpt = Checkpoint::open(&src).with_context(|| format!("cannot read {}", src.display()))?;
+    let ckpt = args
+        .layouts
+        .open(&src)
+        .with_context(|| format!("cannot read {}", src.display()))?;
     output::notes::warn(ckpt.notes());
-    let layouts = args.layouts.load()?;
+    ckpt.check_decodable()
+        .with_context(|| format!("cannot convert {}", src.display()))?;
+    let layouts = args.layouts.load_for(&[&ckpt])?;
     let opts = Options {
         to: args.to.clone(),
         from: match args.from.as_str() {

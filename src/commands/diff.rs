@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use orient_inspect::diff::{self, Conversion, DiffOptions};
 use orient_inspect::layout::convention;
-use orient_inspect::Checkpoint;
 
 /// Arguments of `orient diff`.
 ///
@@ -65,13 +64,19 @@ makes the conversion between the two sides' conventions expected";
 /// Runs `orient diff`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (path_a, path_b) = (args.a.resolve(&args.hub)?, args.b.resolve(&args.hub)?);
-    let a = Checkpoint::open(&path_a)
+    let a = args
+        .layout
+        .open(&path_a)
         .with_context(|| format!("cannot open A ({})", path_a.display()))?;
-    let b = Checkpoint::open(&path_b)
+    let b = args
+        .layout
+        .open(&path_b)
         .with_context(|| format!("cannot open B ({})", path_b.display()))?;
     orient::output::notes::warn(a.notes());
     orient::output::notes::warn(b.notes());
-    let layouts = args.layout.load()?;
+    a.check_decodable().context("cannot compare A")?;
+    b.check_decodable().context("cannot compare B")?;
+    let layouts = args.layout.load_for(&[&a, &b])?;
     let names: Vec<&str> = convention::builtins()
         .iter()
         .chain(&layouts)

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use orient::output;
 use orient_inspect::report::{self, Options};
-use orient_inspect::Checkpoint;
 
 /// Arguments of `orient inspect`.
 #[derive(Debug, clap::Args)]
@@ -48,13 +47,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(report::compile_filter)
         .transpose()?;
     let path = args.path.resolve(&args.hub)?;
-    let ck =
-        Checkpoint::open(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
+    let ck = args
+        .layout
+        .open(&path)
+        .with_context(|| format!("cannot inspect {}", path.display()))?;
     let opts = Options {
         filter,
         group_layers: args.group_layers,
         stats: args.stats,
-        layouts: args.layout.load()?,
+        layouts: args.layout.load_for(&[&ck])?,
     };
     let total = ck.tensors().iter().map(|t| t.nbytes() as u64).sum();
     let progress = output::progress::BytesProgress::new(args.stats, total, "reading");

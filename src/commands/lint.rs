@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use orient::output;
 use orient_inspect::lint::{self, LintOptions, PlannedConversion};
-use orient_inspect::Checkpoint;
 
 /// Arguments of `orient lint`.
 ///
@@ -43,10 +42,13 @@ pub struct Args {
 /// Runs `orient lint`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = args.model.resolve(&args.hub)?;
-    let ck = Checkpoint::open(&path).with_context(|| format!("cannot lint {}", path.display()))?;
+    let ck = args
+        .layout
+        .open(&path)
+        .with_context(|| format!("cannot lint {}", path.display()))?;
     output::notes::warn(ck.notes());
     let opts = LintOptions {
-        layouts: args.layout.load()?,
+        layouts: args.layout.load_for(&[&ck])?,
         planned: args.to.map(|to| PlannedConversion {
             from: args.from,
             to,

@@ -11,10 +11,12 @@ pub mod run;
 pub mod synth;
 pub mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use orient_inspect::layout::convention::{self, Convention};
+use orient_inspect::layout::formats::format_convention;
+use orient_inspect::Checkpoint;
 
 /// `--layout FILE`, shared by every command that reads a model.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -24,6 +26,11 @@ pub struct LayoutArgs {
     /// Repeat to load several; the last is the one the checkpoint is read in.
     #[arg(long = "layout", value_name = "FILE")]
     pub layouts: Vec<PathBuf>,
+    /// A `config.json` to read the model with, instead of the one beside its weights, or of
+    /// the one reconstructed from a GGUF file's metadata or Meta's `params.json` (which cannot
+    /// state everything: a note says what is missing).
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 impl LayoutArgs {
@@ -38,6 +45,39 @@ impl LayoutArgs {
         }
         Ok(out)
     }
+
+    /// Opens a checkpoint in any format, with `--config` when given.
+    pub fn open(&self, path: &Path) -> Result<Checkpoint, orient_inspect::Error> {
+        Checkpoint::open_with(path, self.config.as_deref())
+    }
+
+    /// [`LayoutArgs::load`], after the conventions the checkpoints' formats bring (GGUF's and
+    /// Meta's names and row permutations), so that those are candidates like the built-ins
+    /// and a user's file still comes last.
+    pub fn load_for(&self, ckpts: &[&Checkpoint]) -> anyhow::Result<Vec<Arc<Convention>>> {
+        let mut out: Vec<Arc<Convention>> = Vec::new();
+        for ck in ckpts {
+            if let Some(c) = ck.format().convention().and_then(format_convention) {
+                if !out.iter().any(|o| o.name == c.name) {
+                    out.push(c);
+                }
+            }
+        }
+        out.extend(self.load()?);
+        Ok(out)
+    }
+}
+
+/// `layouts` with the convention `ck`'s format brings (if any, and not there yet) in front.
+pub fn with_format(ck: &Checkpoint, layouts: &[Arc<Convention>]) -> Vec<Arc<Convention>> {
+    let mut out = Vec::with_capacity(layouts.len() + 1);
+    if let Some(c) = ck.format().convention().and_then(format_convention) {
+        if !layouts.iter().any(|o| o.name == c.name) {
+            out.push(c);
+        }
+    }
+    out.extend(layouts.iter().cloned());
+    out
 }
 
 /// A model named on the command line: a local path (a `.safetensors` file, an index, a model

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use orient::model::{self, ForwardOptions, ForwardOutput, LogitPositions, Model};
 use orient::output::run::{self as render, EncoderSummary, PositionTop, RunReport, Timings};
-use orient_inspect::Checkpoint;
 
 /// Arguments of `orient run`.
 #[derive(Debug, clap::Args)]
@@ -53,10 +52,14 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let model_path = args.model.resolve(&args.hub)?;
-    let ckpt = Checkpoint::open(&model_path)
+    let ckpt = args
+        .layout
+        .open(&model_path)
         .with_context(|| format!("opening {}", model_path.display()))?;
     orient::output::notes::warn(ckpt.notes());
-    let layouts = args.layout.load()?;
+    ckpt.check_decodable()
+        .with_context(|| format!("cannot run {}", model_path.display()))?;
+    let layouts = args.layout.load_for(&[&ckpt])?;
     let mut model = Model::with_layouts(&ckpt, &layouts)
         .with_context(|| format!("loading {}", model_path.display()))?;
     model.keep_pages(args.keep_pages);

@@ -73,10 +73,14 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
         rtol: args.rtol,
     };
     let model_path = args.model.resolve(&args.hub)?;
-    let ckpt = Checkpoint::open(&model_path)
+    let ckpt = args
+        .layout
+        .open(&model_path)
         .with_context(|| format!("opening {}", model_path.display()))?;
     orient::output::notes::warn(ckpt.notes());
-    let layouts = args.layout.load()?;
+    ckpt.check_decodable()
+        .with_context(|| format!("cannot run {}", model_path.display()))?;
+    let layouts = args.layout.load_for(&[&ckpt])?;
     let mut model = Model::with_layouts(&ckpt, &layouts)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let under_test = Named {
@@ -212,7 +216,11 @@ fn against_model(
     let other_ckpt = Checkpoint::open(other_path)
         .with_context(|| format!("opening {}", other_path.display()))?;
     orient::output::notes::warn(other_ckpt.notes());
-    let mut other = Model::with_layouts(&other_ckpt, layouts)
+    other_ckpt
+        .check_decodable()
+        .with_context(|| format!("cannot run {}", other_path.display()))?;
+    let layouts = super::with_format(&other_ckpt, layouts);
+    let mut other = Model::with_layouts(&other_ckpt, &layouts)
         .with_context(|| format!("loading {}", other_path.display()))?;
     let (va, vb) = (model.config().vocab_size, other.config().vocab_size);
     if va != vb {

@@ -22,6 +22,7 @@
 //! - [`meta`]: Meta's `params.json` and how `consolidated.NN.pth` shards combine.
 
 pub mod gguf;
+pub mod hfconfig;
 pub mod meta;
 pub mod msgpack;
 pub mod pickle;

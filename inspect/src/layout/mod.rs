@@ -13,6 +13,7 @@ pub mod catalogue;
 pub mod convention;
 pub mod expr;
 pub mod file;
+pub mod formats;
 pub mod gather;
 pub mod resolve;
 pub mod transform;
