@@ -38,6 +38,7 @@ use orient_inspect::layout::view::{row_major_strides, View};
 use orient_inspect::{Checkpoint, Dtype, TensorInfo};
 use rayon::prelude::*;
 
+use crate::buffer::Buffer;
 use crate::cast::{self, CastStats, FloatFormat};
 use crate::error::{io, Error, Result};
 use crate::transpose;
@@ -727,7 +728,7 @@ fn cast_stream(
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     /// [band, rows] transposed elements in the source dtype.
-    t: Vec<u8>,
+    t: Buffer,
     /// [band, cols] gathered elements widened to f32.
     w: Vec<f32>,
 }
@@ -735,7 +736,8 @@ pub(crate) struct Scratch {
 impl Scratch {
     fn get(&mut self, len: usize) -> &mut [u8] {
         if self.t.len() < len {
-            self.t.resize(len, 0);
+            // Huge pages: see `crate::buffer` (the contents need not survive).
+            self.t = Buffer::zeroed(len);
         }
         &mut self.t[..len]
     }
@@ -769,7 +771,7 @@ fn transpose_banded(
     let es = info.nbytes() / (rows * cols).max(1);
     let out_es = formats.map_or(es, |(_, t)| t.size());
     let band = (sink.buffer_bytes() / (rows * es.max(out_es)).max(1)).clamp(1, cols.max(1));
-    if band < cols && cols * es.max(out_es) <= sink.buffer_bytes() {
+    if band < cols && cols * es.max(out_es) <= sink.buffer_bytes() && !sink.sequential() {
         return transpose_columns(src, info, release, rows, cols, formats, scratch, sink);
     }
     let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows.max(1));

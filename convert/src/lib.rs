@@ -5,6 +5,7 @@
 //! transposes, RoPE permutations, fused and split parts, casts), and written one band at a
 //! time so that memory stays bounded by a tile, not by the model.
 
+pub mod buffer;
 pub mod cast;
 pub mod error;
 pub mod transpose;
