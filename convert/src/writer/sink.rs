@@ -98,8 +98,9 @@ pub(crate) fn stream(
             free: free_rx,
             allocated: 0,
             buffer_bytes,
-            // Room for a carried unaligned tail besides a full request.
-            capacity: buffer_bytes + align - 1,
+            // Room for a carried unaligned tail besides a full request, and a whole
+            // number of aligned blocks (the last write is padded to one).
+            capacity: buffer_bytes + align,
             align,
             sequential,
             current: Buffer::default(),
@@ -276,7 +277,14 @@ impl Pipe {
     /// A full buffer is handed over up to its last aligned byte; the rest (less than
     /// [`Pipe::align`] bytes) moves to the start of the next one.
     fn room(&mut self, len: usize) -> Result<()> {
-        if !self.current.is_empty() && self.capacity - self.used >= len {
+        if self.current.is_empty() {
+            // None held (at the start, or after a job at another offset).
+            self.current = self.take()?;
+            self.used = 0;
+            self.current_at = self.next;
+            return Ok(());
+        }
+        if self.capacity - self.used >= len {
             return Ok(());
         }
         let keep = self.used % self.align;
