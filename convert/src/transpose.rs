@@ -238,10 +238,9 @@ unsafe fn kernel<const N: usize>(
         for jb in (0..cols).step_by(BLOCK) {
             let je = (jb + BLOCK).min(cols);
             // The part of the block covered by whole tiles.
-            let (ti, tj) = if tile > 0 {
-                (ib + (ie - ib) / tile * tile, jb + (je - jb) / tile * tile)
-            } else {
-                (ib, jb)
+            let (ti, tj) = match ((ie - ib).checked_div(tile), (je - jb).checked_div(tile)) {
+                (Some(i), Some(j)) => (ib + i * tile, jb + j * tile),
+                _ => (ib, jb),
             };
             #[cfg(target_arch = "x86_64")]
             if tile > 0 {
