@@ -221,6 +221,23 @@ pub fn write_tensors(
     staging: &Staging,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written> {
+    let layout = layout_of(ops, metadata, max_shard_size)?;
+    let all: Vec<usize> = (0..layout.shards.len()).collect();
+    let written = write_shards(ckpt, ops, &layout, &all, tiling, staging, progress)?;
+    if let Some(index) = layout.index_json() {
+        staging.write_file(INDEX_FILE, index.as_bytes())?;
+    }
+    Ok(written)
+}
+
+/// The output files of `ops`: names sorted, shards of at most `max_shard_size`, headers.
+/// A pure function of the plan, so every part of a partitioned conversion computes the
+/// same one.
+pub fn layout_of(
+    ops: &[TensorOp],
+    metadata: &BTreeMap<String, String>,
+    max_shard_size: u64,
+) -> Result<Layout> {
     let mut outs = Vec::with_capacity(ops.len());
     for op in ops {
         outs.push(OutTensor {
@@ -230,7 +247,20 @@ pub fn write_tensors(
             nbytes: op.target_nbytes()?,
         });
     }
-    let layout = Layout::new(outs, metadata, max_shard_size)?;
+    Layout::new(outs, metadata, max_shard_size)
+}
+
+/// Writes shards `shards` (indices into `layout.shards`) of the output of `ops` into
+/// `staging`, without the index. `progress` hears about every byte written.
+pub fn write_shards(
+    ckpt: &Checkpoint,
+    ops: &[TensorOp],
+    layout: &Layout,
+    shards: &[usize],
+    tiling: &Tiling,
+    staging: &Staging,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Written> {
     let by_target: HashMap<&str, &TensorOp> = ops.iter().map(|o| (o.target.as_str(), o)).collect();
     // The checkpoint's own descriptors: the very files that are mapped, even if a path
     // has been replaced since (and never a FIFO swapped in).
@@ -259,18 +289,18 @@ pub fn write_tensors(
         written.cast_total.merge(&stats);
         Ok(())
     };
-    for k in 0..layout.shards.len() {
-        let result =
-            staging.write_shard_with(&layout, k, tiling.band_bytes, &mut produce, progress);
+    for &k in shards {
+        let result = staging.write_shard_with(layout, k, tiling.band_bytes, &mut produce, progress);
         // A source that changed underneath explains any failure best (a copy that ended
         // early, a cast of zeros): say that, naming the file.
         ckpt.check_intact()?;
         result?;
     }
-    written.files = layout.shards.iter().map(|s| s.file_name.clone()).collect();
-    if let Some(index) = layout.index_json() {
-        staging.write_file(INDEX_FILE, index.as_bytes())?;
-    }
+    written.files = shards
+        .iter()
+        .filter_map(|&k| layout.shards.get(k))
+        .map(|s| s.file_name.clone())
+        .collect();
     // Every byte was read from the source by now (copies included): the output is
     // committed only if the source did not change meanwhile.
     ckpt.check_intact()?;

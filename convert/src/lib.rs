@@ -15,5 +15,6 @@ pub use error::{Error, Result};
 pub mod convert;
 pub mod destination;
 pub mod engine;
+pub mod parts;
 pub mod plan;
 pub mod synth;

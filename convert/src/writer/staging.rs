@@ -163,6 +163,23 @@ impl Staging {
         Ok(())
     }
 
+    /// Puts the finished file `src` into the staging folder under `name`: a hard link
+    /// (no byte is copied, and `src` stays whole), or a copy where the filesystem has no
+    /// hard links.
+    pub fn link_file(&self, src: &Path, name: &str) -> Result<()> {
+        let path = self.dir().join(name);
+        if std::fs::hard_link(src, &path).is_ok() {
+            return Ok(());
+        }
+        std::fs::copy(src, &path).map_err(io("copy", src))?;
+        if self.sync {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io("fsync", &path))?;
+        }
+        Ok(())
+    }
+
     /// Copies `src` into the staging folder under `name`.
     pub fn copy_file(&self, src: &Path, name: &str) -> Result<()> {
         let bytes = std::fs::read(src).map_err(io("read", src))?;
