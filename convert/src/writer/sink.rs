@@ -49,7 +49,7 @@ pub struct StreamMode {
     pub direct: bool,
     /// Hash the file (XXH3-128) as it is written (sequential only).
     pub hash: bool,
-    /// Start kernel writeback every [`WRITEBACK_WINDOW`] bytes (a buffered write that
+    /// Start kernel writeback every 64 MiB (`WRITEBACK_WINDOW`; a buffered write that
     /// will be fsynced).
     pub writeback: bool,
 }
