@@ -39,6 +39,9 @@ pub struct WriteOptions {
     pub force: bool,
     /// fsync every file and folder before the final rename.
     pub sync: bool,
+    /// With `sync`, write the shards by direct I/O where the filesystem allows it
+    /// (see [`crate::writer::StreamMode`]); else through the page cache.
+    pub direct: bool,
     /// Memory budgets of the streaming paths.
     pub tiling: Tiling,
 }
@@ -49,6 +52,7 @@ impl Default for WriteOptions {
             max_shard_size: None,
             force: false,
             sync: true,
+            direct: true,
             tiling: Tiling::default(),
         }
     }
@@ -79,6 +83,11 @@ pub fn write(
 ) -> Result<Outcome> {
     check_overwrite(&Destination::resolve(dst)?, opts.force)?;
     let staging = Staging::create(dst, opts.sync)?;
+    let staging = if opts.direct {
+        staging
+    } else {
+        staging.buffered()
+    };
     let written = engine::write_tensors(
         ckpt,
         &plan.ops,

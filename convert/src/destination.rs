@@ -241,11 +241,13 @@ pub fn check_overwrite(dst: &Destination, force: bool) -> Result<()> {
 
 /// True for the names a checkpoint writer puts into its output folder: the single file,
 /// the shards and their index, the companion files copied beside them (config,
-/// generation and tokenizer files), and a left-over owner record.
+/// generation and tokenizer files), a left-over owner record, and the manifest of a part
+/// of a partitioned conversion.
 pub fn is_checkpoint_file(name: &str) -> bool {
     name == SINGLE_FILE
         || name == INDEX_FILE
         || name == OWNER_FILE
+        || name == crate::parts::MANIFEST_FILE
         || COMPANION_FILES.contains(&name)
         || is_shard_name(name)
 }

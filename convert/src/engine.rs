@@ -38,6 +38,7 @@ use orient_inspect::layout::view::{row_major_strides, View};
 use orient_inspect::{Checkpoint, Dtype, TensorInfo};
 use rayon::prelude::*;
 
+use crate::buffer::Buffer;
 use crate::cast::{self, CastStats, FloatFormat};
 use crate::error::{io, Error, Result};
 use crate::transpose;
@@ -57,6 +58,9 @@ pub struct Tiling {
     /// Mapped source bytes a transpose done in several bands keeps resident from one
     /// band to the next, so that they are not faulted in again (see `transpose_banded`).
     pub resident_bytes: usize,
+    /// Output bytes of one pass over the source of a transpose larger than a write buffer,
+    /// when the output is written in file order (made in scratch: fewer passes).
+    pub stripe_bytes: usize,
 }
 
 impl Default for Tiling {
@@ -64,7 +68,8 @@ impl Default for Tiling {
         Tiling {
             band_bytes: DEFAULT_BUFFER_BYTES,
             chunk_bytes: 32 << 20,
-            resident_bytes: 256 << 20,
+            resident_bytes: 128 << 20,
+            stripe_bytes: 128 << 20,
         }
     }
 }
@@ -216,6 +221,23 @@ pub fn write_tensors(
     staging: &Staging,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written> {
+    let layout = layout_of(ops, metadata, max_shard_size)?;
+    let all: Vec<usize> = (0..layout.shards.len()).collect();
+    let written = write_shards(ckpt, ops, &layout, &all, tiling, staging, progress)?;
+    if let Some(index) = layout.index_json() {
+        staging.write_file(INDEX_FILE, index.as_bytes())?;
+    }
+    Ok(written)
+}
+
+/// The output files of `ops`: names sorted, shards of at most `max_shard_size`, headers.
+/// A pure function of the plan, so every part of a partitioned conversion computes the
+/// same one.
+pub fn layout_of(
+    ops: &[TensorOp],
+    metadata: &BTreeMap<String, String>,
+    max_shard_size: u64,
+) -> Result<Layout> {
     let mut outs = Vec::with_capacity(ops.len());
     for op in ops {
         outs.push(OutTensor {
@@ -225,7 +247,20 @@ pub fn write_tensors(
             nbytes: op.target_nbytes()?,
         });
     }
-    let layout = Layout::new(outs, metadata, max_shard_size)?;
+    Layout::new(outs, metadata, max_shard_size)
+}
+
+/// Writes shards `shards` (indices into `layout.shards`) of the output of `ops` into
+/// `staging`, without the index. `progress` hears about every byte written.
+pub fn write_shards(
+    ckpt: &Checkpoint,
+    ops: &[TensorOp],
+    layout: &Layout,
+    shards: &[usize],
+    tiling: &Tiling,
+    staging: &Staging,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Written> {
     let by_target: HashMap<&str, &TensorOp> = ops.iter().map(|o| (o.target.as_str(), o)).collect();
     // The checkpoint's own descriptors: the very files that are mapped, even if a path
     // has been replaced since (and never a FIFO swapped in).
@@ -254,18 +289,18 @@ pub fn write_tensors(
         written.cast_total.merge(&stats);
         Ok(())
     };
-    for k in 0..layout.shards.len() {
-        let result =
-            staging.write_shard_with(&layout, k, tiling.band_bytes, &mut produce, progress);
+    for &k in shards {
+        let result = staging.write_shard_with(layout, k, tiling.band_bytes, &mut produce, progress);
         // A source that changed underneath explains any failure best (a copy that ended
         // early, a cast of zeros): say that, naming the file.
         ckpt.check_intact()?;
         result?;
     }
-    written.files = layout.shards.iter().map(|s| s.file_name.clone()).collect();
-    if let Some(index) = layout.index_json() {
-        staging.write_file(INDEX_FILE, index.as_bytes())?;
-    }
+    written.files = shards
+        .iter()
+        .filter_map(|&k| layout.shards.get(k))
+        .map(|s| s.file_name.clone())
+        .collect();
     // Every byte was read from the source by now (copies included): the output is
     // committed only if the source did not change meanwhile.
     ckpt.check_intact()?;
@@ -730,17 +765,27 @@ fn cast_stream(
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     /// [band, rows] transposed elements in the source dtype.
-    t: Vec<u8>,
+    t: Buffer,
     /// [band, cols] gathered elements widened to f32.
     w: Vec<f32>,
+    /// [stripe, rows] transposed elements of one wide pass (see `transpose_banded`).
+    s: Buffer,
 }
 
 impl Scratch {
     fn get(&mut self, len: usize) -> &mut [u8] {
         if self.t.len() < len {
-            self.t.resize(len, 0);
+            // Huge pages: see `crate::buffer` (the contents need not survive).
+            self.t = Buffer::zeroed(len);
         }
         &mut self.t[..len]
+    }
+
+    fn stripe(&mut self, len: usize) -> &mut [u8] {
+        if self.s.len() < len {
+            self.s = Buffer::zeroed(len);
+        }
+        &mut self.s[..len]
     }
 
     fn wide(&mut self, len: usize) -> &mut [f32] {
@@ -772,7 +817,7 @@ fn transpose_banded(
     let es = info.nbytes() / (rows * cols).max(1);
     let out_es = formats.map_or(es, |(_, t)| t.size());
     let band = (sink.buffer_bytes() / (rows * es.max(out_es)).max(1)).clamp(1, cols.max(1));
-    if band < cols && cols * es.max(out_es) <= sink.buffer_bytes() {
+    if band < cols && cols * es.max(out_es) <= sink.buffer_bytes() && !sink.sequential() {
         return transpose_columns(src, info, release, rows, cols, formats, scratch, sink);
     }
     let chunk_rows = (tiling.chunk_bytes / (cols * es).max(1)).clamp(1, rows.max(1));
@@ -800,6 +845,7 @@ fn transpose_banded(
         };
         for p in 0..n_chunks {
             let (i0, rows_chunk) = chunk(order(p));
+            populate(rows_chunk);
             let n = rows_chunk.len() / (cols * es);
             transpose::transpose_strided(
                 &rows_chunk[j0 * es..],
@@ -824,6 +870,33 @@ fn transpose_banded(
     };
     let mut j0 = 0;
     let mut b = 0;
+    if band < cols && sink.sequential() {
+        // Passes over the whole source cost page faults: make them wide, in scratch
+        // (`stripe_bytes` of output each), then hand each pass to the writer in bands.
+        let wide = (tiling.stripe_bytes / (rows * es.max(out_es)).max(1)).clamp(band, cols);
+        while j0 < cols {
+            let w = wide.min(cols - j0);
+            let stripe = scratch.stripe(w * rows * es); // [w, rows] source dtype
+            fill_band(b, j0, w, stripe)?;
+            let row_in = rows * es;
+            for part in stripe.chunks(band * row_in) {
+                let s = match formats {
+                    None => {
+                        sink.write(part)?;
+                        CastStats::default()
+                    }
+                    Some((from, to)) => {
+                        let n = part.len() / row_in * rows * out_es;
+                        sink.fill_with(n, |out| par_cast(&info.name, part, from, out, to))?
+                    }
+                };
+                stats.merge(&s);
+            }
+            j0 += w;
+            b += 1;
+        }
+        return Ok(stats);
+    }
     while j0 < cols {
         let w = band.min(cols - j0);
         let s = match formats {
@@ -895,6 +968,31 @@ fn transpose_columns(
         i0 += n;
     }
     Ok(stats)
+}
+
+/// Maps the pages of `bytes` (a part of a source memory map) in one call, instead of one
+/// page fault per few pages as a transpose walks them. Advice only: errors are ignored,
+/// and only whole pages inside `bytes` are named, so no neighbouring memory is touched.
+fn populate(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside `bytes`, a live mapped region; populating
+            // only reads it into the page tables and changes no memory.
+            unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    end - start,
+                    libc::MADV_POPULATE_READ,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
 }
 
 #[cfg(test)]
@@ -994,6 +1092,7 @@ mod tests {
             band_bytes: 300,
             chunk_bytes: 100,
             resident_bytes: 200,
+            stripe_bytes: 700,
         };
         let written = run(&ckpt, &ops(), &tiny, &banded).unwrap();
         assert_eq!(written.tensors, 6);
@@ -1004,6 +1103,7 @@ mod tests {
             band_bytes: 40,
             chunk_bytes: 100,
             resident_bytes: 200,
+            stripe_bytes: 700,
         };
         run(&ckpt, &ops(), &tinier, &narrow).unwrap();
         let a = std::fs::read(whole.join("model.safetensors")).unwrap();
@@ -1053,6 +1153,62 @@ mod tests {
             st.tensor("b.t.f32").unwrap().dtype(),
             safetensors::Dtype::F32
         );
+    }
+
+    /// The three ways a shard reaches its file (page cache at offsets; in file order and
+    /// hashed; in file order by direct I/O, with a carried tail and a padded last block)
+    /// write the same bytes for every path and budget, and the hash is the file's.
+    #[test]
+    fn every_stream_mode_writes_the_same_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = Checkpoint::open(source(tmp.path())).unwrap();
+        let budgets = [
+            Tiling::default(),
+            Tiling {
+                band_bytes: 300,
+                chunk_bytes: 100,
+                resident_bytes: 200,
+                stripe_bytes: 700,
+            },
+            Tiling {
+                band_bytes: 40,
+                chunk_bytes: 100,
+                resident_bytes: 200,
+                stripe_bytes: 90,
+            },
+        ];
+        let mut files = Vec::new();
+        for (k, tiling) in budgets.iter().enumerate() {
+            for mode in 0..3 {
+                let dst = tmp.path().join(format!("out-{k}-{mode}"));
+                let staging = match mode {
+                    0 => Staging::create(&dst, false).unwrap(),
+                    1 => Staging::create(&dst, false).unwrap().hashing(),
+                    _ => Staging::create(&dst, true).unwrap().hashing(),
+                };
+                write_tensors(
+                    &ckpt,
+                    &ops(),
+                    &BTreeMap::new(),
+                    u64::MAX,
+                    tiling,
+                    &staging,
+                    &mut |_| {},
+                )
+                .unwrap();
+                let digests = staging.written();
+                staging.commit(false).unwrap();
+                let bytes = std::fs::read(dst.join("model.safetensors")).unwrap();
+                let d = digests["model.safetensors"];
+                assert_eq!(d.len, bytes.len() as u64);
+                match mode {
+                    0 => assert_eq!(d.hash, None),
+                    _ => assert_eq!(d.hash, Some(xxhash_rust::xxh3::xxh3_128(&bytes))),
+                }
+                files.push(bytes);
+            }
+        }
+        assert!(files.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]
@@ -1254,6 +1410,7 @@ mod tests {
                 band_bytes: band,
                 chunk_bytes: band,
                 resident_bytes: band,
+                stripe_bytes: 3 * band,
             };
             let by_name: HashMap<&str, &TensorOp> =
                 ops.iter().map(|o| (o.target.as_str(), o)).collect();

@@ -325,6 +325,9 @@ pub enum Error {
         /// The convention the source was read as.
         convention: String,
     },
+    /// A partitioned conversion refused (`--part`, `--finish`).
+    #[error(transparent)]
+    Part(#[from] crate::parts::PartError),
     /// A tensor with a dtype the converter cannot move (sub-byte formats).
     #[error("tensor `{tensor}` has dtype {dtype}, which orient cannot relayout")]
     UnsupportedDtype {

@@ -5,6 +5,7 @@
 //! transposes, RoPE permutations, fused and split parts, casts), and written one band at a
 //! time so that memory stays bounded by a tile, not by the model.
 
+pub mod buffer;
 pub mod cast;
 pub mod error;
 pub mod transpose;
@@ -14,5 +15,6 @@ pub use error::{Error, Result};
 pub mod convert;
 pub mod destination;
 pub mod engine;
+pub mod parts;
 pub mod plan;
 pub mod synth;

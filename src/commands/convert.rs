@@ -3,6 +3,7 @@
 //! from the layout catalogue. Refuses to guess, never writes into the source, and leaves
 //! nothing behind on failure.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use anyhow::Context;
 use orient::output;
 use orient_convert::convert::{self, WriteOptions};
 use orient_convert::destination::{self, Destination};
+use orient_convert::parts::{self, Job, PartSpec};
 use orient_convert::plan::{self, From, Options};
 use orient_convert::writer::parse_size;
 use orient_inspect::Dtype;
@@ -54,9 +56,19 @@ pub struct Args {
     #[arg(long, value_name = "SIZE")]
     pub max_shard_size: Option<String>,
     /// Print the plan (one row per output tensor, with the chain that makes it) and write
-    /// nothing.
+    /// nothing. With --part, the shards and tensors that part writes.
     #[arg(long)]
     pub dry_run: bool,
+    /// Convert only part I of N (1-based) into the staging area `DST.orient-parts/`, for
+    /// parts run in parallel, on any machines that see the same filesystem; then
+    /// `--finish`. Every part gets whole output shards, balanced by bytes (lower
+    /// --max-shard-size for more shards than parts).
+    #[arg(long, value_name = "I/N", conflicts_with = "finish")]
+    pub part: Option<String>,
+    /// Check that every part of a `--part` conversion (same SRC, DST and options) is
+    /// present and whole, then write the index and make DST appear at once.
+    #[arg(long)]
+    pub finish: bool,
     #[command(flatten)]
     pub hub: super::HubArgs,
     /// How the output is written.
@@ -96,6 +108,7 @@ pub fn prepare_write(dst: &Destination) -> anyhow::Result<()> {
 /// Runs `orient convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let max_shard_size = args.max_shard_size.as_deref().map(parse_size).transpose()?;
+    let part = args.part.as_deref().map(PartSpec::parse).transpose()?;
     let src = args.src.resolve(&args.hub)?;
     let target = destination::check_destination(&src, &args.dst, args.write.force)?;
     let ckpt = args
@@ -123,11 +136,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Some plan errors name only the tensor: say which checkpoint.
     let plan =
         plan::plan(&ckpt, &opts).with_context(|| format!("cannot convert {}", src.display()))?;
+    let write_opts = WriteOptions {
+        max_shard_size,
+        force: args.write.force,
+        sync: !args.write.no_fsync,
+        ..WriteOptions::default()
+    };
     let mut out = output::stdout();
     if args.dry_run {
-        output::convert::plan_table(&plan, &src, &args.dst, &mut out)?;
+        match part {
+            Some(spec) => {
+                let layout = parts::layout(&plan, &write_opts)?;
+                let pp = parts::part_plan(&layout, spec);
+                output::convert::part_plan(&plan, &pp, &src, &args.dst, &mut out)?;
+            }
+            None => output::convert::plan_table(&plan, &src, &args.dst, &mut out)?,
+        }
         out.flush()?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(spec) = part {
+        return run_part(&args, &ckpt, &plan, &src, &write_opts, spec);
+    }
+    if args.finish {
+        return run_finish(&args, &ckpt, &plan, &src, &write_opts);
     }
     if !args.write.quiet {
         output::convert::header(&plan, &src, &args.dst, &mut out)?;
@@ -139,12 +171,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         plan.output_bytes().unwrap_or(0),
         "converting",
     );
-    let write_opts = WriteOptions {
-        max_shard_size,
-        force: args.write.force,
-        sync: !args.write.no_fsync,
-        ..WriteOptions::default()
-    };
     let start = Instant::now();
     let result = convert::write(&ckpt, &plan, &args.dst, &write_opts, &mut |n| {
         progress.inc(n)
@@ -160,6 +186,126 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let seconds = start.elapsed().as_secs_f64();
     if !args.write.quiet {
         output::convert::summary(&plan, &outcome, seconds, &mut out)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The job every part and `--finish` must agree on: the source, the options as given,
+/// the plan, this build of orient.
+fn job(
+    args: &Args,
+    ckpt: &Checkpoint,
+    plan: &plan::Plan,
+    write_opts: &WriteOptions,
+    parts: usize,
+) -> anyhow::Result<Job> {
+    let layout = parts::layout(plan, write_opts)?;
+    let mut options = BTreeMap::new();
+    options.insert("--to".to_string(), args.to.clone());
+    options.insert("--from".to_string(), args.from.clone());
+    options.insert(
+        "--dtype".to_string(),
+        format!("{:?}", args.dtype).to_lowercase(),
+    );
+    options.insert(
+        "--max-shard-size".to_string(),
+        args.max_shard_size.clone().unwrap_or_else(|| "5GB".into()),
+    );
+    if !args.layouts.layouts.is_empty() {
+        let files: Vec<String> = args
+            .layouts
+            .layouts
+            .iter()
+            // File names only: nodes may see the same file under other paths (the
+            // plan hash catches a different content).
+            .map(|p| {
+                p.file_name()
+                    .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+            })
+            .collect();
+        options.insert("--layout".to_string(), files.join(", "));
+    }
+    let producer = format!("orient {}", env!("ORIENT_VERSION"));
+    Ok(Job::new(ckpt, plan, &layout, options, &producer, parts)?)
+}
+
+/// `--part I/N`: one part into the staging area.
+fn run_part(
+    args: &Args,
+    ckpt: &Checkpoint,
+    plan: &plan::Plan,
+    src: &std::path::Path,
+    write_opts: &WriteOptions,
+    spec: PartSpec,
+) -> anyhow::Result<ExitCode> {
+    let job = job(args, ckpt, plan, write_opts, spec.count)?;
+    let layout = parts::layout(plan, write_opts)?;
+    let pp = parts::part_plan(&layout, spec);
+    let mut out = output::stdout();
+    if !args.write.quiet {
+        output::convert::header(plan, src, &args.dst, &mut out)?;
+        out.flush()?;
+    }
+    orient::interrupt::install().context("cannot watch for Ctrl-C and SIGTERM")?;
+    let found = parts::sweep_part(&args.dst, spec)?;
+    let _ = output::staging::stale(&found, &args.dst, &mut output::stderr());
+    let bytes: u64 = pp.shards.iter().map(|s| s.1).sum();
+    let progress = output::progress::BytesProgress::new(!args.write.quiet, bytes, "converting");
+    let start = Instant::now();
+    let result = parts::write_part(ckpt, plan, &args.dst, write_opts, &job, spec, &mut |n| {
+        progress.inc(n)
+    });
+    progress.finish();
+    let outcome = result.with_context(|| {
+        format!(
+            "part {spec} of converting {} to {} failed; nothing of it was kept",
+            src.display(),
+            args.dst.display()
+        )
+    })?;
+    if !args.write.quiet {
+        let seconds = start.elapsed().as_secs_f64();
+        output::convert::part_summary(&outcome, &pp, seconds, &mut out)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--finish`: check the parts, put the output together.
+fn run_finish(
+    args: &Args,
+    ckpt: &Checkpoint,
+    plan: &plan::Plan,
+    src: &std::path::Path,
+    write_opts: &WriteOptions,
+) -> anyhow::Result<ExitCode> {
+    let job = job(args, ckpt, plan, write_opts, 0)?;
+    let layout = parts::layout(plan, write_opts)?;
+    let mut out = output::stdout();
+    if !args.write.quiet {
+        output::convert::header(plan, src, &args.dst, &mut out)?;
+        out.flush()?;
+    }
+    let target = Destination::resolve(&args.dst)?;
+    prepare_write(&target)?;
+    let bytes: u64 = layout.shards.iter().map(|s| s.file_len()).sum();
+    let progress = output::progress::BytesProgress::new(!args.write.quiet, bytes, "verifying");
+    let start = Instant::now();
+    let result = parts::finish(ckpt, plan, &args.dst, write_opts, &job, &|n| {
+        progress.inc(n)
+    });
+    progress.finish();
+    let done = result.with_context(|| {
+        format!(
+            "cannot finish converting {} to {}",
+            src.display(),
+            args.dst.display()
+        )
+    })?;
+    if !args.write.quiet {
+        let seconds = start.elapsed().as_secs_f64();
+        output::convert::finish_summary(plan, &done, seconds, &mut out)?;
         out.flush()?;
     }
     Ok(ExitCode::SUCCESS)

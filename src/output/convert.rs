@@ -6,6 +6,7 @@ use std::path::Path;
 use comfy_table::{presets, Cell, ContentArrangement, Table};
 use orient_convert::convert::Outcome;
 use orient_convert::engine::TensorOp;
+use orient_convert::parts::{FinishOutcome, PartOutcome, PartPlan};
 use orient_convert::plan::{Action, Plan};
 
 use crate::output::escape::{cell, escape, path, Escaping};
@@ -95,6 +96,156 @@ pub fn plan_table(plan: &Plan, src: &Path, dst: &Path, w: &mut dyn Write) -> io:
         plan.skipped(),
         plan.output_bytes().map(human_bytes).unwrap_or_else(|_| "?".into())
     )
+}
+
+/// `--dry-run --part I/N`: the shards that part writes and the tensors in them, with the
+/// operations that make each.
+pub fn part_plan(
+    plan: &Plan,
+    part: &PartPlan,
+    src: &Path,
+    dst: &Path,
+    w: &mut dyn Write,
+) -> io::Result<()> {
+    header(plan, src, dst, w)?;
+    let w = &mut Escaping::new(w);
+    let by_target: std::collections::HashMap<&str, &TensorOp> =
+        plan.ops.iter().map(|o| (o.target.as_str(), o)).collect();
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    t.set_header(vec![
+        "file",
+        "target",
+        "source",
+        "operations",
+        "shape",
+        "dtype",
+    ]);
+    for (file, _, tensors) in &part.shards {
+        for name in tensors {
+            let Some(op) = by_target.get(name.as_str()) else {
+                continue;
+            };
+            let sources: Vec<&str> = op.sources.iter().map(|s| s.name.as_str()).collect();
+            let mut row = vec![cell(file)];
+            let cells = op_row(&sources.join(", "), op);
+            // op_row gives source, target, operations, shape, dtype.
+            let mut it = cells.into_iter();
+            let (source, target) = (it.next(), it.next());
+            row.extend(target);
+            row.extend(source);
+            row.extend(it);
+            t.add_row(row);
+        }
+    }
+    if part.shards.is_empty() {
+        writeln!(
+            w,
+            "part {}: nothing to write (the output has {} shard{}; lower --max-shard-size for more)",
+            part.spec,
+            part.total_shards,
+            if part.total_shards == 1 { "" } else { "s" }
+        )?;
+    } else {
+        writeln!(w, "{t}")?;
+    }
+    let bytes: u64 = part.shards.iter().map(|s| s.1).sum();
+    let files: Vec<&str> = part.shards.iter().map(|s| s.0.as_str()).collect();
+    writeln!(
+        w,
+        "part:    {} writes {} of {} shards ({} of {}): {}; nothing written (--dry-run)",
+        part.spec,
+        part.shards.len(),
+        part.total_shards,
+        human_bytes(bytes),
+        human_bytes(part.total_bytes),
+        if files.is_empty() {
+            "-".to_string()
+        } else {
+            escape(&files.join(", ")).into_owned()
+        }
+    )
+}
+
+/// The summary after `--part I/N`.
+pub fn part_summary(
+    outcome: &PartOutcome,
+    part: &PartPlan,
+    seconds: f64,
+    w: &mut dyn Write,
+) -> io::Result<()> {
+    let w = &mut Escaping::new(w);
+    let bytes: u64 = part.shards.iter().map(|s| s.1).sum();
+    match &outcome.written {
+        Some(wr) => writeln!(
+            w,
+            "part {}: wrote {} tensors, {} in {:.2} s ({}/s) into {}",
+            outcome.spec,
+            wr.tensors,
+            human_bytes(bytes),
+            seconds,
+            human_bytes((bytes as f64 / seconds.max(1e-9)) as u64),
+            path(&outcome.folder)
+        )?,
+        None => writeln!(
+            w,
+            "part {}: already complete in {} for this conversion; left as it is (--force writes it again)",
+            outcome.spec,
+            path(&outcome.folder)
+        )?,
+    }
+    let files = if outcome.files.is_empty() {
+        "- (no shard falls to this part)".to_string()
+    } else {
+        escape(&outcome.files.join(", ")).into_owned()
+    };
+    writeln!(w, "files:   {files}")
+}
+
+/// The summary after `--finish`.
+pub fn finish_summary(
+    plan: &Plan,
+    done: &FinishOutcome,
+    seconds: f64,
+    w: &mut dyn Write,
+) -> io::Result<()> {
+    {
+        let w = &mut Escaping::new(&mut *w);
+        writeln!(
+            w,
+            "finish:  {} parts checked ({} read again and hashed) and put together in {:.2} s",
+            done.parts,
+            human_bytes(done.verified_bytes),
+            seconds
+        )?;
+    }
+    let o = &done.outcome;
+    {
+        let w = &mut Escaping::new(&mut *w);
+        writeln!(
+            w,
+            "wrote:   {} tensors ({}{} cast, {} skipped), {} in {}",
+            o.written.tensors,
+            counts(plan),
+            plan.cast(),
+            plan.skipped(),
+            human_bytes(o.written.bytes),
+            path(&o.dst)
+        )?;
+        writeln!(w, "files:   {}", escape(&o.written.files.join(", ")))?;
+        if !o.copied.is_empty() {
+            writeln!(w, "copied:  {}", escape(&o.copied.join(", ")))?;
+        }
+        if let Some(left) = &done.left {
+            writeln!(
+                w,
+                "note:    could not remove {}; delete it by hand",
+                path(left)
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `N transposed, ` and, when some outputs go through other chains, `M through other

@@ -15,6 +15,9 @@ use orient_inspect::{Checkpoint, Dtype};
 use crate::engine::{SourceTensor, TensorOp};
 use crate::error::{Error, Result};
 
+/// Mapped source bytes a tie check reads before it drops their pages (RSS bound).
+const RELEASE_BYTES: usize = 64 << 20;
+
 /// Makes the output tensors of the target convention from the bound source.
 pub(super) struct Builder<'a> {
     pub(super) ckpt: &'a Checkpoint,
@@ -400,7 +403,19 @@ impl Builder<'_> {
             b.is_identity_of(tensors[sb[0]].numel()),
         ) {
             let (x, y) = (&tensors[*x], &tensors[*y]);
-            self.ckpt.view(x).bytes == self.ckpt.view(y).bytes
+            let (bx, by) = (self.ckpt.view(x).bytes, self.ckpt.view(y).bytes);
+            // By chunks, each dropped once compared: mapped pages count in the RSS, and
+            // an embedding with its head is 1 GB in a 0.5B f32 model.
+            bx.len() == by.len()
+                && bx
+                    .chunks(RELEASE_BYTES)
+                    .zip(by.chunks(RELEASE_BYTES))
+                    .all(|(p, q)| {
+                        let same = p == q;
+                        self.ckpt.release_part(x, p);
+                        self.ckpt.release_part(y, q);
+                        same
+                    })
         } else {
             // Sources indexed as in the checkpoint, so both views read the same slice.
             let mut data: Vec<Data<'_>> = Vec::with_capacity(tensors.len());
@@ -418,6 +433,7 @@ impl Builder<'_> {
             let mut y = vec![0u8; band * cols * es]; // [band, cols] of `b`
             let mut same = true;
             let mut r = 0;
+            let mut since = 0usize; // bytes compared since the pages were last dropped
             while same && r < rows {
                 let n = band.min(rows - r);
                 let len = n * cols * es;
@@ -433,6 +449,16 @@ impl Builder<'_> {
                 read(b, &mut y[..len])?;
                 same = x[..len] == y[..len];
                 r += n;
+                // A transposed view touches pages all over its source on every band:
+                // drop them now and then, so that RSS stays bounded (a later band faults
+                // back in what it needs from the page cache).
+                since += 2 * len;
+                if since >= RELEASE_BYTES {
+                    for i in &infos {
+                        self.ckpt.release(i);
+                    }
+                    since = 0;
+                }
             }
             same
         };

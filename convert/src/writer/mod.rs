@@ -18,5 +18,5 @@ mod staging;
 pub use layout::{
     parse_size, Layout, OutTensor, ShardPlan, DEFAULT_MAX_SHARD_SIZE, INDEX_FILE, SINGLE_FILE,
 };
-pub use sink::{TensorSink, DEFAULT_BUFFER_BYTES, WRITE_BUFFERS};
-pub use staging::Staging;
+pub use sink::{StreamMode, TensorSink, ALIGN, DEFAULT_BUFFER_BYTES, WRITE_BUFFERS};
+pub use staging::{FileDigest, Staging};

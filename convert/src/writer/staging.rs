@@ -3,12 +3,14 @@
 //! writing, and only then is the folder renamed onto the destination in one step. Any error,
 //! including a full disk, drops the staging folder and leaves nothing behind.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::layout::{Layout, ShardPlan};
-use super::sink::{self, produce_all, TensorSink, DEFAULT_BUFFER_BYTES};
+use super::sink::{self, produce_all, StreamMode, TensorSink, DEFAULT_BUFFER_BYTES};
 use crate::destination::{self, Destination, OwnedDir};
 use crate::error::{io, Error, Result};
 
@@ -21,15 +23,65 @@ pub struct Staging {
     dst: Destination,
     dir: OwnedDir,
     sync: bool,
+    /// Durable shards are written with direct I/O where possible (see [`StreamMode`]).
+    direct: bool,
+    /// Shards are hashed as they are written.
+    hash: bool,
+    /// What was written: file name → (length, XXH3-128 when hashed).
+    written: Mutex<BTreeMap<String, FileDigest>>,
+}
+
+/// One file written into the staging folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest {
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its XXH3-128, when the staging hashes ([`Staging::hashing`]).
+    pub hash: Option<u128>,
+    /// True when its bytes went to the disk by direct I/O.
+    pub direct: bool,
 }
 
 impl Staging {
     /// Creates the staging folder in `dst`'s parent. With `sync`, every file and the
-    /// folder are fsynced before the final rename.
+    /// folder are fsynced before the final rename, and shards are written by direct I/O
+    /// where the filesystem allows it.
     pub fn create(dst: &Path, sync: bool) -> Result<Staging> {
         let dst = Destination::resolve(dst)?;
         let dir = OwnedDir::create(&dst.parent, &dst.name)?;
-        Ok(Staging { dst, dir, sync })
+        Ok(Staging::new(dst, dir, sync))
+    }
+
+    /// A staging folder in `dir` (already created and owned) for `dst`.
+    pub(crate) fn new(dst: Destination, dir: OwnedDir, sync: bool) -> Staging {
+        Staging {
+            dst,
+            dir,
+            sync,
+            direct: sync,
+            hash: false,
+            written: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Writes through the page cache even when syncing (no direct I/O).
+    pub fn buffered(mut self) -> Staging {
+        self.direct = false;
+        self
+    }
+
+    /// Hashes every shard as it is written ([`Staging::written`]).
+    pub fn hashing(mut self) -> Staging {
+        self.hash = true;
+        self
+    }
+
+    /// The shards written so far, by file name.
+    pub fn written(&self) -> BTreeMap<String, FileDigest> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The staging folder.
@@ -71,21 +123,33 @@ impl Staging {
             problem: format!("no shard number {shard}"),
         })?;
         let path = self.dir().join(&plan.file_name);
-        let mut file = File::create(&path).map_err(io("create", &path))?;
-        file.write_all(&plan.header).map_err(io("write", &path))?;
-        let file = sink::stream(
-            file,
-            &path,
-            plan.header.len() as u64,
-            buffer_bytes,
-            self.sync,
-            |pipe| produce_all(layout, plan, pipe, produce, progress),
-        )?;
+        let file = File::create(&path).map_err(io("create", &path))?;
+        let mode = StreamMode {
+            sequential: self.direct || self.hash,
+            direct: self.direct,
+            hash: self.hash,
+            writeback: self.sync,
+        };
+        let done = sink::stream(file, &path, &plan.header, buffer_bytes, mode, |pipe| {
+            produce_all(layout, plan, pipe, produce, progress)
+        })?;
         if self.sync {
-            file.sync_all().map_err(io("fsync", &path))?;
+            done.file.sync_all().map_err(io("fsync", &path))?;
         }
-        drop(file);
-        validate(&path, plan)
+        drop(done.file);
+        validate(&path, plan)?;
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                plan.file_name.clone(),
+                FileDigest {
+                    len: plan.file_len(),
+                    hash: done.hash,
+                    direct: done.direct,
+                },
+            );
+        Ok(())
     }
 
     /// Writes a small file (index, config) into the staging folder.
@@ -95,6 +159,23 @@ impl Staging {
         f.write_all(bytes).map_err(io("write", &path))?;
         if self.sync {
             f.sync_all().map_err(io("fsync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the finished file `src` into the staging folder under `name`: a hard link
+    /// (no byte is copied, and `src` stays whole), or a copy where the filesystem has no
+    /// hard links.
+    pub fn link_file(&self, src: &Path, name: &str) -> Result<()> {
+        let path = self.dir().join(name);
+        if std::fs::hard_link(src, &path).is_ok() {
+            return Ok(());
+        }
+        std::fs::copy(src, &path).map_err(io("copy", src))?;
+        if self.sync {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io("fsync", &path))?;
         }
         Ok(())
     }
