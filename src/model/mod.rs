@@ -17,6 +17,7 @@
 //! with the numbers, not aborted.
 
 mod attention;
+pub mod cache;
 pub mod compare;
 mod forward;
 mod locate;
@@ -36,6 +37,8 @@ use orient_inspect::layout::convention::Convention;
 use orient_inspect::layout::gather::GatherError;
 use orient_inspect::{Checkpoint, ConfigStatus, ModelConfig};
 use serde::Serialize;
+
+pub use cache::KvCache;
 
 /// Why the forward could not run.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,16 @@ pub enum ModelError {
     /// The estimated peak of the forward exceeds the memory available.
     #[error("{0}")]
     WouldNotFit(Box<WouldNotFit>),
+    /// A KV cache without room for the tokens of a forward.
+    #[error("the KV cache has room for {capacity} positions; it holds {held} and {tokens} more were run")]
+    CacheFull {
+        /// Positions the cache has room for.
+        capacity: usize,
+        /// Positions it holds.
+        held: usize,
+        /// Tokens of the forward.
+        tokens: usize,
+    },
     /// No tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -553,10 +566,59 @@ impl<'c> Model<'c> {
             tokens,
             opts,
             self.threads,
+            None,
         );
         // Weights used in place are read inside the matmuls, after the per-tensor checks:
         // nothing computed from a file that changed underneath is returned.
         self.reader.check_intact()?;
+        out
+    }
+
+    /// An empty KV cache for this model with room for `capacity` positions (prompt and
+    /// generated tokens), for [`Model::forward_cached`].
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
+        KvCache::new(
+            self.config.num_hidden_layers,
+            self.config.num_key_value_heads * self.config.head_dim,
+            capacity,
+        )
+    }
+
+    /// Runs `tokens` as the positions after those `cache` holds (a prefill on an empty cache, a
+    /// decode step on one token), appending their keys and values to it. Positions in `opts`
+    /// and in the output count from the first of `tokens`.
+    ///
+    /// The logits equal, bit for bit, those of [`Model::forward_with`] over the whole sequence
+    /// at the same positions: a prefill through the cache is the plain forward, and a decode
+    /// step computes each product of its row in the order the longer forward does (gemm's
+    /// general path, see [`matmul::matmul_rows`]), over the same cached keys and values. The
+    /// one exception is a prompt of a single token into a cache with room for more: it is run
+    /// on the general path too (so that the steps after it stay exact), while a plain
+    /// one-token forward uses the matrix–vector kernel; the two differ in the last bits. On an
+    /// error the cache keeps the positions it held before.
+    pub fn forward_cached(
+        &mut self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput, ModelError> {
+        let out = forward::forward(
+            &self.config,
+            &self.traits,
+            &self.weights,
+            &mut self.reader,
+            tokens,
+            opts,
+            self.threads,
+            Some(&mut *cache),
+        );
+        if let Err(e) = self.reader.check_intact() {
+            if out.is_ok() {
+                // computed from a file that changed: forget what this forward appended
+                cache.truncate(cache.len().saturating_sub(tokens.len()));
+            }
+            return Err(e);
+        }
         out
     }
 }

@@ -235,12 +235,13 @@ impl Traits {
             .filter(|&w| w < tokens)
     }
 
-    /// The cos/sin tables for `tokens` positions, when positions are rotary.
-    pub fn rope_tables(&self, tokens: usize) -> Option<RopeTables> {
+    /// The cos/sin tables of the positions `positions` (a prefill's `0..T`; the tokens after a
+    /// KV cache start past 0), when positions are rotary.
+    pub fn rope_tables_at(&self, positions: std::ops::Range<usize>) -> Option<RopeTables> {
         match &self.position {
             Position::Rotary(r) => {
                 let inv = rope::inv_freq(r.dims, r.theta, r.llama3.as_ref());
-                Some(RopeTables::new(&inv, tokens))
+                Some(RopeTables::at(&inv, positions))
             }
             Position::Learned => None,
         }
@@ -283,7 +284,7 @@ mod tests {
         assert_eq!(g.norm, NormKind::Layer);
         assert_eq!((g.mlp, g.activation), (MlpKind::Plain, Activation::GeluNew));
         assert_eq!(g.position, Position::Learned);
-        assert!(g.rope_tables(4).is_none());
+        assert!(g.rope_tables_at(0..4).is_none());
     }
 
     #[test]
