@@ -87,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         reference: Some(reference),
         against: None,
         tokens: None,
+        prompt: None,
         atol: 1e-4,
         rtol: 1e-4,
         json: false,

@@ -34,8 +34,12 @@ pub struct Args {
     pub against: Option<super::ModelPath>,
     /// Prompt token ids, comma-separated. Default: the reference's `input_ids`, or with
     /// `--against` a fixed 80-token prompt.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
     pub tokens: Option<Vec<u32>>,
+    /// Prompt text instead of `--tokens`, tokenized with the model under test's
+    /// `tokenizer.json` (special tokens as its post-processor adds them).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
     /// Absolute tolerance.
     #[arg(long, default_value_t = 1e-4)]
     pub atol: f32,
@@ -79,40 +83,59 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     let layouts = args.layout.load()?;
     let mut model = Model::with_layouts(&ckpt, &layouts)
         .with_context(|| format!("loading {}", model_path.display()))?;
+    let tokens = match (&args.tokens, &args.prompt) {
+        (Some(t), _) => Some((t.clone(), "--tokens".to_string())),
+        (None, Some(text)) => {
+            let (ids, _) = super::PromptArgs {
+                tokens: None,
+                prompt: Some(text.clone()),
+            }
+            .ids(&ckpt, model.config().vocab_size)?;
+            Some((ids, "--prompt".to_string()))
+        }
+        (None, None) => None,
+    };
     let under_test = Named {
         path: &model_path,
         model: &mut model,
+        tokens,
     };
     match (&args.reference, &args.against) {
-        (Some(reference), _) => against_reference(args, under_test, reference, tol),
+        (Some(reference), _) => against_reference(under_test, reference, tol),
         (None, Some(other)) => {
             let other_path = other.resolve(&args.hub)?;
-            against_model(args, under_test, &other_path, &layouts, tol)
+            against_model(under_test, &other_path, &layouts, tol)
         }
         (None, None) => bail!("pass --reference FILE or --against MODEL"),
     }
 }
 
-/// The model under test and the path it was opened from.
+/// The model under test, the path it was opened from, and the prompt given (`--tokens` or
+/// `--prompt`'s tokenization, with the flag's name).
 struct Named<'a, 'c> {
     path: &'a Path,
     model: &'a mut Model<'c>,
+    tokens: Option<(Vec<u32>, String)>,
 }
 
 /// `--reference`: the model on the reference's own `input_ids`, stage by stage against it.
 fn against_reference(
-    args: &Args,
-    Named { path, model }: Named<'_, '_>,
+    Named {
+        path,
+        model,
+        tokens,
+    }: Named<'_, '_>,
     ref_path: &Path,
     tol: Tolerance,
 ) -> anyhow::Result<VerifyReport> {
     let reference = Reference::read(ref_path)?;
-    if let Some(tokens) = &args.tokens {
+    if let Some((tokens, flag)) = &tokens {
         if *tokens != reference.input_ids {
             bail!(
-                "{} was computed on its own input_ids ({} tokens); omit --tokens or pass the same ids",
+                "{} was computed on its own input_ids ({} tokens), not on the {} ids of {flag}; omit {flag} or give the same prompt",
                 ref_path.display(),
-                reference.input_ids.len()
+                reference.input_ids.len(),
+                tokens.len()
             );
         }
     }
@@ -157,8 +180,11 @@ fn against_reference(
 /// `--against`: both models on the same prompt (`--tokens`, or the fixed default one), stage
 /// by stage.
 fn against_model(
-    args: &Args,
-    Named { path, model }: Named<'_, '_>,
+    Named {
+        path,
+        model,
+        tokens,
+    }: Named<'_, '_>,
     other_path: &Path,
     layouts: &[Arc<Convention>],
     tol: Tolerance,
@@ -176,8 +202,8 @@ fn against_model(
             other_path.display()
         );
     }
-    let (tokens, prompt) = match &args.tokens {
-        Some(t) => (t.clone(), "--tokens".to_string()),
+    let (tokens, prompt) = match tokens {
+        Some(given) => given,
         None => (
             model::default_prompt(va, model::DEFAULT_PROMPT_LEN),
             format!("fixed {}-token default prompt", model::DEFAULT_PROMPT_LEN),
