@@ -440,3 +440,83 @@ fn generate_against_a_perturbed_copy_names_the_first_differing_token() {
         .stdout(predicates::str::contains("A top"))
         .stdout(predicates::str::contains("B top"));
 }
+
+#[test]
+fn verify_generate_applies_vllms_rule_and_reports_the_new_metrics() {
+    let out = orient()
+        .arg("verify")
+        .arg(fixture("qwen2-flax"))
+        .arg("--against")
+        .arg(fixture("qwen2"))
+        .args(["--generate", "8", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v = json_of(&out);
+    let g = &v["generation"];
+    assert_eq!(g["new_tokens"], 8);
+    assert_eq!(ids(&g["generated_ids"]).len(), 8);
+    assert_eq!(g["generated_ids"], g["against_generated_ids"]);
+    assert!(g["first_difference"].is_null());
+    assert_eq!(g["passed"], true);
+    // an exact relayout: every stage identical, NMSE 0 (−∞ dB: null)
+    let logits = v["comparison"]["rows"].as_array().unwrap().last().unwrap();
+    assert_eq!(logits["diff"]["nmse"], 0.0);
+    assert!(logits["diff"]["nmse_db"].is_null());
+    assert_eq!(logits["diff"]["mean_abs"], 0.0);
+    assert_eq!(logits["agreement"]["top5_overlap"], 1.0);
+    assert_eq!(logits["agreement"]["top10_overlap"], 1.0);
+
+    let buggy = qwen2_copy(transpose_square_projections, None);
+    let out = orient()
+        .arg("verify")
+        .arg(buggy.path())
+        .arg("--against")
+        .arg(fixture("qwen2"))
+        .args([
+            "--prompt",
+            "The quick brown fox",
+            "--generate",
+            "8",
+            "--json",
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v = json_of(&out);
+    let g = &v["generation"];
+    assert_eq!(g["passed"], false);
+    let d = &g["first_difference"];
+    assert_eq!(d["within_top5"], false);
+    assert_eq!(d["a_top"].as_array().unwrap().len(), 5);
+    let logits = v["comparison"]["rows"].as_array().unwrap().last().unwrap();
+    let db = logits["diff"]["nmse_db"].as_f64().unwrap();
+    assert!(
+        db > -10.0,
+        "a wrong model's NMSE is of the signal's order: {db} dB"
+    );
+    assert!(logits["agreement"]["top5_overlap"].as_f64().unwrap() < 0.5);
+    orient()
+        .arg("verify")
+        .arg(buggy.path())
+        .arg("--against")
+        .arg(fixture("qwen2"))
+        .args(["--prompt", "The quick brown fox", "--generate", "8"])
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains("(vLLM's rule fails)"))
+        .stdout(predicates::str::contains("NMSE"));
+    // a reference file has no second model to generate with
+    orient()
+        .arg("verify")
+        .arg(fixture("qwen2"))
+        .arg("--reference")
+        .arg(fixture("qwen2/reference.safetensors"))
+        .args(["--generate", "4"])
+        .assert()
+        .code(2);
+}

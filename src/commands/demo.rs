@@ -88,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         against: None,
         tokens: None,
         prompt: None,
+        generate: None,
         atol: 1e-4,
         rtol: 1e-4,
         json: false,

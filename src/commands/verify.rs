@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use orient::generate::{self, GenerateOptions};
 use orient::model::compare::{self, Tolerance};
 use orient::model::save::Reference;
 use orient::model::{self, Model};
-use orient::output::verify::{self as render, VerifyReport};
+use orient::output::verify::{self as render, GenerationCheck, VerifyReport};
 use orient_inspect::layout::convention::Convention;
 use orient_inspect::Checkpoint;
 
@@ -46,6 +47,11 @@ pub struct Args {
     /// Relative tolerance (of the reference value).
     #[arg(long, default_value_t = 1e-4)]
     pub rtol: f32,
+    /// Also continue the prompt greedily for N tokens with both models (`--against` only) and
+    /// apply vLLM's rule: the continuations may part only where each model's token is among
+    /// the other's top 5 there.
+    #[arg(long, value_name = "N")]
+    pub generate: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -100,11 +106,14 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
         model: &mut model,
         tokens,
     };
+    if args.generate.is_some() && args.against.is_none() {
+        bail!("--generate N compares two models' continuations: it needs --against OTHER_MODEL");
+    }
     match (&args.reference, &args.against) {
         (Some(reference), _) => against_reference(under_test, reference, tol),
         (None, Some(other)) => {
             let other_path = other.resolve(&args.hub)?;
-            against_model(under_test, &other_path, &layouts, tol)
+            against_model(under_test, &other_path, &layouts, tol, args.generate)
         }
         (None, None) => bail!("pass --reference FILE or --against MODEL"),
     }
@@ -172,6 +181,7 @@ fn against_reference(
         against_notes: Vec::new(),
         reference_notes,
         passed: comparison.passed(),
+        generation: None,
         first_failure: comparison.first_failing_stage().map(|s| s.blame()),
         comparison,
     })
@@ -188,6 +198,7 @@ fn against_model(
     other_path: &Path,
     layouts: &[Arc<Convention>],
     tol: Tolerance,
+    generate: Option<usize>,
 ) -> anyhow::Result<VerifyReport> {
     let other_ckpt = Checkpoint::open(other_path)
         .with_context(|| format!("opening {}", other_path.display()))?;
@@ -225,6 +236,31 @@ fn against_model(
         );
     }
     let comparison = compare::compare_runs(&out, &want, tol);
+    let generation = match generate {
+        Some(n) => {
+            let opts = GenerateOptions {
+                max_new_tokens: n,
+                eos: Vec::new(),
+                top_k: 5,
+            };
+            model.keep_pages(true);
+            other.keep_pages(true);
+            let a = generate::greedy(model, &tokens, &opts, |_| Ok::<(), String>(()))
+                .with_context(|| format!("generating with {}", path.display()))?;
+            let b = generate::greedy(&mut other, &tokens, &opts, |_| Ok::<(), String>(()))
+                .with_context(|| format!("generating with {}", other_path.display()))?;
+            let first_difference = generate::first_divergence(&a, &b);
+            Some(GenerationCheck {
+                new_tokens: n,
+                passed: first_difference.as_ref().is_none_or(|d| d.within_top5),
+                generated_ids: a.generated_ids,
+                against_generated_ids: b.generated_ids,
+                first_difference,
+            })
+        }
+        None => None,
+    };
+    let generation_passed = generation.as_ref().is_none_or(|g| g.passed);
     Ok(VerifyReport {
         model: path.display().to_string(),
         against: other_path.display().to_string(),
@@ -234,7 +270,8 @@ fn against_model(
         notes: model.notes().to_vec(),
         against_notes: other.notes().to_vec(),
         reference_notes: Vec::new(),
-        passed: comparison.passed(),
+        passed: comparison.passed() && generation_passed,
+        generation,
         first_failure: comparison.first_failing_stage().map(|s| s.blame()),
         comparison,
     })
