@@ -52,6 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("loading {}", model_path.display()))?;
     // Every decode step reads every weight: keep them mapped between steps.
     model.keep_pages(true);
+    render::load_notes(
+        &mut orient::output::stderr(),
+        &model_path.display().to_string(),
+        model.notes(),
+    )?;
     let vocab = model.config().vocab_size;
     let (prompt, tokenizer) = args.prompt.ids(&ckpt, vocab)?;
     let tokenizer = match tokenizer {
@@ -179,6 +184,11 @@ fn against(
     let mut other = Model::with_layouts(&other_ckpt, &args.layout.load()?)
         .with_context(|| format!("loading {}", other_path.display()))?;
     other.keep_pages(true);
+    render::load_notes(
+        &mut orient::output::stderr(),
+        &other_path.display().to_string(),
+        other.notes(),
+    )?;
     let (va, vb) = (model.config().vocab_size, other.config().vocab_size);
     if va != vb {
         anyhow::bail!(

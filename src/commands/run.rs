@@ -96,6 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         vec![out.len() - 1]
     };
     let report = RunReport {
+        schema_version: render::RUN_SCHEMA_VERSION,
         model: model_path.display().to_string(),
         model_type: model.config().model_type.clone(),
         convention: model.convention().to_string(),

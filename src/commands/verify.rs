@@ -172,6 +172,7 @@ fn against_reference(
         .with_context(|| format!("running {}", path.display()))?;
     let comparison = compare::compare_reference(&out, &reference, tol);
     Ok(VerifyReport {
+        schema_version: render::VERIFY_SCHEMA_VERSION,
         model: path.display().to_string(),
         against: ref_path.display().to_string(),
         against_kind: "reference",
@@ -262,6 +263,7 @@ fn against_model(
     };
     let generation_passed = generation.as_ref().is_none_or(|g| g.passed);
     Ok(VerifyReport {
+        schema_version: render::VERIFY_SCHEMA_VERSION,
         model: path.display().to_string(),
         against: other_path.display().to_string(),
         against_kind: "model",

@@ -11,15 +11,33 @@ use comfy_table::{presets, Cell, CellAlignment, Table};
 use serde::Serialize;
 
 use crate::generate::{Divergence, Stop};
-use crate::model::TopToken;
+use crate::model::{LoadNote, TopToken};
 use crate::output::escape::{escape, escape_text, Escaping};
-use crate::output::run::quoted;
+use crate::output::run::{describe_note, quoted};
 
 /// Writes one piece of streamed output (a token's text, or its id and a space) and flushes it,
 /// so that it shows as soon as it is generated.
 pub fn piece(out: &mut dyn Write, text: &str) -> io::Result<()> {
     out.write_all(escape_text(text).as_bytes())?;
     out.flush()
+}
+
+/// The load notes of a model (weights read transposed, an lm_head ignored…) on `err`, under
+/// its path, as `run` and `verify` list them.
+pub fn load_notes(err: &mut dyn Write, model: &str, notes: &[LoadNote]) -> io::Result<()> {
+    let shown: Vec<&LoadNote> = notes
+        .iter()
+        .filter(|n| !matches!(n, LoadNote::Tied | LoadNote::Ignored { .. }))
+        .collect();
+    if shown.is_empty() {
+        return Ok(());
+    }
+    let err = &mut Escaping::new(err);
+    writeln!(err, "{}:", escape(model))?;
+    for n in shown {
+        writeln!(err, "  {}", describe_note(n))?;
+    }
+    Ok(())
 }
 
 /// What `--json` prints for one model (without `--against`).

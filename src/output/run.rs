@@ -25,9 +25,14 @@ pub struct PositionTop {
     pub text: Option<Vec<String>>,
 }
 
+/// `schema_version` of `orient run --json` (README.md documents the schema).
+pub const RUN_SCHEMA_VERSION: u32 = 1;
+
 /// Everything `orient run` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
+    /// [`RUN_SCHEMA_VERSION`].
+    pub schema_version: u32,
     /// The model path as given.
     pub model: String,
     /// `model_type`.

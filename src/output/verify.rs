@@ -15,9 +15,14 @@ use crate::model::LoadNote;
 use crate::output::escape::{escape, Escaping};
 use crate::output::run::describe_note;
 
+/// `schema_version` of `orient verify --json` (README.md documents the schema).
+pub const VERIFY_SCHEMA_VERSION: u32 = 1;
+
 /// Everything `orient verify` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
+    /// [`VERIFY_SCHEMA_VERSION`].
+    pub schema_version: u32,
     /// The model under test.
     pub model: String,
     /// The reference file or the other model.
