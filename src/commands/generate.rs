@@ -98,11 +98,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut out = orient::output::stdout();
     let start = Instant::now();
+    // when the first token came: the prompt's forward (prefill) is done
+    let mut first: Option<Instant> = None;
     let c = match &tokenizer {
         Some(tok) => {
             render::piece(&mut out, &tok.decode(&prompt, true)?)?;
             let mut stream = tok.stream(true);
             continue_prompt(&mut model, &model_path, &prompt, &opts, |id| {
+                first.get_or_insert_with(Instant::now);
                 if let Some(text) = stream.step(id).map_err(|e| e.to_string())? {
                     render::piece(&mut out, &text).map_err(|e| e.to_string())?;
                 }
@@ -113,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
             render::piece(&mut out, &format!("{} |", ids.join(" ")))?;
             continue_prompt(&mut model, &model_path, &prompt, &opts, |id| {
+                first.get_or_insert_with(Instant::now);
                 render::piece(&mut out, &format!(" {id}")).map_err(|e| e.to_string())
             })?
         }
@@ -123,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         c.generated_ids.len(),
         c.stop,
         start.elapsed().as_secs_f64(),
+        first.map(|f| (f - start).as_secs_f64()),
     )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -51,13 +51,15 @@ pub struct GenerateJson {
     pub text: Option<String>,
 }
 
-/// The end of a streamed continuation: a line break, then on `err` why it stopped and how fast.
+/// The end of a streamed continuation: a line break, then on `err` why it stopped and how fast
+/// (`seconds` in all; `prefill` until the first token, after which each token is a decode step).
 pub fn summary(
     out: &mut dyn Write,
     err: &mut dyn Write,
     generated: usize,
     stop: Stop,
     seconds: f64,
+    prefill: Option<f64>,
 ) -> io::Result<()> {
     writeln!(out)?;
     out.flush()?;
@@ -65,11 +67,18 @@ pub fn summary(
         Stop::Eos => "an EOS token",
         Stop::MaxNewTokens => "--max-new-tokens",
     };
-    writeln!(
+    write!(
         err,
-        "{generated} tokens generated (stopped by {why}) in {seconds:.3} s ({:.1} tokens/s)",
-        generated as f64 / seconds.max(1e-9)
-    )
+        "{generated} tokens generated (stopped by {why}) in {seconds:.3} s"
+    )?;
+    match prefill {
+        Some(p) if generated > 1 => writeln!(
+            err,
+            ": prompt {p:.3} s, then {:.1} tokens/s",
+            (generated - 1) as f64 / (seconds - p).max(1e-9)
+        ),
+        _ => writeln!(err),
+    }
 }
 
 /// One model's side of `generate --against`.
