@@ -135,11 +135,13 @@ impl Ctx<'_> {
         self.past + self.dims.t
     }
 
-    /// The product of a few rows: gemm's general path as soon as the sequence has more than one
-    /// position, so that a decode step over one token sums every product in the same order as a
-    /// prefill over the whole sequence does (bit-identical logits). A one-token prompt keeps the
-    /// matrix–vector kernel it always used, unless it goes into a cache with room for more: the
-    /// keys and values cached then are those a longer prefill computes.
+    /// The product of a few rows. A forward of one token uses the matrix–vector kernel (a
+    /// memory-bound pass over each weight, the fast way to decode). With `exact_decode`, gemm's
+    /// general path is used as soon as the sequence has more than one position, so that a
+    /// decode step sums every product in the same order as a prefill over the whole sequence
+    /// does (bit-identical logits; but gemm then packs every weight for a single row, several
+    /// times slower); a one-token prompt into a cache with room for more takes it too, so that
+    /// the keys and values cached are those a longer prefill computes.
     fn product(&self) -> Product {
         if self.general {
             matmul_rows
@@ -165,6 +167,7 @@ pub(crate) fn forward(
     opts: &ForwardOptions,
     threads: usize,
     mut cache: Option<&mut KvCache>,
+    exact_decode: bool,
 ) -> Result<ForwardOutput, ModelError> {
     let dims = Dims::of(cfg, tokens.len());
     let past = cache.as_ref().map_or(0, |c| c.len());
@@ -197,7 +200,11 @@ pub(crate) fn forward(
         threads,
         rope: rope.as_ref(),
         past,
-        general: past + dims.t > 1 || cache.as_ref().is_some_and(|c| c.capacity() > 1),
+        general: if exact_decode {
+            past + dims.t > 1 || cache.as_ref().is_some_and(|c| c.capacity() > 1)
+        } else {
+            dims.t > 1
+        },
     };
     let mut b = Buffers::new(dims, traits);
 

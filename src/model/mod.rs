@@ -474,6 +474,7 @@ pub struct Model<'c> {
     notes: Vec<LoadNote>,
     convention: String,
     threads: usize,
+    exact_decode: bool,
 }
 
 impl<'c> Model<'c> {
@@ -500,6 +501,7 @@ impl<'c> Model<'c> {
             notes: located.notes,
             convention: located.convention,
             threads: rayon::current_num_threads(),
+            exact_decode: false,
         })
     }
 
@@ -567,11 +569,24 @@ impl<'c> Model<'c> {
             opts,
             self.threads,
             None,
+            false,
         );
         // Weights used in place are read inside the matmuls, after the per-tensor checks:
         // nothing computed from a file that changed underneath is returned.
         self.reader.check_intact()?;
         out
+    }
+
+    /// Makes [`Model::forward_cached`] compute each product of a decode step in the order a
+    /// prefill over the whole sequence does (gemm's general path, see [`matmul::matmul_rows`]),
+    /// over the same cached keys and values: each step's logits then equal, bit for bit, those
+    /// of [`Model::forward_with`] over the sequence at that position. The one exception is a
+    /// prompt of a single token: it is cached as a longer prefill computes it (so that the steps
+    /// after it stay exact), and differs in the last bits from a plain one-token forward, which
+    /// uses the matrix–vector kernel. Several times slower than the default: gemm packs each
+    /// weight for a single row. For tests and for checking the cache itself.
+    pub fn exact_decode(&mut self, exact: bool) {
+        self.exact_decode = exact;
     }
 
     /// An empty KV cache for this model with room for `capacity` positions (prompt and
@@ -588,14 +603,11 @@ impl<'c> Model<'c> {
     /// decode step on one token), appending their keys and values to it. Positions in `opts`
     /// and in the output count from the first of `tokens`.
     ///
-    /// The logits equal, bit for bit, those of [`Model::forward_with`] over the whole sequence
-    /// at the same positions: a prefill through the cache is the plain forward, and a decode
-    /// step computes each product of its row in the order the longer forward does (gemm's
-    /// general path, see [`matmul::matmul_rows`]), over the same cached keys and values. The
-    /// one exception is a prompt of a single token into a cache with room for more: it is run
-    /// on the general path too (so that the steps after it stay exact), while a plain
-    /// one-token forward uses the matrix–vector kernel; the two differ in the last bits. On an
-    /// error the cache keeps the positions it held before.
+    /// A prefill through the cache is the plain forward. A decode step (one token) uses the
+    /// matrix–vector kernel, whose sums run in another order than the many-row product of a
+    /// prefill over the whole sequence: its logits agree with that prefill's to float rounding
+    /// (about 1e-6). With [`Model::exact_decode`] they are equal bit for bit. On an error the
+    /// cache keeps the positions it held before.
     pub fn forward_cached(
         &mut self,
         tokens: &[u32],
@@ -611,6 +623,7 @@ impl<'c> Model<'c> {
             opts,
             self.threads,
             Some(&mut *cache),
+            self.exact_decode,
         );
         if let Err(e) = self.reader.check_intact() {
             if out.is_ok() {
