@@ -5,8 +5,8 @@
 //! continue a prompt the same way, and the first token where they part is a precise place to
 //! look (the rule vLLM's tests apply: there, each side's token should still be among the other's
 //! top 5). The prompt is run once through a [`KvCache`]; each new token then costs one token's
-//! forward, whose logits are bit-identical to a full forward over the sequence (see
-//! [`Model::forward_cached`]).
+//! forward, whose logits agree with a full forward over the sequence to float rounding (bit for
+//! bit with [`Model::exact_decode`]; see [`Model::forward_cached`]).
 
 use std::path::Path;
 
