@@ -4,6 +4,7 @@
 //! Reading and describing checkpoints lives in the `orient-inspect` crate, rewriting in
 //! `orient-convert`.
 
+pub mod generate;
 pub mod interrupt;
 pub mod model;
 pub mod output;

@@ -38,6 +38,8 @@ enum Command {
     Run(commands::run::Args),
     /// Compare logits and per-layer hidden states against a reference or another model.
     Verify(commands::verify::Args),
+    /// Continue a prompt greedily (KV cache), printing text as it comes; `--against` compares two models.
+    Generate(commands::generate::Args),
     /// Compare two checkpoints tensor by tensor and name the transform between them.
     Diff(commands::diff::Args),
     /// The whole story on a bundled tiny Qwen2 in Flax layout: inspect, convert, verify.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => commands::synth::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Verify(args) => commands::verify::run(args),
+        Command::Generate(args) => commands::generate::run(args),
         Command::Diff(args) => commands::diff::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Lint(args) => commands::lint::run(args),

@@ -16,7 +16,7 @@ use orient_convert::destination::{self, Destination};
 use orient_convert::parts::{self, Job, PartSpec};
 use orient_convert::plan::{self, From, Options};
 use orient_convert::writer::parse_size;
-use orient_inspect::Dtype;
+use orient_inspect::{Checkpoint, Dtype};
 
 /// Output dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -87,6 +87,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         reference: Some(reference),
         against: None,
         tokens: None,
+        prompt: None,
+        generate: None,
         atol: 1e-4,
         rtol: 1e-4,
         json: false,

@@ -5,6 +5,7 @@ pub mod completions;
 pub mod convert;
 pub mod demo;
 pub mod diff;
+pub mod generate;
 pub mod inspect;
 pub mod lint;
 pub mod run;
@@ -14,9 +15,62 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::Context;
+use orient::text::Tokenizer;
 use orient_inspect::layout::convention::{self, Convention};
 use orient_inspect::layout::formats::format_convention;
 use orient_inspect::Checkpoint;
+
+/// The ids of `--prompt TEXT`, tokenized with the `tokenizer.json` beside the model's weights
+/// (special tokens added as its post-processor says), and the tokenizer. A model without one is
+/// an error that suggests `--tokens`; an id outside the model's `vocab_size` rows is one too.
+pub fn tokenize_prompt(
+    ckpt: &Checkpoint,
+    text: &str,
+    vocab_size: usize,
+) -> anyhow::Result<(Vec<u32>, Tokenizer)> {
+    let tokenizer = Tokenizer::for_model(ckpt.root())?;
+    let ids = tokenizer.encode(text)?;
+    tokenizer.check_ids(&ids, vocab_size)?;
+    if ids.is_empty() {
+        anyhow::bail!(
+            "--prompt: {} turns the text into no tokens at all; give a longer prompt or --tokens",
+            tokenizer.path().display()
+        );
+    }
+    Ok((ids, tokenizer))
+}
+
+/// `--tokens` or `--prompt`, shared by `run` and `generate`: exactly one is required.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct PromptArgs {
+    /// Prompt token ids, comma-separated (e.g. `1,2,3`).
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// Prompt text, tokenized with the model's `tokenizer.json` (special tokens as its
+    /// post-processor adds them, as transformers' tokenizer does).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+}
+
+impl PromptArgs {
+    /// The prompt's ids, and the model's tokenizer when `--prompt` was given.
+    pub fn ids(
+        &self,
+        ckpt: &Checkpoint,
+        vocab_size: usize,
+    ) -> anyhow::Result<(Vec<u32>, Option<Tokenizer>)> {
+        match (&self.tokens, &self.prompt) {
+            (Some(t), _) => Ok((t.clone(), None)),
+            (None, Some(text)) => {
+                let (ids, tok) = tokenize_prompt(ckpt, text, vocab_size).context("--prompt")?;
+                Ok((ids, Some(tok)))
+            }
+            (None, None) => anyhow::bail!("pass --tokens IDS or --prompt TEXT"),
+        }
+    }
+}
 
 /// `--layout FILE`, shared by every command that reads a model.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -16,9 +16,8 @@ pub struct Args {
     /// Model folder, `.safetensors` file or `model.safetensors.index.json`.
     /// Or a repo id `ORG/NAME[@REV]` in the local Hugging Face cache (an existing local path wins).
     pub model: super::ModelPath,
-    /// Prompt token ids, comma-separated (e.g. `1,2,3`).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub tokens: Vec<u32>,
+    #[command(flatten)]
+    pub prompt: super::PromptArgs,
     /// How many candidates to print per position.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
@@ -63,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut model = Model::with_layouts(&ckpt, &layouts)
         .with_context(|| format!("loading {}", model_path.display()))?;
     model.keep_pages(args.keep_pages);
+    let (tokens, tokenizer) = args.prompt.ids(&ckpt, model.config().vocab_size)?;
     if let Some(path) = &args.save {
         // Before the forward, which may take minutes.
         model::save::check_target(&ckpt, path, args.force)?;
@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             LogitPositions::Last
         },
     };
-    let (out, forwards) = run_forwards(&mut model, &model_path, &args, &opts)?;
+    let (out, forwards) = run_forwards(&mut model, &model_path, &tokens, &args, &opts)?;
     if args.repeat > 1 {
         render::render_timings(
             &timings(&model, &out, load, forwards),
@@ -105,16 +105,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pooler_output: out.pooler_output.clone(),
     });
     let report = RunReport {
+        schema_version: render::RUN_SCHEMA_VERSION,
         model: model_path.display().to_string(),
         model_type: model.config().model_type.clone(),
         convention: model.convention().to_string(),
         tokens: out.len(),
+        input_ids: tokens.clone(),
+        prompt: args.prompt.prompt.clone(),
         notes: model.notes().to_vec(),
         positions: positions
             .into_iter()
-            .map(|position| PositionTop {
-                position,
-                top: out.top_k(position, args.top_k),
+            .map(|position| {
+                let top = out.top_k(position, args.top_k);
+                let text = tokenizer.as_ref().map(|tok| {
+                    top.iter()
+                        .map(|t| tok.decode(&[t.token], false).unwrap_or_default())
+                        .collect()
+                });
+                PositionTop {
+                    position,
+                    top,
+                    text,
+                }
             })
             .collect(),
         saved,
@@ -130,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn run_forwards(
     model: &mut Model<'_>,
     model_path: &Path,
+    tokens: &[u32],
     args: &Args,
     opts: &ForwardOptions,
 ) -> anyhow::Result<(ForwardOutput, Vec<Duration>)> {
@@ -137,11 +150,11 @@ fn run_forwards(
     let mut output = None;
     for _ in 0..args.repeat.max(1) {
         let t0 = Instant::now();
-        let out = model.forward_with(&args.tokens, opts).with_context(|| {
+        let out = model.forward_with(tokens, opts).with_context(|| {
             format!(
                 "running the forward of {} on {} tokens{}",
                 model_path.display(),
-                args.tokens.len(),
+                tokens.len(),
                 if opts.logits == LogitPositions::All {
                     " (--save and --all-positions keep the logits of every position)"
                 } else {

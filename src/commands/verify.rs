@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use orient::generate::{self, GenerateOptions};
 use orient::model::compare::{self, Tolerance};
 use orient::model::save::Reference;
 use orient::model::{self, Model};
-use orient::output::verify::{self as render, VerifyReport};
+use orient::output::verify::{self as render, GenerationCheck, VerifyReport};
 use orient_inspect::layout::convention::Convention;
 use orient_inspect::Checkpoint;
 
@@ -34,14 +35,23 @@ pub struct Args {
     pub against: Option<super::ModelPath>,
     /// Prompt token ids, comma-separated. Default: the reference's `input_ids`, or with
     /// `--against` a fixed 80-token prompt.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
     pub tokens: Option<Vec<u32>>,
+    /// Prompt text instead of `--tokens`, tokenized with the model under test's
+    /// `tokenizer.json` (special tokens as its post-processor adds them).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
     /// Absolute tolerance.
     #[arg(long, default_value_t = 1e-4)]
     pub atol: f32,
     /// Relative tolerance (of the reference value).
     #[arg(long, default_value_t = 1e-4)]
     pub rtol: f32,
+    /// Also continue the prompt greedily for N tokens with both models (`--against` only) and
+    /// apply vLLM's rule: the continuations may part only where each model's token is among
+    /// the other's top 5 there.
+    #[arg(long, value_name = "N")]
+    pub generate: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -83,40 +93,62 @@ pub fn verify(args: &Args) -> anyhow::Result<VerifyReport> {
     let layouts = args.layout.load_for(&[&ckpt])?;
     let mut model = Model::with_layouts(&ckpt, &layouts)
         .with_context(|| format!("loading {}", model_path.display()))?;
+    let tokens = match (&args.tokens, &args.prompt) {
+        (Some(t), _) => Some((t.clone(), "--tokens".to_string())),
+        (None, Some(text)) => {
+            let (ids, _) = super::PromptArgs {
+                tokens: None,
+                prompt: Some(text.clone()),
+            }
+            .ids(&ckpt, model.config().vocab_size)?;
+            Some((ids, "--prompt".to_string()))
+        }
+        (None, None) => None,
+    };
     let under_test = Named {
         path: &model_path,
         model: &mut model,
+        tokens,
     };
+    if args.generate.is_some() && args.against.is_none() {
+        bail!("--generate N compares two models' continuations: it needs --against OTHER_MODEL");
+    }
     match (&args.reference, &args.against) {
-        (Some(reference), _) => against_reference(args, under_test, reference, tol),
+        (Some(reference), _) => against_reference(under_test, reference, tol),
         (None, Some(other)) => {
             let other_path = other.resolve(&args.hub)?;
-            against_model(args, under_test, &other_path, &layouts, tol)
+            against_model(under_test, &other_path, &layouts, tol, args.generate)
         }
         (None, None) => bail!("pass --reference FILE or --against MODEL"),
     }
 }
 
-/// The model under test and the path it was opened from.
+/// The model under test, the path it was opened from, and the prompt given (`--tokens` or
+/// `--prompt`'s tokenization, with the flag's name).
 struct Named<'a, 'c> {
     path: &'a Path,
     model: &'a mut Model<'c>,
+    tokens: Option<(Vec<u32>, String)>,
 }
 
 /// `--reference`: the model on the reference's own `input_ids`, stage by stage against it.
 fn against_reference(
-    args: &Args,
-    Named { path, model }: Named<'_, '_>,
+    Named {
+        path,
+        model,
+        tokens,
+    }: Named<'_, '_>,
     ref_path: &Path,
     tol: Tolerance,
 ) -> anyhow::Result<VerifyReport> {
     let reference = Reference::read(ref_path)?;
-    if let Some(tokens) = &args.tokens {
+    if let Some((tokens, flag)) = &tokens {
         if *tokens != reference.input_ids {
             bail!(
-                "{} was computed on its own input_ids ({} tokens); omit --tokens or pass the same ids",
+                "{} was computed on its own input_ids ({} tokens), not on the {} ids of {flag}; omit {flag} or give the same prompt",
                 ref_path.display(),
-                reference.input_ids.len()
+                reference.input_ids.len(),
+                tokens.len()
             );
         }
     }
@@ -127,7 +159,17 @@ fn against_reference(
         vocab_size: cfg.vocab_size,
     };
     if model.is_encoder() {
-        return against_encoder_reference(Named { path, model }, &reference, ref_path, shape, tol);
+        return against_encoder_reference(
+            Named {
+                path,
+                model,
+                tokens: None,
+            },
+            &reference,
+            ref_path,
+            shape,
+            tol,
+        );
     }
     let reference_notes =
         compare::check_reference(&reference, &ref_path.display().to_string(), shape).with_context(
@@ -147,6 +189,7 @@ fn against_reference(
         .with_context(|| format!("running {}", path.display()))?;
     let comparison = compare::compare_reference(&out, &reference, tol);
     Ok(VerifyReport {
+        schema_version: render::VERIFY_SCHEMA_VERSION,
         model: path.display().to_string(),
         against: ref_path.display().to_string(),
         against_kind: "reference",
@@ -156,6 +199,7 @@ fn against_reference(
         against_notes: Vec::new(),
         reference_notes,
         passed: comparison.passed(),
+        generation: None,
         first_failure: comparison.first_failing_stage().map(|s| s.blame()),
         comparison,
     })
@@ -164,7 +208,7 @@ fn against_reference(
 /// `--reference` for an encoder (BERT): the model on the reference's `input_ids`,
 /// `token_type_ids` and `attention_mask`, against its hidden states and pooler output.
 fn against_encoder_reference(
-    Named { path, model }: Named<'_, '_>,
+    Named { path, model, .. }: Named<'_, '_>,
     reference: &Reference,
     ref_path: &Path,
     shape: compare::ReferenceShape,
@@ -190,6 +234,8 @@ fn against_encoder_reference(
         .with_context(|| format!("running {}", path.display()))?;
     let comparison = compare::compare_encoder_reference(&out, reference, tol);
     Ok(VerifyReport {
+        schema_version: render::VERIFY_SCHEMA_VERSION,
+        generation: None,
         model: path.display().to_string(),
         against: ref_path.display().to_string(),
         against_kind: "reference",
@@ -207,11 +253,15 @@ fn against_encoder_reference(
 /// `--against`: both models on the same prompt (`--tokens`, or the fixed default one), stage
 /// by stage.
 fn against_model(
-    args: &Args,
-    Named { path, model }: Named<'_, '_>,
+    Named {
+        path,
+        model,
+        tokens,
+    }: Named<'_, '_>,
     other_path: &Path,
     layouts: &[Arc<Convention>],
     tol: Tolerance,
+    generate: Option<usize>,
 ) -> anyhow::Result<VerifyReport> {
     let other_ckpt = Checkpoint::open(other_path)
         .with_context(|| format!("opening {}", other_path.display()))?;
@@ -230,8 +280,8 @@ fn against_model(
             other_path.display()
         );
     }
-    let (tokens, prompt) = match &args.tokens {
-        Some(t) => (t.clone(), "--tokens".to_string()),
+    let (tokens, prompt) = match tokens {
+        Some(given) => given,
         None => (
             model::default_prompt(va, model::DEFAULT_PROMPT_LEN),
             format!("fixed {}-token default prompt", model::DEFAULT_PROMPT_LEN),
@@ -253,7 +303,33 @@ fn against_model(
         );
     }
     let comparison = compare::compare_runs(&out, &want, tol);
+    let generation = match generate {
+        Some(n) => {
+            let opts = GenerateOptions {
+                max_new_tokens: n,
+                eos: Vec::new(),
+                top_k: 5,
+            };
+            model.keep_pages(true);
+            other.keep_pages(true);
+            let a = generate::greedy(model, &tokens, &opts, |_| Ok::<(), String>(()))
+                .with_context(|| format!("generating with {}", path.display()))?;
+            let b = generate::greedy(&mut other, &tokens, &opts, |_| Ok::<(), String>(()))
+                .with_context(|| format!("generating with {}", other_path.display()))?;
+            let first_difference = generate::first_divergence(&a, &b);
+            Some(GenerationCheck {
+                new_tokens: n,
+                passed: first_difference.as_ref().is_none_or(|d| d.within_top5),
+                generated_ids: a.generated_ids,
+                against_generated_ids: b.generated_ids,
+                first_difference,
+            })
+        }
+        None => None,
+    };
+    let generation_passed = generation.as_ref().is_none_or(|g| g.passed);
     Ok(VerifyReport {
+        schema_version: render::VERIFY_SCHEMA_VERSION,
         model: path.display().to_string(),
         against: other_path.display().to_string(),
         against_kind: "model",
@@ -262,7 +338,8 @@ fn against_model(
         notes: model.notes().to_vec(),
         against_notes: other.notes().to_vec(),
         reference_notes: Vec::new(),
-        passed: comparison.passed(),
+        passed: comparison.passed() && generation_passed,
+        generation,
         first_failure: comparison.first_failing_stage().map(|s| s.blame()),
         comparison,
     })

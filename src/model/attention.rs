@@ -23,7 +23,7 @@ const SCORE_TILE: usize = 1 << 22;
 /// At most this many query rows per attention tile.
 const MAX_QUERY_BLOCK: usize = 256;
 /// At least this many keys per tile, where the prompt has them (see [`attention`]).
-const MIN_KEYS: usize = 3;
+pub(super) const MIN_KEYS: usize = 3;
 
 /// Query rows per attention tile for a prompt of `t` tokens: enough tiles for every thread
 /// (two each, for balance under the causal mask), each within [`SCORE_TILE`] scores.
@@ -48,6 +48,14 @@ pub(super) struct Head<'a> {
 /// `cap · tanh(s / cap)` before the mask, as Gemma 2), key/value head `j / (nH/nKV)` for query head
 /// `j` (GQA/MQA); `out` is `[T, nH·D]`.
 ///
+/// The `T = dims.t` queries are the positions `past..past + T` of the sequence; `k` and `v`
+/// hold its keys and values from position 0: `keys` rows, at least `past + T` (a KV cache's
+/// followed by this forward's; a prefill has `past = 0` and `keys = T`). Rows past `past + T`
+/// are masked, and only widen a tile to [`MIN_KEYS`] keys: a KV cache hands them (zeroed) to a
+/// sequence shorter than that, so that the rows it caches have the bits a longer prefill gives
+/// them. A query row computes the same bits whichever forward it belongs to, since its keys,
+/// its products and their order do not depend on the other query rows of its tile.
+///
 /// Tiled over blocks of `block` query rows (in parallel; each block runs every head in turn):
 /// a block needs only the keys from the first one its first row may see to its last row, so
 /// one tile holds `[block, keys]` scores and a prompt costs O(T·block) memory, not T² per
@@ -55,11 +63,15 @@ pub(super) struct Head<'a> {
 /// tile), and each output sums the same products in the same order as a full `[T, T]` product
 /// would (the masked keys it leaves out contribute exact zeros), up to gemm's k-blocking of
 /// very long rows.
+// Every argument is one of the product's operands or sizes; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn attention(
     q: Head<'_>,
     k: Head<'_>,
     v: Head<'_>,
     dims: Dims,
+    past: usize,
+    keys: usize,
     mask: Attention,
     block: usize,
     out: &mut [f32],
@@ -71,24 +83,32 @@ pub(super) fn attention(
         ..
     } = mask;
     let (t, d) = (dims.t, dims.d);
+    let total = past + t; // positions
+    if keys < total {
+        return Err(ModelError::Internal(format!(
+            "attention over {total} positions with {keys} keys"
+        )));
+    }
+    let available = keys;
     let group = dims.n_heads / dims.n_kv;
     let width = dims.n_heads * d;
     // first key row i may attend to: i - window < key <= i
     let first_key = |i: usize| window.map_or(0, |wnd| (i + 1).saturating_sub(wnd));
     // A tile of one row keeps the many-row arithmetic (see `matmul_rows`); a one-token
     // prompt is the single-row product it always was.
-    let product = if t > 1 { matmul_rows } else { matmul };
+    let product = if available > 1 { matmul_rows } else { matmul };
     out[..t * width]
         .par_chunks_mut(block.max(1) * width)
         .enumerate()
         .try_for_each(|(b, out_rows)| -> Result<(), ModelError> {
             let rows = out_rows.len() / width;
-            let r0 = b * block;
-            // Keys first_key(r0)..r0+rows, widened to at least MIN_KEYS (masked keys weigh an
-            // exact 0): gemm computes products over 1 or 2 keys with other kernels, whose
-            // sums would differ in the last bits from those of the one-tile product.
-            let hi = (r0 + rows).max(MIN_KEYS.min(t));
-            let lo = first_key(r0).min(hi.saturating_sub(MIN_KEYS));
+            let r0 = b * block; // this tile's first query row
+            let p0 = past + r0; // and its position
+                                // Keys first_key(p0)..p0+rows, widened to at least MIN_KEYS (masked keys weigh an
+                                // exact 0): gemm computes products over 1 or 2 keys with other kernels, whose
+                                // sums would differ in the last bits from those of the one-tile product.
+            let hi = (p0 + rows).max(MIN_KEYS.min(available));
+            let lo = first_key(p0).min(hi.saturating_sub(MIN_KEYS));
             let keys = hi - lo;
             let mut scores = vec![0.0f32; rows * keys]; // [rows, keys]: query r0+i, key lo+j
             for j in 0..dims.n_heads {
@@ -104,7 +124,7 @@ pub(super) fn attention(
                     1,
                 )?;
                 for (ri, row) in scores.chunks_mut(keys).enumerate() {
-                    let i = r0 + ri;
+                    let i = p0 + ri;
                     let (from, to) = (first_key(i) - lo, i - lo); // allowed keys, in the tile
                     let allowed = &mut row[from..=to];
                     for s in allowed.iter_mut() {
@@ -168,6 +188,8 @@ mod tests {
                 stride: 2,
             },
             dims,
+            0,
+            t,
             Attention {
                 window,
                 scale: (2f64).powf(-0.5) as f32,
@@ -236,6 +258,8 @@ mod tests {
                 stride: 16,
             },
             dims,
+            0,
+            t,
             Attention {
                 window,
                 scale: (8f64).powf(-0.5) as f32,

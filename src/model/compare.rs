@@ -30,6 +30,15 @@ pub struct Diff {
     pub exceeding: usize,
     /// Elements compared.
     pub count: usize,
+    /// Normalised mean squared error `Σ(got − want)² / Σ want²` (in f64): the error's energy
+    /// relative to the signal's, comparable across stages of different scales. Infinite when
+    /// the reference is all zeros but `got` is not, or when a value is NaN.
+    pub nmse: f64,
+    /// The same in decibels, `10·log10(nmse)` (−60 dB: a millionth of the signal's energy);
+    /// `None` when the two are identical (−∞ dB).
+    pub nmse_db: Option<f64>,
+    /// Mean |got − want| over the elements (in f64).
+    pub mean_abs: f64,
 }
 
 impl Diff {
@@ -47,7 +56,12 @@ pub fn diff(got: &[f32], want: &[f32], tol: Tolerance) -> Diff {
     let mut max_abs = 0.0f32;
     let mut scale = 0.0f32;
     let mut exceeding = 0;
+    let (mut err2, mut sig2, mut abs_sum) = (0.0f64, 0.0f64, 0.0f64);
     for (&g, &w) in got.iter().zip(want) {
+        let e = f64::from(g) - f64::from(w);
+        err2 += e * e;
+        sig2 += f64::from(w) * f64::from(w);
+        abs_sum += e.abs();
         let d = (g - w).abs();
         // NaN anywhere counts as exceeding and as an infinite difference
         let d = if d.is_nan() { f32::INFINITY } else { d };
@@ -62,6 +76,16 @@ pub fn diff(got: &[f32], want: &[f32], tol: Tolerance) -> Diff {
     if unmatched > 0 {
         max_abs = f32::INFINITY;
     }
+    let count = got.len().max(want.len());
+    let nmse = if unmatched > 0 || err2.is_nan() {
+        f64::INFINITY
+    } else if err2 == 0.0 {
+        0.0
+    } else if sig2 > 0.0 {
+        err2 / sig2
+    } else {
+        f64::INFINITY
+    };
     Diff {
         max_abs,
         max_rel: if scale > 0.0 {
@@ -70,7 +94,16 @@ pub fn diff(got: &[f32], want: &[f32], tol: Tolerance) -> Diff {
             max_abs
         },
         exceeding: exceeding + unmatched,
-        count: got.len().max(want.len()),
+        count,
+        nmse,
+        nmse_db: (nmse > 0.0).then(|| 10.0 * nmse.log10()),
+        mean_abs: if unmatched > 0 || abs_sum.is_nan() {
+            f64::INFINITY
+        } else if count > 0 {
+            abs_sum / count as f64
+        } else {
+            0.0
+        },
     }
 }
 
@@ -85,6 +118,32 @@ pub struct Agreement {
     pub kl_mean: f64,
     /// Max over positions of the same.
     pub kl_max: f64,
+    /// Mean over positions of |top-5(got) ∩ top-5(want)| / 5.
+    pub top5_overlap: f64,
+    /// Mean over positions of |top-10(got) ∩ top-10(want)| / 10.
+    pub top10_overlap: f64,
+}
+
+/// Ids of the `k` largest values (ties: lower id first).
+fn top_ids(x: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    let k = k.min(x.len());
+    let by = |a: &usize, b: &usize| x[*b].total_cmp(&x[*a]).then(a.cmp(b));
+    if k < order.len() {
+        order.select_nth_unstable_by(k, by);
+        order.truncate(k);
+    }
+    order
+}
+
+/// |top-k(a) ∩ top-k(b)| / k (1 when k is 0 or the rows are empty).
+fn top_overlap(a: &[f32], b: &[f32], k: usize) -> f64 {
+    let k = k.min(a.len()).min(b.len());
+    if k == 0 {
+        return 1.0;
+    }
+    let (ta, tb) = (top_ids(a, k), top_ids(b, k));
+    ta.iter().filter(|i| tb.contains(i)).count() as f64 / k as f64
 }
 
 /// Index of the largest value (first one on ties).
@@ -111,9 +170,12 @@ pub fn agreement(got: &[f32], want: &[f32], vocab: usize) -> Agreement {
     let positions = got.len() / vocab.max(1);
     let mut top1_agree = 0;
     let (mut kl_sum, mut kl_max) = (0.0f64, 0.0f64);
+    let (mut top5, mut top10) = (0.0f64, 0.0f64);
     for t in 0..positions {
         let g = &got[t * vocab..(t + 1) * vocab];
         let w = &want[t * vocab..(t + 1) * vocab];
+        top5 += top_overlap(g, w, 5);
+        top10 += top_overlap(g, w, 10);
         if argmax(g) == argmax(w) {
             top1_agree += 1;
         }
@@ -123,15 +185,28 @@ pub fn agreement(got: &[f32], want: &[f32], vocab: usize) -> Agreement {
         kl_sum += kl;
         kl_max = kl_max.max(kl);
     }
+    let mean = |sum: f64| {
+        if positions > 0 {
+            sum / positions as f64
+        } else {
+            0.0
+        }
+    };
     Agreement {
         top1_agree,
         positions,
-        kl_mean: if positions > 0 {
-            kl_sum / positions as f64
-        } else {
-            0.0
-        },
+        kl_mean: mean(kl_sum),
         kl_max,
+        top5_overlap: if positions > 0 {
+            top5 / positions as f64
+        } else {
+            1.0
+        },
+        top10_overlap: if positions > 0 {
+            top10 / positions as f64
+        } else {
+            1.0
+        },
     }
 }
 
@@ -620,6 +695,34 @@ mod tests {
         let nan = diff(&[f32::NAN], &[1.0], TOL);
         assert_eq!(nan.exceeding, 1);
         assert_eq!(nan.max_abs, f32::INFINITY);
+    }
+
+    #[test]
+    fn nmse_in_db_and_mean_abs() {
+        // error energy 0.5² + 0.5² = 0.5 over signal 1 + 1 + 4 + 4 = 10: 0.05, −13.01 dB
+        let d = diff(&[1.5, 1.0, 2.0, -1.5], &[1.0, 1.0, 2.0, -2.0], TOL);
+        assert!((d.nmse - 0.05).abs() < 1e-12, "{}", d.nmse);
+        assert!((d.nmse_db.unwrap() - 10.0 * 0.05f64.log10()).abs() < 1e-9);
+        assert!((d.mean_abs - 0.25).abs() < 1e-12);
+        let same = diff(&[1.0, 2.0], &[1.0, 2.0], TOL);
+        assert_eq!((same.nmse, same.nmse_db, same.mean_abs), (0.0, None, 0.0));
+        assert_eq!(diff(&[1.0], &[0.0], TOL).nmse, f64::INFINITY);
+        assert_eq!(diff(&[f32::NAN], &[1.0], TOL).nmse, f64::INFINITY);
+        assert_eq!(diff(&[1.0], &[1.0, 2.0], TOL).mean_abs, f64::INFINITY);
+    }
+
+    #[test]
+    fn top_k_overlap_counts_shared_candidates() {
+        // 12 entries; got and want share 4 of their top 5 and 9 of their top 10
+        let want: Vec<f32> = (0..12).map(|i| 12.0 - i as f32).collect(); // 0 > 1 > … > 11
+        let mut got = want.clone();
+        got.swap(4, 11); // 4 leaves both top lists, 11 enters them
+        let a = agreement(&got, &want, 12);
+        assert_eq!(a.top1_agree, 1);
+        assert!((a.top5_overlap - 0.8).abs() < 1e-12, "{}", a.top5_overlap);
+        assert!((a.top10_overlap - 0.9).abs() < 1e-12, "{}", a.top10_overlap);
+        let b = agreement(&want, &want, 12);
+        assert_eq!((b.top5_overlap, b.top10_overlap), (1.0, 1.0));
     }
 
     #[test]

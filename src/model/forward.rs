@@ -1,9 +1,11 @@
 //! The forward, as a sequence of named steps: check the prompt, estimate the memory, embed,
 //! run each decoder layer (attention block, MLP block), final norm, lm_head.
 //!
-//! Prefill only: the whole prompt goes through each layer at once, with a causal mask, and
-//! no KV cache is kept. Each layer reads its typed weights ([`LayerWeights`]) and its mmap
-//! pages are released after it. What differs between architectures is decided by
+//! A prefill runs the whole prompt through each layer at once, with a causal mask. With a
+//! [`KvCache`], the same code runs the tokens after the positions the cache holds: their
+//! queries attend over the cached keys and values and their own, which are appended (a decode
+//! step is a forward over one token). Each layer reads its typed weights ([`LayerWeights`]) and
+//! its mmap pages are released after it. What differs between architectures is decided by
 //! [`Traits`], never by the architecture's name.
 //!
 //! Memory is bounded and known before the first allocation: attention runs over blocks of
@@ -13,7 +15,8 @@
 
 use orient_inspect::ModelConfig;
 
-use super::attention::{attention, query_block, Head};
+use super::attention::{attention, query_block, Head, MIN_KEYS};
+use super::cache::KvCache;
 use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
 use super::memory::{self, Footprint};
 use super::ops;
@@ -129,9 +132,41 @@ struct Ctx<'a> {
     rope: Option<&'a RopeTables>,
     /// cos/sin of the local RoPE (layers with [`Attention::local_rope`]).
     local_rope: Option<&'a RopeTables>,
+    /// Positions before this forward's tokens (held by the KV cache; 0 for a prefill).
+    past: usize,
+    /// Products of one row take gemm's general path (see [`Ctx::product`]).
+    general: bool,
 }
 
-/// Runs the model on `tokens`. See [`super::Model::forward_with`].
+impl Ctx<'_> {
+    /// Positions of the whole sequence: the cached ones and this forward's.
+    fn total(&self) -> usize {
+        self.past + self.dims.t
+    }
+
+    /// The product of a few rows. A forward of one token uses the matrix–vector kernel (a
+    /// memory-bound pass over each weight, the fast way to decode). With `exact_decode`, gemm's
+    /// general path is used as soon as the sequence has more than one position, so that a
+    /// decode step sums every product in the same order as a prefill over the whole sequence
+    /// does (bit-identical logits; but gemm then packs every weight for a single row, several
+    /// times slower); a one-token prompt into a cache with room for more takes it too, so that
+    /// the keys and values cached are those a longer prefill computes.
+    fn product(&self) -> Product {
+        if self.general {
+            matmul_rows
+        } else {
+            matmul
+        }
+    }
+}
+
+/// [`matmul`] or [`matmul_rows`].
+type Product = fn(MatMut<'_>, MatRef<'_>, MatRef<'_>, bool, usize) -> Result<(), ModelError>;
+
+/// Runs the model on `tokens`, after the positions `cache` holds when there is one (their keys
+/// and values are appended to it). See [`super::Model::forward_with`] and
+/// [`super::Model::forward_cached`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     cfg: &ModelConfig,
     traits: &Traits,
@@ -140,16 +175,34 @@ pub(crate) fn forward(
     tokens: &[u32],
     opts: &ForwardOptions,
     threads: usize,
+    mut cache: Option<&mut KvCache>,
+    exact_decode: bool,
 ) -> Result<ForwardOutput, ModelError> {
     let dims = Dims::of(cfg, tokens.len());
-    check_prompt(w, tokens, dims)?;
+    let past = cache.as_ref().map_or(0, |c| c.len());
+    if let Some(c) = &cache {
+        c.check_fits(w.layers.len(), dims.kv_width(), dims.t)?;
+    }
+    check_prompt(w, tokens, dims, past)?;
     let positions = logit_positions(&opts.logits, dims.t)?;
-    check_sizes(dims)?;
+    check_sizes(dims, past)?;
     // Everything below is known now: refuse before the first large allocation.
-    let fp = footprint(traits, w, r, dims, positions.len(), opts.record, threads);
+    let mut fp = footprint(
+        traits,
+        w,
+        r,
+        dims,
+        past,
+        positions.len(),
+        opts.record,
+        threads,
+    );
+    if let Some(c) = &cache {
+        fp.activations += c.elements();
+    }
     refuse_if_too_large(&fp, dims.t, positions.len())?;
-    let rope = traits.rope_tables(dims.t);
-    let local_rope = traits.local_rope_tables(dims.t);
+    let rope = traits.rope_tables_at(past..past + dims.t);
+    let local_rope = traits.local_rope_tables_at(past..past + dims.t);
     let ctx = Ctx {
         traits,
         dims,
@@ -157,6 +210,12 @@ pub(crate) fn forward(
         threads,
         rope: rope.as_ref(),
         local_rope: local_rope.as_ref(),
+        past,
+        general: if exact_decode {
+            past + dims.t > 1 || cache.as_ref().is_some_and(|c| c.capacity() > 1)
+        } else {
+            dims.t > 1
+        },
     };
     let mut b = Buffers::new(dims, traits);
 
@@ -165,7 +224,8 @@ pub(crate) fn forward(
     let embedding = if opts.record { b.x.clone() } else { Vec::new() };
     let mut layers = Vec::new();
     for (i, layer) in w.layers.iter().enumerate() {
-        let after_attention = decoder_layer(&ctx, i, layer, r, &mut b, opts.record)?;
+        let after_attention =
+            decoder_layer(&ctx, i, layer, r, &mut b, opts.record, cache.as_deref_mut())?;
         if opts.record {
             layers.push(LayerTrace {
                 after_attention,
@@ -179,12 +239,16 @@ pub(crate) fn forward(
     norm(&ctx, r, &w.final_norm, &b.x, &mut normed)?;
     drop(b);
 
-    let mut logits = lm_head(r, &w.lm_head, &normed, &positions, dims, threads)?;
+    let mut logits = lm_head(&ctx, r, &w.lm_head, &normed, &positions)?;
     if let Some(cap) = traits.final_softcap {
         ops::map_in_place(&mut logits, |z| ops::softcap(z, cap));
     }
     r.release(&w.head_tensors());
     r.release(&w.embed_tensors());
+    // Only a forward that completed extends the cache.
+    if let Some(c) = cache {
+        c.commit(dims.t);
+    }
     Ok(ForwardOutput {
         tokens: tokens.to_vec(),
         hidden_size: dims.h,
@@ -198,9 +262,14 @@ pub(crate) fn forward(
     })
 }
 
-/// A prompt of at least one token, each inside the vocabulary, no longer than a learned
-/// position table.
-fn check_prompt(w: &ModelWeights, tokens: &[u32], dims: Dims) -> Result<(), ModelError> {
+/// A prompt of at least one token, each inside the vocabulary, no longer (after the `past`
+/// cached positions) than a learned position table.
+fn check_prompt(
+    w: &ModelWeights,
+    tokens: &[u32],
+    dims: Dims,
+    past: usize,
+) -> Result<(), ModelError> {
     if tokens.is_empty() {
         return Err(ModelError::EmptyPrompt);
     }
@@ -214,9 +283,9 @@ fn check_prompt(w: &ModelWeights, tokens: &[u32], dims: Dims) -> Result<(), Mode
         }
     }
     if let Some(table) = &w.position {
-        if tokens.len() > table.rows {
+        if past + tokens.len() > table.rows {
             return Err(ModelError::TooManyPositions {
-                tokens: tokens.len(),
+                tokens: past + tokens.len(),
                 max: table.rows,
             });
         }
@@ -243,16 +312,19 @@ fn logit_positions(which: &LogitPositions, t: usize) -> Result<Vec<usize>, Model
     })
 }
 
-/// Every buffer is T × (one of the model's widths) f32s: check the largest product once, so
-/// that no size below can overflow.
-fn check_sizes(dims: Dims) -> Result<(), ModelError> {
+/// Every buffer is T × (one of the model's widths, or the `past + T` keys) f32s: check the
+/// largest product once, so that no size below can overflow.
+fn check_sizes(dims: Dims, past: usize) -> Result<(), ModelError> {
+    let keys = past
+        .checked_add(dims.t)
+        .ok_or(ModelError::PromptTooLong { tokens: dims.t })?;
     let widest = [
         dims.vocab,
         dims.inter,
         dims.q_width(),
         dims.kv_width(),
         dims.h,
-        dims.t,
+        keys,
     ]
     .into_iter()
     .max()
@@ -265,13 +337,16 @@ fn check_sizes(dims: Dims) -> Result<(), ModelError> {
         .ok_or(ModelError::PromptTooLong { tokens: dims.t })
 }
 
-/// The peak memory of a forward over `dims.t` tokens computing logits at `positions`
-/// positions, in the buffers [`forward`] allocates (all widths fit: see [`check_sizes`]).
+/// The peak memory of a forward over `dims.t` tokens (after `past` cached ones) computing
+/// logits at `positions` positions, in the buffers [`forward`] allocates (all widths fit: see
+/// [`check_sizes`]). The cache's own buffers are the caller's to add.
+#[allow(clippy::too_many_arguments)]
 fn footprint(
     traits: &Traits,
     w: &ModelWeights,
     r: &Reader<'_>,
     dims: Dims,
+    past: usize,
     positions: usize,
     record: bool,
     threads: usize,
@@ -316,7 +391,7 @@ fn footprint(
     let resident = r.resident_bytes(w, dims.t, VOCAB_BLOCK);
     Footprint {
         activations: buffers,
-        attention: workers * block * t,
+        attention: workers * block * (u(past) + t),
         logits,
         recorded,
         embedding_output: 2 * t * h, // learned positions add their rows
@@ -360,7 +435,7 @@ fn embed(
             .position
             .as_ref()
             .ok_or_else(|| ModelError::Internal("no position table".into()))?;
-        let positions: Vec<usize> = (0..ctx.dims.t).collect();
+        let positions: Vec<usize> = (ctx.past..ctx.total()).collect();
         let p = r.rows(table, &positions)?; // [T, H]
         ops::add_in_place(&mut x, &p);
         r.release(&table.view.sources());
@@ -379,10 +454,11 @@ fn decoder_layer(
     r: &mut Reader<'_>,
     b: &mut Buffers,
     record: bool,
+    cache: Option<&mut KvCache>,
 ) -> Result<Vec<f32>, ModelError> {
     match ctx.traits.residual {
         Residual::Sequential => {
-            attention_block(ctx, layer, w, r, b)?;
+            attention_block(ctx, layer, w, r, b, cache)?;
             ops::add_in_place(&mut b.x, &b.out);
             let after_attention = if record { b.x.clone() } else { Vec::new() };
             mlp_block(ctx, w, r, b)?;
@@ -393,7 +469,7 @@ fn decoder_layer(
             let (post_attn, post_mlp) = w.post_norms.as_ref().ok_or_else(|| {
                 ModelError::Internal(format!("layer {layer} has no post-block norms"))
             })?;
-            attention_block(ctx, layer, w, r, b)?;
+            attention_block(ctx, layer, w, r, b, cache)?;
             norm(ctx, r, post_attn, &b.out, &mut b.h)?;
             ops::add_in_place(&mut b.x, &b.h);
             let after_attention = if record { b.x.clone() } else { Vec::new() };
@@ -403,7 +479,7 @@ fn decoder_layer(
             Ok(after_attention)
         }
         Residual::Parallel => {
-            attention_block(ctx, layer, w, r, b)?;
+            attention_block(ctx, layer, w, r, b, cache)?;
             // the attention output waits in `held` while the MLP reads the same x
             std::mem::swap(&mut b.out, &mut b.held);
             // x + attn: what the stream would be after attention alone (for comparisons)
@@ -422,20 +498,22 @@ fn decoder_layer(
 }
 
 /// `out = o(attention(rope(q(n)), rope(k(n)), v(n)))` with `n = norm(x)`; the caller adds it
-/// to the residual stream.
+/// to the residual stream. With a cache, the keys and values attended over are the cached ones
+/// followed by this forward's (appended).
 fn attention_block(
     ctx: &Ctx<'_>,
     layer: usize,
     w: &LayerWeights,
     r: &mut Reader<'_>,
     b: &mut Buffers,
+    cache: Option<&mut KvCache>,
 ) -> Result<(), ModelError> {
-    let (dims, threads) = (ctx.dims, ctx.threads);
+    let dims = ctx.dims;
     let t = dims.t;
     norm(ctx, r, &w.attn_norm, &b.x, &mut b.h)?;
-    linear(r, &w.q, &b.h, t, &mut b.q, threads)?;
-    linear(r, &w.k, &b.h, t, &mut b.k, threads)?;
-    linear(r, &w.v, &b.h, t, &mut b.v, threads)?;
+    project(ctx, r, &w.q, &b.h, &mut b.q)?;
+    project(ctx, r, &w.k, &b.h, &mut b.k)?;
+    project(ctx, r, &w.v, &b.h, &mut b.v)?;
     if let Some((qn, kn)) = &w.qk_norm {
         let qn = r.norm_weight(qn, ctx.traits.norm)?;
         let kn = r.norm_weight(kn, ctx.traits.norm)?;
@@ -448,7 +526,7 @@ fn attention_block(
         .attention
         .get(layer)
         .map(|a| Attention {
-            window: ctx.traits.window(layer, t),
+            window: ctx.traits.window(layer, ctx.total()),
             ..*a
         })
         .ok_or_else(|| ModelError::Internal(format!("no attention traits for layer {layer}")))?;
@@ -461,25 +539,37 @@ fn attention_block(
         rope.apply(&mut b.q, t, dims.d);
         rope.apply(&mut b.k, t, dims.d);
     }
+    let (keys, values) = match cache {
+        Some(c) => {
+            let rows = c
+                .layer_mut(layer)?
+                .append(&b.k, &b.v, ctx.past, t, kvd, MIN_KEYS)?;
+            (rows.k, rows.v)
+        }
+        None => (b.k.as_slice(), b.v.as_slice()),
+    };
+    let available = keys.len() / kvd.max(1);
     attention(
         Head {
             data: &b.q,
             stride: qd,
         },
         Head {
-            data: &b.k,
+            data: keys,
             stride: kvd,
         },
         Head {
-            data: &b.v,
+            data: values,
             stride: kvd,
         },
         dims,
+        ctx.past,
+        available,
         mask,
-        query_block(t, threads),
+        query_block(t, ctx.threads),
         &mut b.attn,
     )?;
-    linear(r, &w.o, &b.attn, t, &mut b.out, threads)?;
+    project(ctx, r, &w.o, &b.attn, &mut b.out)?;
     Ok(())
 }
 
@@ -491,11 +581,10 @@ fn mlp_block(
     r: &mut Reader<'_>,
     b: &mut Buffers,
 ) -> Result<(), ModelError> {
-    let (t, threads) = (ctx.dims.t, ctx.threads);
     norm(ctx, r, &w.mlp_norm, &b.x, &mut b.h)?;
     if let Some(moe) = &w.moe {
         let act = ctx.traits.activation;
-        return super::moe::sparse_mlp(r, moe, act, &b.h, t, &mut b.out, threads);
+        return super::moe::sparse_mlp(r, moe, act, &b.h, ctx.dims.t, &mut b.out, ctx.threads);
     }
     let mlp = w
         .mlp
@@ -503,19 +592,19 @@ fn mlp_block(
         .ok_or_else(|| ModelError::Internal("a layer without its MLP".into()))?;
     match (ctx.traits.mlp, &mlp.gate) {
         (MlpKind::Gated, Some(gate)) => {
-            linear(r, gate, &b.h, t, &mut b.inner, threads)?;
-            linear(r, &mlp.up, &b.h, t, &mut b.up, threads)?;
+            project(ctx, r, gate, &b.h, &mut b.inner)?;
+            project(ctx, r, &mlp.up, &b.h, &mut b.up)?;
             ops::gated_in_place(&mut b.inner, &b.up, act(ctx.traits.activation));
         }
         (MlpKind::Plain, _) => {
-            linear(r, &mlp.up, &b.h, t, &mut b.inner, threads)?;
+            project(ctx, r, &mlp.up, &b.h, &mut b.inner)?;
             ops::map_in_place(&mut b.inner, act(ctx.traits.activation));
         }
         (MlpKind::Gated, None) => {
             return Err(ModelError::Internal("a gated MLP without its gate".into()))
         }
     }
-    linear(r, &mlp.down, &b.inner, t, &mut b.out, threads)?;
+    project(ctx, r, &mlp.down, &b.inner, &mut b.out)?;
     Ok(())
 }
 
@@ -562,9 +651,33 @@ fn norm(
     Ok(())
 }
 
+/// [`linear`] in a decoder forward: its rows, threads and product ([`Ctx::product`]).
+fn project(
+    ctx: &Ctx<'_>,
+    r: &mut Reader<'_>,
+    l: &Linear,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<(), ModelError> {
+    linear_with(ctx.product(), r, l, x, ctx.dims.t, out, ctx.threads)
+}
+
 /// `out [T, N] = x [T, K] · Wᵀ + bias` for the `[N, K]` weight of `l`, read in place or
 /// gathered.
 pub(super) fn linear(
+    r: &mut Reader<'_>,
+    l: &Linear,
+    x: &[f32],
+    t: usize,
+    out: &mut [f32],
+    threads: usize,
+) -> Result<(), ModelError> {
+    linear_with(matmul, r, l, x, t, out, threads)
+}
+
+/// [`linear`] with the product `product` ([`matmul`] or [`matmul_rows`]).
+fn linear_with(
+    product: Product,
     r: &mut Reader<'_>,
     l: &Linear,
     x: &[f32],
@@ -603,7 +716,7 @@ pub(super) fn linear(
     while start < n {
         let end = (start + block).min(n);
         let wm = r.matrix(&l.weight, start..end)?; // [K, end-start]
-        matmul(
+        product(
             MatMut::new(&mut out[start..], t, end - start, n)?, // dst [T, end-start] of [T, N]
             MatRef::row_major(x, t, k)?,                        // lhs [T, K]
             wm,                                                 // rhs [K, end-start]
@@ -618,17 +731,18 @@ pub(super) fn linear(
 /// `[P, V]` logits of the rows `positions` of `normed` `[T, H]`, computed in vocabulary
 /// blocks (a widened bf16 head never needs V·H f32 at once).
 ///
-/// A subset of a prompt of several tokens keeps gemm's general path ([`matmul_rows`]) even
-/// for one row: each logit is then summed in the same order as when every position is
-/// computed, and the last position's logits are bit-identical either way.
+/// A subset of a sequence of several positions keeps gemm's general path ([`matmul_rows`])
+/// even for one row: each logit is then summed in the same order as when every position is
+/// computed, and the last position's logits are bit-identical either way (and equal to those
+/// of a decode step over the same sequence).
 fn lm_head(
+    ctx: &Ctx<'_>,
     r: &mut Reader<'_>,
     head: &Matrix,
     normed: &[f32],
     positions: &[usize],
-    dims: Dims,
-    threads: usize,
 ) -> Result<Vec<f32>, ModelError> {
+    let (dims, threads) = (ctx.dims, ctx.threads);
     let (t, h, vocab) = (dims.t, dims.h, dims.vocab);
     let p = positions.len();
     let gathered: Vec<f32>; // [P, H] when not every position
@@ -642,7 +756,7 @@ fn lm_head(
             .collect();
         &gathered
     };
-    let product = if t > 1 { matmul_rows } else { matmul };
+    let product = ctx.product();
     let mut logits = vec![0.0f32; p * vocab]; // [P, V]
     let mut start = 0;
     while start < vocab {

@@ -17,6 +17,7 @@
 //! with the numbers, not aborted.
 
 mod attention;
+pub mod cache;
 pub mod compare;
 mod encoder;
 mod forward;
@@ -39,6 +40,7 @@ use orient_inspect::layout::gather::GatherError;
 use orient_inspect::{Checkpoint, ConfigStatus, ModelConfig};
 use serde::Serialize;
 
+pub use cache::KvCache;
 pub use encoder::EncoderInputs;
 
 /// Why the forward could not run.
@@ -140,6 +142,16 @@ pub enum ModelError {
     /// The estimated peak of the forward exceeds the memory available.
     #[error("{0}")]
     WouldNotFit(Box<WouldNotFit>),
+    /// A KV cache without room for the tokens of a forward.
+    #[error("the KV cache has room for {capacity} positions; it holds {held} and {tokens} more were run")]
+    CacheFull {
+        /// Positions the cache has room for.
+        capacity: usize,
+        /// Positions it holds.
+        held: usize,
+        /// Tokens of the forward.
+        tokens: usize,
+    },
     /// No tokens.
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -161,6 +173,9 @@ pub enum ModelError {
     /// An encoder's token types or attention mask do not fit the prompt or the model.
     #[error("encoder inputs: {0}")]
     EncoderInputs(String),
+    /// A KV-cached forward (generation) asked of an encoder.
+    #[error("this model is an encoder (BERT): it has no LM head to generate tokens with")]
+    EncoderCannotGenerate,
     /// A broken invariant inside the forward (a bug, reported rather than panicking).
     #[error("internal error in the forward: {0}")]
     Internal(String),
@@ -480,6 +495,7 @@ pub struct Model<'c> {
     notes: Vec<LoadNote>,
     convention: String,
     threads: usize,
+    exact_decode: bool,
 }
 
 impl<'c> Model<'c> {
@@ -506,6 +522,7 @@ impl<'c> Model<'c> {
             notes: located.notes,
             convention: located.convention,
             threads: rayon::current_num_threads(),
+            exact_decode: false,
         })
     }
 
@@ -602,10 +619,73 @@ impl<'c> Model<'c> {
             tokens,
             opts,
             self.threads,
+            None,
+            false,
         );
         // Weights used in place are read inside the matmuls, after the per-tensor checks:
         // nothing computed from a file that changed underneath is returned.
         self.reader.check_intact()?;
+        out
+    }
+
+    /// Makes [`Model::forward_cached`] compute each product of a decode step in the order a
+    /// prefill over the whole sequence does (gemm's general path, see [`matmul::matmul_rows`]),
+    /// over the same cached keys and values: each step's logits then equal, bit for bit, those
+    /// of [`Model::forward_with`] over the sequence at that position. The one exception is a
+    /// prompt of a single token: it is cached as a longer prefill computes it (so that the steps
+    /// after it stay exact), and differs in the last bits from a plain one-token forward, which
+    /// uses the matrix–vector kernel. Several times slower than the default: gemm packs each
+    /// weight for a single row. For tests and for checking the cache itself.
+    pub fn exact_decode(&mut self, exact: bool) {
+        self.exact_decode = exact;
+    }
+
+    /// An empty KV cache for this model with room for `capacity` positions (prompt and
+    /// generated tokens), for [`Model::forward_cached`].
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
+        KvCache::new(
+            self.config.num_hidden_layers,
+            self.config.num_key_value_heads * self.config.head_dim,
+            capacity,
+        )
+    }
+
+    /// Runs `tokens` as the positions after those `cache` holds (a prefill on an empty cache, a
+    /// decode step on one token), appending their keys and values to it. Positions in `opts`
+    /// and in the output count from the first of `tokens`.
+    ///
+    /// A prefill through the cache is the plain forward. A decode step (one token) uses the
+    /// matrix–vector kernel, whose sums run in another order than the many-row product of a
+    /// prefill over the whole sequence: its logits agree with that prefill's to float rounding
+    /// (about 1e-6). With [`Model::exact_decode`] they are equal bit for bit. On an error the
+    /// cache keeps the positions it held before.
+    pub fn forward_cached(
+        &mut self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput, ModelError> {
+        let weights::Weights::Decoder(w) = &self.weights else {
+            return Err(ModelError::EncoderCannotGenerate);
+        };
+        let out = forward::forward(
+            &self.config,
+            &self.traits,
+            w,
+            &mut self.reader,
+            tokens,
+            opts,
+            self.threads,
+            Some(&mut *cache),
+            self.exact_decode,
+        );
+        if let Err(e) = self.reader.check_intact() {
+            if out.is_ok() {
+                // computed from a file that changed: forget what this forward appended
+                cache.truncate(cache.len().saturating_sub(tokens.len()));
+            }
+            return Err(e);
+        }
         out
     }
 }

@@ -77,18 +77,26 @@ pub struct RopeTables {
 impl RopeTables {
     /// `freqs[t, i] = t · inv_freq[i]` in f32, then cos and sin (correctly rounded from f64).
     pub fn new(inv_freq: &[f32], len: usize) -> RopeTables {
+        RopeTables::at(inv_freq, 0..len)
+    }
+
+    /// The tables of the positions `positions` only (row 0 is position `positions.start`): what
+    /// a decode step over tokens after a KV cache needs. Each row depends on its position alone,
+    /// so it has the same bits as the same row of [`RopeTables::new`] over the whole sequence.
+    pub fn at(inv_freq: &[f32], positions: std::ops::Range<usize>) -> RopeTables {
         let half = inv_freq.len();
         let d = 2 * half;
+        let len = positions.len();
         let mut cos = vec![0.0f32; len * d]; // [len, D]
         let mut sin = vec![0.0f32; len * d]; // [len, D]
-        for t in 0..len {
+        for (row, t) in positions.enumerate() {
             for (i, &f) in inv_freq.iter().enumerate() {
                 let angle = f64::from(t as f32 * f);
                 let (s, c) = angle.sin_cos();
-                cos[t * d + i] = c as f32;
-                cos[t * d + half + i] = c as f32;
-                sin[t * d + i] = s as f32;
-                sin[t * d + half + i] = s as f32;
+                cos[row * d + i] = c as f32;
+                cos[row * d + half + i] = c as f32;
+                sin[row * d + i] = s as f32;
+                sin[row * d + half + i] = s as f32;
             }
         }
         RopeTables {
@@ -182,6 +190,17 @@ mod tests {
         assert_eq!(&x[..2], &[1.0, 0.0]); // position 0: identity
         let (s, c) = (1.0f64.sin() as f32, 1.0f64.cos() as f32);
         assert_eq!(&x[2..], &[c, s]);
+    }
+
+    /// A table that starts at a later position has the same bits as the rows of the whole one.
+    #[test]
+    fn tables_from_an_offset_are_rows_of_the_whole_table() {
+        let inv = inv_freq(16, 1e6, None);
+        let whole = RopeTables::new(&inv, 40);
+        let tail = RopeTables::at(&inv, 33..40);
+        assert_eq!(tail.cos, whole.cos[33 * 16..]);
+        assert_eq!(tail.sin, whole.sin[33 * 16..]);
+        assert!(RopeTables::at(&inv, 5..5).cos.is_empty());
     }
 
     /// Partial rotary: heads of 4 with 2 rotated dimensions keep their last two untouched.

@@ -295,30 +295,32 @@ impl Traits {
             .filter(|&w| w < tokens)
     }
 
-    /// The cos/sin tables for `tokens` positions, when positions are rotary.
-    pub fn rope_tables(&self, tokens: usize) -> Option<RopeTables> {
+    /// The cos/sin tables of the positions `positions` (a prefill's `0..T`; the tokens after a
+    /// KV cache start past 0), when positions are rotary.
+    pub fn rope_tables_at(&self, positions: std::ops::Range<usize>) -> Option<RopeTables> {
         match &self.position {
-            Position::Rotary(r) => Some(r.tables(tokens)),
+            Position::Rotary(r) => Some(r.tables(positions)),
             Position::Learned => None,
         }
     }
 
-    /// The cos/sin tables of the local RoPE ([`Traits::local_rope`]), when there is one.
-    pub fn local_rope_tables(&self, tokens: usize) -> Option<RopeTables> {
-        self.local_rope.as_ref().map(|r| r.tables(tokens))
+    /// The cos/sin tables of the local RoPE ([`Traits::local_rope`]) at `positions`, when
+    /// there is one.
+    pub fn local_rope_tables_at(&self, positions: std::ops::Range<usize>) -> Option<RopeTables> {
+        self.local_rope.as_ref().map(|r| r.tables(positions))
     }
 }
 
 impl Rotary {
-    /// The cos/sin tables for `tokens` positions.
-    fn tables(&self, tokens: usize) -> RopeTables {
+    /// The cos/sin tables of the positions `positions`.
+    fn tables(&self, positions: std::ops::Range<usize>) -> RopeTables {
         let mut inv = rope::inv_freq(self.dims, self.theta, self.llama3.as_ref());
         if let Some(factor) = self.linear {
             // `_compute_linear_scaling_rope_parameters`: `inv_freq /= factor`, in f32
             let factor = factor as f32;
             inv.iter_mut().for_each(|f| *f /= factor);
         }
-        RopeTables::new(&inv, tokens)
+        RopeTables::at(&inv, positions)
     }
 }
 
@@ -388,7 +390,7 @@ mod tests {
         assert_eq!(g.norm, NormKind::Layer);
         assert_eq!((g.mlp, g.activation), (MlpKind::Plain, Activation::GeluNew));
         assert_eq!(g.position, Position::Learned);
-        assert!(g.rope_tables(4).is_none());
+        assert!(g.rope_tables_at(0..4).is_none());
         let m = Traits::of(&cfg(
             r#"{"model_type": "mixtral", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
                 "intermediate_size": 32, "num_hidden_layers": 2, "vocab_size": 256}"#,
@@ -497,7 +499,7 @@ mod tests {
             .iter()
             .map(|f| f / 8.0)
             .collect();
-        let (got, want) = (global.tables(3), RopeTables::new(&inv, 3));
+        let (got, want) = (global.tables(0..3), RopeTables::new(&inv, 3));
         assert_eq!((got.cos, got.sin), (want.cos, want.sin));
     }
 

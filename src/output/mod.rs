@@ -9,6 +9,7 @@ pub mod convert;
 pub mod demo;
 pub mod diff;
 pub mod escape;
+pub mod generate;
 pub mod inspect;
 pub mod json;
 pub mod lint;

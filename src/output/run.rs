@@ -20,11 +20,19 @@ pub struct PositionTop {
     pub position: usize,
     /// Best first.
     pub top: Vec<TopToken>,
+    /// With `--prompt`: each candidate's text, as the tokenizer decodes it alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<Vec<String>>,
 }
+
+/// `schema_version` of `orient run --json` (README.md documents the schema).
+pub const RUN_SCHEMA_VERSION: u32 = 1;
 
 /// Everything `orient run` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
+    /// [`RUN_SCHEMA_VERSION`].
+    pub schema_version: u32,
     /// The model path as given.
     pub model: String,
     /// `model_type`.
@@ -33,6 +41,10 @@ pub struct RunReport {
     pub convention: String,
     /// Prompt length.
     pub tokens: usize,
+    /// The prompt's token ids (given, or `--prompt`'s tokenization).
+    pub input_ids: Vec<u32>,
+    /// `--prompt`'s text, when given.
+    pub prompt: Option<String>,
     /// What loading noticed.
     pub notes: Vec<LoadNote>,
     /// Candidates, by position.
@@ -102,6 +114,10 @@ pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result
         report.convention,
         report.tokens
     )?;
+    if report.prompt.is_some() {
+        let ids: Vec<String> = report.input_ids.iter().map(u32::to_string).collect();
+        writeln!(out, "input_ids: [{}]", ids.join(", "))?;
+    }
     for n in report.notes.iter().filter(|n| !matches!(n, LoadNote::Tied)) {
         writeln!(out, "  {}", describe_note(n))?;
     }
@@ -110,16 +126,26 @@ pub fn render(report: &RunReport, json: bool, out: &mut dyn Write) -> io::Result
     }
     let mut table = Table::new();
     table.load_preset(presets::UTF8_FULL_CONDENSED);
-    table.set_header(vec!["position", "rank", "token", "logit", "prob"]);
+    let with_text = report.positions.iter().any(|p| p.text.is_some());
+    let mut header = vec!["position", "rank", "token", "logit", "prob"];
+    if with_text {
+        header.push("text");
+    }
+    table.set_header(header);
     for p in &report.positions {
         for (rank, t) in p.top.iter().enumerate() {
-            table.add_row(vec![
+            let mut row = vec![
                 Cell::new(p.position).set_alignment(CellAlignment::Right),
                 Cell::new(rank + 1).set_alignment(CellAlignment::Right),
                 Cell::new(t.token).set_alignment(CellAlignment::Right),
                 Cell::new(format!("{:.6}", t.logit)).set_alignment(CellAlignment::Right),
                 Cell::new(format!("{:.6}", t.prob)).set_alignment(CellAlignment::Right),
-            ]);
+            ];
+            if with_text {
+                let text = p.text.as_ref().and_then(|v| v.get(rank));
+                row.push(Cell::new(text.map_or(String::new(), |s| quoted(s))));
+            }
+            table.add_row(row);
         }
     }
     writeln!(out, "{table}")?;
@@ -163,6 +189,12 @@ fn render_encoder(e: &EncoderSummary, saved: Option<&str>, out: &mut dyn Write) 
         )?;
     }
     Ok(())
+}
+
+/// A token's text for a table cell: quoted, with control characters and invisible spaces
+/// escaped (a newline shows as `\n`).
+pub fn quoted(text: &str) -> String {
+    escape(&format!("{text:?}")).into_owned()
 }
 
 /// Timings of `--repeat` runs (for benchmarks; goes to stderr).

@@ -9,14 +9,20 @@ use std::io::{self, Write};
 use comfy_table::{presets, Cell, CellAlignment, Table};
 use serde::Serialize;
 
+use crate::generate::Divergence;
 use crate::model::compare::{Comparison, ReferenceNote, Stage};
 use crate::model::LoadNote;
 use crate::output::escape::{escape, Escaping};
 use crate::output::run::describe_note;
 
+/// `schema_version` of `orient verify --json` (README.md documents the schema).
+pub const VERIFY_SCHEMA_VERSION: u32 = 1;
+
 /// Everything `orient verify` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
+    /// [`VERIFY_SCHEMA_VERSION`].
+    pub schema_version: u32,
     /// The model under test.
     pub model: String,
     /// The reference file or the other model.
@@ -35,10 +41,28 @@ pub struct VerifyReport {
     pub reference_notes: Vec<ReferenceNote>,
     /// The stage-by-stage comparison.
     pub comparison: Comparison,
-    /// Everything within tolerance.
+    /// Everything within tolerance (and, with `--generate`, vLLM's rule kept).
     pub passed: bool,
+    /// `--generate N`: both greedy continuations and vLLM's rule.
+    pub generation: Option<GenerationCheck>,
     /// The first stage out of tolerance, in words (e.g. "layer 0's attention").
     pub first_failure: Option<String>,
+}
+
+/// `verify --generate N`: both models' greedy continuations of the prompt, compared by vLLM's
+/// rule.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerationCheck {
+    /// N.
+    pub new_tokens: usize,
+    /// The model under test's continuation.
+    pub generated_ids: Vec<u32>,
+    /// The other model's.
+    pub against_generated_ids: Vec<u32>,
+    /// Where they part (`a` is the model under test), with both top-5 lists; null when equal.
+    pub first_difference: Option<Divergence>,
+    /// Equal, or at the first difference each token is among the other model's top 5.
+    pub passed: bool,
 }
 
 /// Plain for ordinary magnitudes, scientific for tiny or huge ones.
@@ -157,22 +181,25 @@ pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<(
     table.set_header(vec![
         "stage",
         "max |Δ|",
-        "max rel Δ",
+        "mean |Δ|",
+        "NMSE",
         "outside tol",
         "top-1 agree",
+        "top-5/10 overlap",
         "KL mean",
         "KL max",
         "",
     ]);
     let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
     for (i, row) in r.comparison.rows.iter().enumerate() {
-        let (top1, kl_mean, kl_max) = match &row.agreement {
+        let (top1, overlap, kl_mean, kl_max) = match &row.agreement {
             Some(a) => (
                 format!("{}/{}", a.top1_agree, a.positions),
+                format!("{:.3} / {:.3}", a.top5_overlap, a.top10_overlap),
                 sci(a.kl_mean),
                 sci(a.kl_max),
             ),
-            None => (String::new(), String::new(), String::new()),
+            None => (String::new(), String::new(), String::new(), String::new()),
         };
         let mark = if r.comparison.first_failure == Some(i) {
             "← first over tolerance"
@@ -184,15 +211,20 @@ pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<(
         table.add_row(vec![
             Cell::new(row.stage.label()),
             right(sci(f64::from(row.diff.max_abs))),
-            right(sci(f64::from(row.diff.max_rel))),
+            right(sci(row.diff.mean_abs)),
+            right(db(row.diff.nmse_db)),
             right(format!("{}/{}", row.diff.exceeding, row.diff.count)),
             right(top1),
+            right(overlap),
             right(kl_mean),
             right(kl_max),
             Cell::new(mark),
         ]);
     }
     writeln!(out, "{table}")?;
+    if let Some(g) = &r.generation {
+        generation(out, g)?;
+    }
     match (&r.first_failure, r.comparison.first_failing_stage()) {
         (Some(what), Some(stage)) => {
             writeln!(
@@ -227,11 +259,64 @@ pub fn render(r: &VerifyReport, json: bool, out: &mut dyn Write) -> io::Result<(
                 }
             }
         }
+        _ if !r.passed => writeln!(
+            out,
+            "FAIL: every stage within |Δ| ≤ {} + {}·|ref|, but the greedy continuations part \
+             beyond vLLM's rule.",
+            tol.atol, tol.rtol
+        )?,
         _ => writeln!(
             out,
-            "PASS: every stage within |Δ| ≤ {} + {}·|ref|.",
-            tol.atol, tol.rtol
+            "PASS: every stage within |Δ| ≤ {} + {}·|ref|{}.",
+            tol.atol,
+            tol.rtol,
+            if r.generation.is_some() {
+                ", and the greedy continuations keep vLLM's rule"
+            } else {
+                ""
+            }
         )?,
     }
     Ok(())
+}
+
+/// NMSE in decibels (−∞ when identical).
+fn db(x: Option<f64>) -> String {
+    match x {
+        None => "-inf dB".to_string(),
+        Some(v) if v.is_infinite() => "inf dB".to_string(),
+        Some(v) => format!("{v:.1} dB"),
+    }
+}
+
+/// The `--generate` lines: equal continuations, or where they part and whether the rule holds.
+fn generation(out: &mut dyn Write, g: &GenerationCheck) -> io::Result<()> {
+    let Some(d) = &g.first_difference else {
+        return writeln!(
+            out,
+            "greedy continuation: the same {} tokens from both models",
+            g.generated_ids.len()
+        );
+    };
+    let ids = |v: &[crate::model::TopToken]| -> String {
+        let ids: Vec<String> = v.iter().map(|t| t.token.to_string()).collect();
+        ids.join(", ")
+    };
+    writeln!(
+        out,
+        "greedy continuation ({} tokens): the models part at generated token {} (position {}): \
+         {} vs {}; top 5 there: [{}] vs [{}]: {}",
+        g.new_tokens,
+        d.index,
+        d.position,
+        d.a,
+        d.b,
+        ids(&d.a_top),
+        ids(&d.b_top),
+        if d.within_top5 {
+            "each token is in the other's top 5 (vLLM's rule holds)"
+        } else {
+            "a token is outside the other's top 5 (vLLM's rule fails)"
+        }
+    )
 }
