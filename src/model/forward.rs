@@ -782,7 +782,7 @@ mod tests {
     /// inputs in the same order whichever block it falls in.
     #[test]
     fn blocked_widening_matches_one_block_and_the_in_place_f32_weight() {
-        let (n, k, t) = (1100usize, 48usize, 5usize);
+        let (n, k, t) = (4500usize, 48usize, 5usize);
         // values exactly representable in bf16, so both files hold the same weights
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 97) as f32 - 48.0) / 64.0)
@@ -835,7 +835,7 @@ mod tests {
         };
         let in_place = product(0, 4 << 20);
         let one_block = product(1, 4 << 20);
-        // a budget smaller than one output: blocks of the fewest outputs (512), the last of
+        // a budget smaller than one output: blocks of the fewest outputs (2048), the last of
         // them partial
         let many = product(1, 1);
         assert_eq!(one_block, in_place);
@@ -844,7 +844,7 @@ mod tests {
         assert_eq!(r.block_outputs(&linear_of(0).weight), n);
         let mut small = Reader::new(&ckpt);
         small.widen_block_bytes = 1;
-        assert_eq!(small.block_outputs(&linear_of(1).weight), 512);
+        assert_eq!(small.block_outputs(&linear_of(1).weight), 2048);
         // exact: integers over powers of two sum without rounding at these sizes
         for (o, row) in (0..t).map(|i| (i, &many[i * n..(i + 1) * n])) {
             for (j, &y) in row.iter().enumerate() {

@@ -24,9 +24,9 @@ use super::ModelError;
 
 /// f32 bytes of one widened block of a linear layer's weight (see [`Reader::block_outputs`]).
 const WIDEN_BLOCK_BYTES: usize = 4 << 20;
-/// Fewest outputs per widened block: each block repacks the activations (`[T, K]`) in gemm,
-/// so narrower blocks cost more than their cache locality saves.
-const MIN_WIDEN_BLOCK: usize = 512;
+/// Fewest outputs per widened block: each block repacks the activations (`[T, K]`) in gemm
+/// and is one parallel section, so narrower blocks cost more than their locality saves.
+const MIN_WIDEN_BLOCK: usize = 2048;
 /// Elements gathered per rayon task.
 const GATHER_TASK: usize = 1 << 16;
 /// The kernel maps up to 16 neighbouring cached pages on each fault (fault-around).
@@ -97,10 +97,11 @@ impl<'c> Reader<'c> {
     /// How many outputs of `m` a linear layer reads at a time: all of them when `m` is
     /// handed to gemm in place, else blocks of about [`WIDEN_BLOCK_BYTES`] of f32 but at least
     /// [`MIN_WIDEN_BLOCK`] outputs (a multiple of 16), each widened just before gemm packs it,
-    /// so that the f32 copy stays near the cache instead of making a round trip through
-    /// memory. On a Qwen2-7B-shaped bf16 model (200 tokens, gemm's AVX-512 kernels) this took
-    /// the CPU time of a forward from ~12.5 s to ~6.2 s per 8 layers, and the gathering
-    /// buffer from 271 MB (a whole MLP matrix) to 39 MB.
+    /// so that the f32 copy does not make a whole-matrix round trip through memory. On a
+    /// Qwen2-7B-shaped bf16 model (200 tokens, gemm's AVX-512 kernels, quiet machine) a whole
+    /// process took 55.9 s widening whole matrices, 20.7 s with 512-output blocks (too narrow:
+    /// gemm repacks the activations per block and keeps fewer threads busy), 16.0–18.4 s with
+    /// 2048 and 16.6 s with 4096; the AVX2 build before this widened whole matrices in 19.4–20.0 s.
     pub fn block_outputs(&self, m: &Matrix) -> usize {
         if self.in_place(&m.view).is_some() {
             return m.out.max(1);
