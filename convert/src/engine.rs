@@ -1452,6 +1452,23 @@ mod tests {
                 .collect()
         }
 
+        /// One contiguous view per tensor of `shapes` (members × parts), over sources numbered
+        /// in that order.
+        fn numbered_views(shapes: &Group<Vec<usize>>) -> Group<View> {
+            let mut k = 0;
+            shapes
+                .iter()
+                .map(|m| {
+                    m.iter()
+                        .map(|s| {
+                            k += 1;
+                            View::contiguous(k - 1, s)
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+
         /// Runs `transforms` over tensors of `shapes` (members × parts) and back.
         fn round_trip(
             transforms: Vec<Transform>,
@@ -1478,18 +1495,7 @@ mod tests {
                     dtype,
                 })
                 .collect();
-            let mut k = 0;
-            let group: Group<View> = shapes
-                .iter()
-                .map(|m| {
-                    m.iter()
-                        .map(|s| {
-                            k += 1;
-                            View::contiguous(k - 1, s)
-                        })
-                        .collect()
-                })
-                .collect();
+            let group = numbered_views(&shapes);
             let stored_views = chain.apply(group).unwrap();
             let ops = ops_of(stored_views, &sources, dtype, "out");
             let d: Vec<Data<'_>> = inputs.iter().map(|b| Data { bytes: b, dtype }).collect();
@@ -1504,18 +1510,7 @@ mod tests {
                     dtype,
                 })
                 .collect();
-            let mut k = 0;
-            let group: Group<View> = out_shapes
-                .iter()
-                .map(|m| {
-                    m.iter()
-                        .map(|s| {
-                            k += 1;
-                            View::contiguous(k - 1, s)
-                        })
-                        .collect()
-                })
-                .collect();
+            let group = numbered_views(&out_shapes);
             let back_views = chain.inverse().apply(group).unwrap();
             let back_ops = ops_of(back_views, &stored_sources, dtype, "back");
             let d: Vec<Data<'_>> = stored.iter().map(|b| Data { bytes: b, dtype }).collect();
