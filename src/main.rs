@@ -52,6 +52,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A misspelt kernel choice is an error, not a silent fallback.
+    if let Err(e) = orient::model::amx::Kernels::from_env() {
+        return finish(Err(anyhow::anyhow!(e)), &mut orient::output::stderr());
+    }
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),

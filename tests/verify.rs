@@ -267,3 +267,72 @@ fn a_port_without_its_layout_file_is_refused_with_a_hint() {
         assert_eq!(row["diff"]["max_abs"], 0.0, "{row}");
     }
 }
+
+/// bf16 weights go to the AMX tiles where the CPU has them (`ORIENT_KERNELS=auto`, the
+/// default) and to gemm's f32 kernels with `ORIENT_KERNELS=portable`: either way every bf16
+/// fixture matches transformers, decoders and encoder, dense and MoE, fused and gathered views.
+#[test]
+fn bf16_fixtures_verify_against_transformers_with_either_kernel_choice() {
+    for name in [
+        "llama-bf16",
+        "gemma-bf16",
+        "gemma2-bf16",
+        "gemma3-bf16",
+        "gpt-neox-bf16",
+        "phi3-bf16",
+        "qwen2-moe-bf16",
+        "bert-bf16",
+    ] {
+        for kernels in ["auto", "portable"] {
+            orient()
+                .env("ORIENT_KERNELS", kernels)
+                .args(["verify", "--atol", "1e-4", "--rtol", "0"])
+                .arg(fixture(name))
+                .arg("--reference")
+                .arg(fixture(name).join("reference.safetensors"))
+                .assert()
+                .code(0);
+        }
+    }
+}
+
+/// A bf16 model and its Flax conversion (kernels `[in, out]`, gathered for the tiles) give the
+/// same bits, as f32 checkpoints do.
+#[test]
+fn a_bf16_model_and_its_flax_conversion_give_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let flax = dir.path().join("flax");
+    orient()
+        .args(["convert", "--to", "flax", "--quiet"])
+        .arg(fixture("llama-bf16"))
+        .arg(&flax)
+        .assert()
+        .code(0);
+    let out = orient()
+        .args(["verify", "--json", "--atol", "0", "--rtol", "0"])
+        .arg(fixture("llama-bf16"))
+        .arg("--against")
+        .arg(&flax)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for row in v["comparison"]["rows"].as_array().unwrap() {
+        assert_eq!(row["diff"]["max_abs"], 0.0, "{row}");
+    }
+}
+
+#[test]
+fn an_unknown_kernel_choice_is_an_error() {
+    orient()
+        .env("ORIENT_KERNELS", "fastest")
+        .args(["run", "--tokens", "1,2"])
+        .arg(fixture("llama-bf16"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "ORIENT_KERNELS=\"fastest\" is not a kernel choice: use `auto` or `portable`",
+        ));
+}

@@ -15,6 +15,7 @@
 
 use orient_inspect::ModelConfig;
 
+use super::amx;
 use super::attention::{attention, query_block, Head, MIN_KEYS};
 use super::cache::KvCache;
 use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
@@ -153,15 +154,37 @@ impl Ctx<'_> {
     /// the keys and values cached are those a longer prefill computes.
     fn product(&self) -> Product {
         if self.general {
-            matmul_rows
+            Product::General
         } else {
-            matmul
+            Product::Fast
         }
     }
 }
 
-/// [`matmul`] or [`matmul_rows`].
-type Product = fn(MatMut<'_>, MatRef<'_>, MatRef<'_>, bool, usize) -> Result<(), ModelError>;
+/// Which gemm path a product of activations and weights takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Product {
+    /// [`matmul`]: a single row takes the matrix–vector kernel.
+    Fast,
+    /// [`matmul_rows`]: every row takes the general path (same bits alone or among others).
+    General,
+}
+
+impl Product {
+    fn run(
+        self,
+        dst: MatMut<'_>,
+        lhs: MatRef<'_>,
+        rhs: MatRef<'_>,
+        accumulate: bool,
+        threads: usize,
+    ) -> Result<(), ModelError> {
+        match self {
+            Product::Fast => matmul(dst, lhs, rhs, accumulate, threads),
+            Product::General => matmul_rows(dst, lhs, rhs, accumulate, threads),
+        }
+    }
+}
 
 /// Runs the model on `tokens`, after the positions `cache` holds when there is one (their keys
 /// and values are appended to it). See [`super::Model::forward_with`] and
@@ -672,10 +695,10 @@ pub(super) fn linear(
     out: &mut [f32],
     threads: usize,
 ) -> Result<(), ModelError> {
-    linear_with(matmul, r, l, x, t, out, threads)
+    linear_with(Product::Fast, r, l, x, t, out, threads)
 }
 
-/// [`linear`] with the product `product` ([`matmul`] or [`matmul_rows`]).
+/// [`linear`] with the product `product`.
 fn linear_with(
     product: Product,
     r: &mut Reader<'_>,
@@ -715,17 +738,58 @@ fn linear_with(
     let mut start = 0;
     while start < n {
         let end = (start + block).min(n);
-        let wm = r.matrix(&l.weight, start..end)?; // [K, end-start]
-        product(
-            MatMut::new(&mut out[start..], t, end - start, n)?, // dst [T, end-start] of [T, N]
-            MatRef::row_major(x, t, k)?,                        // lhs [T, K]
-            wm,                                                 // rhs [K, end-start]
+        weight_product(
+            product,
+            r,
+            &l.weight,
+            start..end,
+            x,                 // [T, K]
+            &mut out[start..], // dst [T, end-start] of [T, N]
+            n,
             bias.is_some(),
             threads,
         )?;
         start = end;
     }
     Ok(())
+}
+
+/// `dst [T, outs] = x [T, K] · W[outs]ᵀ` (or `+=` when `accumulate`) for the outputs `outs`
+/// of the `[N, K]` weight `m`, where `dst` starts at output `outs.start` of row 0 and its rows
+/// are `dst_stride` apart (`T = x.len() / K`).
+///
+/// A bf16 weight goes to the AMX tiles when the reader uses them ([`super::amx`]), except a
+/// single row on the [`Product::Fast`] path (a decode step: the matrix–vector kernel reads the
+/// weight once, the fast way); everything else to gemm, in place or widened.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn weight_product(
+    product: Product,
+    r: &mut Reader<'_>,
+    m: &Matrix,
+    outs: std::ops::Range<usize>,
+    x: &[f32],
+    dst: &mut [f32],
+    dst_stride: usize,
+    accumulate: bool,
+    threads: usize,
+) -> Result<(), ModelError> {
+    let k = m.inp;
+    let t = x.len() / k.max(1);
+    if !(t == 1 && product == Product::Fast) {
+        if let Some(w) = r.tile_weight(m, outs.clone())? {
+            // dst [T, outs] (+)= x [T, K] · w [outs, Kp]ᵀ
+            return amx::matmul(dst, dst_stride, x, t, k, w, accumulate, threads);
+        }
+    }
+    let width = outs.len();
+    let wm = r.matrix(m, outs)?; // [K, width]
+    product.run(
+        MatMut::new(dst, t, width, dst_stride)?, // dst [T, width], rows dst_stride apart
+        MatRef::row_major(x, t, k)?,             // lhs [T, K]
+        wm,                                      // rhs [K, width]
+        accumulate,
+        threads,
+    )
 }
 
 /// `[P, V]` logits of the rows `positions` of `normed` `[T, H]`, computed in vocabulary
@@ -761,9 +825,17 @@ fn lm_head(
     let mut start = 0;
     while start < vocab {
         let end = (start + VOCAB_BLOCK).min(vocab);
-        let wm = r.matrix(head, start..end)?; // [H, end-start]
-        let dst = MatMut::new(&mut logits[start..], p, end - start, vocab)?;
-        product(dst, MatRef::row_major(x, p, h)?, wm, false, threads)?;
+        weight_product(
+            product,
+            r,
+            head,
+            start..end,
+            &x[..p * h],          // [P, H]
+            &mut logits[start..], // dst [P, end-start] of [P, V]
+            vocab,
+            false,
+            threads,
+        )?;
         r.release_rows(head, start..end);
         start = end;
     }
@@ -828,6 +900,7 @@ mod tests {
             .collect();
         let product = |src: usize, block_bytes: usize| -> Vec<f32> {
             let mut r = Reader::new(&ckpt);
+            r.kernels = amx::Kernels::Portable; // the widening path, on any CPU
             r.widen_block_bytes = block_bytes;
             let mut out = vec![0.0f32; t * n]; // [T, N]
             linear(&mut r, &linear_of(src), &x, t, &mut out, 2).unwrap();
@@ -840,9 +913,11 @@ mod tests {
         let many = product(1, 1);
         assert_eq!(one_block, in_place);
         assert_eq!(many, in_place);
-        let r = Reader::new(&ckpt);
+        let mut r = Reader::new(&ckpt);
+        r.kernels = amx::Kernels::Portable;
         assert_eq!(r.block_outputs(&linear_of(0).weight), n);
         let mut small = Reader::new(&ckpt);
+        small.kernels = amx::Kernels::Portable;
         small.widen_block_bytes = 1;
         assert_eq!(small.block_outputs(&linear_of(1).weight), 2048);
         // exact: integers over powers of two sum without rounding at these sizes
@@ -852,6 +927,205 @@ mod tests {
                     .map(|i| f64::from(x[o * k + i]) * f64::from(w[j * k + i]))
                     .sum();
                 assert_eq!(f64::from(y), want, "row {o} output {j}");
+            }
+        }
+    }
+
+    /// A bf16 `[n, k]` weight stored as HF `[out, in]` and as its Flax `[in, out]` transpose,
+    /// with activations `x [t, k]` and a bias: the checkpoint and the three as f32.
+    struct TileCase {
+        _dir: tempfile::TempDir,
+        ckpt: Checkpoint,
+        w: Vec<f32>,
+        x: Vec<f32>,
+        bias: Vec<f32>,
+        n: usize,
+        k: usize,
+        t: usize,
+    }
+
+    fn tile_case(n: usize, k: usize, t: usize) -> TileCase {
+        let bf16 = |v: f32| half::bf16::from_f32(v);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| bf16(((i * 7919 % 1013) as f32 - 506.0) / 397.0).to_f32())
+            .collect();
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect(); // [k, n]
+        let bytes = |v: &[f32]| -> Vec<u8> {
+            v.iter()
+                .flat_map(|&x| bf16(x).to_bits().to_le_bytes())
+                .collect()
+        };
+        let (hf, flax) = (bytes(&w), bytes(&wt));
+        let bias: Vec<f32> = (0..n).map(|i| (i as f32 - 40.0) / 3.0).collect();
+        let bias_bytes: Vec<u8> = bias.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let tensors = [
+            write::Tensor {
+                name: "a_hf",
+                dtype: Dtype::BF16,
+                shape: &[n, k],
+                data: &hf,
+            },
+            write::Tensor {
+                name: "b_flax",
+                dtype: Dtype::BF16,
+                shape: &[k, n],
+                data: &flax,
+            },
+            write::Tensor {
+                name: "c_bias",
+                dtype: Dtype::F32,
+                shape: &[n],
+                data: &bias_bytes,
+            },
+        ];
+        std::fs::write(
+            &path,
+            write::to_bytes(&tensors, &Default::default()).unwrap(),
+        )
+        .unwrap();
+        // activations with every bit of an f32 significand in use, of mixed magnitudes
+        let x: Vec<f32> = (0..t * k)
+            .map(|i| ((i * 104729 % 7919) as f32 / 7919.0 - 0.5) * 10f32.powi((i % 7) as i32 - 3))
+            .collect();
+        TileCase {
+            ckpt: Checkpoint::open(&path).unwrap(),
+            _dir: dir,
+            w,
+            x,
+            bias,
+            n,
+            k,
+            t,
+        }
+    }
+
+    impl TileCase {
+        /// `[out, in]` (HF) or the transposed Flax kernel, with the bias.
+        fn linear(&self, flax: bool) -> Linear {
+            let (n, k) = (self.n, self.k);
+            let view = if flax {
+                View::contiguous(1, &[k, n]).transpose_last().unwrap()
+            } else {
+                View::contiguous(0, &[n, k])
+            };
+            Linear {
+                weight: Matrix {
+                    view,
+                    out: n,
+                    inp: k,
+                    name: "w".into(),
+                },
+                bias: Some(super::super::weights::Vector {
+                    view: View::contiguous(2, &[n]),
+                    name: "b".into(),
+                }),
+            }
+        }
+
+        /// `x[rows] · Wᵀ + b` with `kernels`, one product over the rows.
+        fn product(
+            &self,
+            kernels: amx::Kernels,
+            flax: bool,
+            rows: std::ops::Range<usize>,
+            p: Product,
+        ) -> Vec<f32> {
+            let mut r = Reader::new(&self.ckpt);
+            r.kernels = kernels;
+            let t = rows.len();
+            let x = &self.x[rows.start * self.k..rows.end * self.k];
+            let mut out = vec![0.0f32; t * self.n]; // [t, N]
+            linear_with(p, &mut r, &self.linear(flax), x, t, &mut out, 2).unwrap();
+            out
+        }
+
+        /// Largest |error| against the f64 product, relative to Σ|w·x| + |b| of its output.
+        fn worst_relative_error(&self, y: &[f32]) -> f64 {
+            let (n, k) = (self.n, self.k);
+            let mut worst = 0f64;
+            for o in 0..self.t {
+                for j in 0..n {
+                    let (mut sum, mut mag) =
+                        (f64::from(self.bias[j]), f64::from(self.bias[j]).abs());
+                    for i in 0..k {
+                        let p = f64::from(self.x[o * k + i]) * f64::from(self.w[j * k + i]);
+                        sum += p;
+                        mag += p.abs();
+                    }
+                    worst = worst
+                        .max((f64::from(y[o * n + j]) - sum).abs() / mag.max(f64::MIN_POSITIVE));
+                }
+            }
+            worst
+        }
+    }
+
+    /// The AMX tiles multiply a bf16 weight as accurately as gemm's f32 kernels do (the
+    /// activations split into three bf16 parts lose nothing), and their bits depend neither on
+    /// the checkpoint's layout (HF rows read in place, a Flax kernel gathered) nor on which
+    /// rows are computed together: outputs not a multiple of 32, inputs not a multiple of 32
+    /// (padded), more rows than one packed chunk (256), a bias accumulated.
+    #[test]
+    fn amx_tiles_match_f32_accuracy_and_give_the_same_bits_whatever_the_layout_or_rows() {
+        if !amx::available() {
+            // a CPU without AMX: the portable kernels are what runs, and other tests cover them
+            return;
+        }
+        for (n, k, t) in [(100usize, 96usize, 300usize), (33, 80, 5), (64, 32, 1)] {
+            let case = tile_case(n, k, t);
+            let hf = case.product(amx::Kernels::Auto, false, 0..t, Product::General);
+            let flax = case.product(amx::Kernels::Auto, true, 0..t, Product::General);
+            assert_eq!(hf, flax, "[{n}, {k}] × {t}: HF and Flax layouts");
+            for row in [0, t / 2, t - 1] {
+                let alone = case.product(amx::Kernels::Auto, false, row..row + 1, Product::General);
+                assert_eq!(
+                    alone,
+                    hf[row * n..(row + 1) * n],
+                    "[{n}, {k}] row {row} alone"
+                );
+            }
+            let portable = case.product(amx::Kernels::Portable, false, 0..t, Product::General);
+            let (e_amx, e_f32) = (
+                case.worst_relative_error(&hf),
+                case.worst_relative_error(&portable),
+            );
+            // f32 accumulation over k terms: a few ulps (2⁻²⁴ ≈ 6e-8) of Σ|w·x| at most
+            assert!(
+                e_amx < 1e-6,
+                "[{n}, {k}] × {t}: AMX relative error {e_amx:e}"
+            );
+            assert!(
+                e_f32 < 1e-6,
+                "[{n}, {k}] × {t}: f32 relative error {e_f32:e}"
+            );
+            assert_ne!(hf, portable, "the AMX path was not taken for [{n}, {k}]");
+        }
+    }
+
+    /// A one-row product on the fast path (a decode step) keeps gemm's matrix–vector kernel.
+    #[test]
+    fn a_fast_single_row_stays_on_the_matrix_vector_kernel() {
+        let case = tile_case(64, 64, 1);
+        let fast = case.product(amx::Kernels::Auto, false, 0..1, Product::Fast);
+        let portable = case.product(amx::Kernels::Portable, false, 0..1, Product::Fast);
+        assert_eq!(fast, portable);
+    }
+
+    proptest::proptest! {
+        /// Three bf16 parts hold an f32 of magnitude ≥ 2⁻¹⁰³ exactly, and any smaller finite
+        /// one to within the smallest normal f32 (2⁻¹²⁶, the parts' floor).
+        #[test]
+        fn three_bf16_parts_sum_to_the_f32(bits in 0u32..u32::MAX) {
+            let x = f32::from_bits(bits);
+            proptest::prop_assume!(x.is_finite());
+            let parts = amx::split_for_tests(x);
+            let sum: f64 = parts.iter().map(|&p| f64::from(half::bf16::from_bits(p).to_f32())).sum();
+            if x.abs() >= 2f32.powi(-103) || x == 0.0 {
+                proptest::prop_assert_eq!(sum, f64::from(x));
+            } else {
+                proptest::prop_assert!((sum - f64::from(x)).abs() < 2f64.powi(-126));
             }
         }
     }

@@ -16,6 +16,7 @@
 //! is estimated before the forward starts ([`memory`]): a prompt that cannot fit is refused
 //! with the numbers, not aborted.
 
+pub mod amx;
 mod attention;
 pub mod cache;
 pub mod compare;

@@ -20,8 +20,7 @@
 //! tensor per expert, or packed `[E, 2I, H]` / `[E, H, I]`): an expert's matrix is a strided
 //! view either way, so both layouts give the same bits.
 
-use super::forward::{act, linear};
-use super::matmul::{matmul, MatMut, MatRef};
+use super::forward::{act, linear, weight_product, Product};
 use super::ops;
 use super::read::Reader;
 use super::traits::Activation;
@@ -215,15 +214,10 @@ fn product(
     out: &mut [f32],
     threads: usize,
 ) -> Result<(), ModelError> {
-    let wm = r.matrix(m, 0..m.out)?; // [K, N]
-    let (k, cols) = (wm.rows(), wm.cols());
-    matmul(
-        MatMut::row_major(out, n, cols)?,
-        MatRef::row_major(x, n, k)?,
-        wm,
-        false,
-        threads,
-    )
+    let x = x.get(..n * m.inp).ok_or_else(|| {
+        ModelError::Internal(format!("`{}`: input shorter than {n} rows", m.name))
+    })?;
+    weight_product(Product::Fast, r, m, 0..m.out, x, out, m.out, false, threads)
 }
 
 #[cfg(test)]

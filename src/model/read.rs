@@ -17,6 +17,7 @@ use orient_inspect::view::widen_into;
 use orient_inspect::Checkpoint;
 use rayon::prelude::*;
 
+use super::amx::{self, Kernels};
 use super::matmul::MatRef;
 use super::traits::NormKind;
 use super::weights::{Matrix, ModelWeights, Table, Vector};
@@ -27,6 +28,9 @@ const WIDEN_BLOCK_BYTES: usize = 4 << 20;
 /// Fewest outputs per widened block: each block repacks the activations (`[T, K]`) in gemm
 /// and is one parallel section, so narrower blocks cost more than their locality saves.
 const MIN_WIDEN_BLOCK: usize = 2048;
+/// bf16 bytes of one gathered block of a weight bound for the AMX tiles (a Flax kernel, a
+/// permuted or interleaved view): large, since each block repacks the activations.
+const AMX_BLOCK_BYTES: usize = 16 << 20;
 /// Elements gathered per rayon task.
 const GATHER_TASK: usize = 1 << 16;
 /// The kernel maps up to 16 neighbouring cached pages on each fault (fault-around).
@@ -45,6 +49,21 @@ pub(crate) struct Reader<'c> {
     pub release_pages: bool,
     /// f32 bytes of one widened block of a linear layer's weight ([`Reader::block_outputs`]).
     pub widen_block_bytes: usize,
+    /// Which kernels multiply bf16 weights (`ORIENT_KERNELS`).
+    pub kernels: Kernels,
+    /// Reusable buffer for bf16 weights gathered for the AMX tiles (`[out, in]` rows padded
+    /// to a multiple of 32 inputs).
+    bf16_scratch: Vec<u8>,
+}
+
+/// How a bf16 matrix reaches the AMX tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TileForm {
+    /// `[out, in]` rows of the mapped tensor, `in` a multiple of 32: read in place.
+    InPlace,
+    /// Anything else (transposed, permuted, interleaved, `in` not a multiple of 32): copied
+    /// byte for byte into `[out, in]` rows, zero-padded.
+    Gathered,
 }
 
 /// A plain strided view onto aligned f32 data: the data from the view's first element, and
@@ -71,6 +90,8 @@ impl<'c> Reader<'c> {
             scratch: Vec::new(),
             release_pages: true,
             widen_block_bytes: WIDEN_BLOCK_BYTES,
+            kernels: Kernels::from_env().unwrap_or(Kernels::Auto),
+            bf16_scratch: Vec::new(),
         }
     }
 
@@ -103,11 +124,100 @@ impl<'c> Reader<'c> {
     /// gemm repacks the activations per block and keeps fewer threads busy), 16.0–18.4 s with
     /// 2048 and 16.6 s with 4096; the AVX2 build before this widened whole matrices in 19.4–20.0 s.
     pub fn block_outputs(&self, m: &Matrix) -> usize {
+        match self.tile_form(m) {
+            Some(TileForm::InPlace) => return m.out.max(1),
+            Some(TileForm::Gathered) => {
+                let rows = AMX_BLOCK_BYTES / (2 * padded_inputs(m.inp).max(32));
+                return (rows / 32 * 32).max(32).min(m.out.max(1));
+            }
+            None => {}
+        }
         if self.in_place(&m.view).is_some() {
             return m.out.max(1);
         }
         let cols = self.widen_block_bytes / (4 * m.inp.max(1));
         (cols / 16 * 16).max(MIN_WIDEN_BLOCK).min(m.out.max(1))
+    }
+
+    /// How `m` reaches the AMX tiles, when it does: a bf16 weight (every source bf16, no value
+    /// operations) with the tiles in use.
+    fn tile_form(&self, m: &Matrix) -> Option<TileForm> {
+        if !self.kernels.amx() || m.view.has_values() || m.inp == 0 {
+            return None;
+        }
+        let sources = m.view.sources();
+        let all_bf16 = !sources.is_empty()
+            && sources.iter().all(|&k| {
+                self.sources
+                    .get(k)
+                    .is_some_and(|s| s.dtype == orient_inspect::Dtype::BF16)
+            });
+        if !all_bf16 {
+            return None;
+        }
+        let rows_in_place = m.inp.is_multiple_of(32)
+            && contiguous_rows(&m.view, &self.sources).is_some_and(|r| r.cols == m.inp);
+        Some(if rows_in_place {
+            TileForm::InPlace
+        } else {
+            TileForm::Gathered
+        })
+    }
+
+    /// The outputs `outs` of `m` as `[out, in]` bf16 rows for the AMX tiles, when `m` goes
+    /// there ([`Reader::tile_form`]): in place, or gathered into a reused buffer.
+    pub fn tile_weight(
+        &mut self,
+        m: &Matrix,
+        outs: Range<usize>,
+    ) -> Result<Option<amx::Weight<'_>>, ModelError> {
+        let Some(form) = self.tile_form(m) else {
+            return Ok(None);
+        };
+        if outs.start > outs.end || outs.end > m.out {
+            return Err(ModelError::Internal(format!(
+                "`{}`: output block {}..{} outside {}",
+                m.name, outs.start, outs.end, m.out
+            )));
+        }
+        let view = block(m, outs.clone())?;
+        let rows = outs.len();
+        if form == TileForm::InPlace {
+            self.check(&view)?;
+            let r = contiguous_rows(&view, &self.sources).ok_or_else(|| {
+                ModelError::Internal(format!("`{}`: rows no longer contiguous", m.name))
+            })?;
+            let bytes = r
+                .offset
+                .checked_mul(2)
+                .and_then(|start| r.source.bytes.get(start..))
+                .ok_or_else(|| ModelError::Internal(format!("`{}` outside its data", m.name)))?;
+            return amx::Weight::new(bytes, rows, m.inp, r.row_stride).map(Some);
+        }
+        let kp = padded_inputs(m.inp);
+        let len = rows
+            .checked_mul(kp)
+            .and_then(|e| e.checked_mul(2))
+            .ok_or_else(|| ModelError::Internal(format!("`{}` is too large", m.name)))?;
+        self.bf16_scratch.clear();
+        self.bf16_scratch.resize(len, 0);
+        let band = (GATHER_TASK / kp).max(1);
+        let sources = &self.sources;
+        let inp = m.inp;
+        let result = self
+            .bf16_scratch
+            .par_chunks_mut(band * kp * 2)
+            .enumerate()
+            .try_for_each(|(b, chunk)| {
+                for (i, row) in chunk.chunks_mut(kp * 2).enumerate() {
+                    let r = b * band + i;
+                    gather::gather_bytes(&view, sources, r..r + 1, &mut row[..inp * 2])?;
+                }
+                Ok(())
+            });
+        result.map_err(|e| self.read_error(&m.name, e))?;
+        self.check(&view)?;
+        amx::Weight::new(&self.bf16_scratch, rows, kp, kp).map(Some)
     }
 
     /// Fails if a file `view` reads changed since it was opened (see
@@ -320,12 +430,17 @@ impl<'c> Reader<'c> {
     /// otherwise; the lm_head one block of `head_block` outputs at a time when its outputs are
     /// contiguous rows), as does the reusable f32 buffer gathered matrices are read into.
     pub fn resident_bytes(&self, w: &ModelWeights, tokens: usize, head_block: usize) -> Resident {
-        // The gathering buffer grows to the largest matrix (or lm_head block) not read in place.
+        // The gathering buffer grows to the largest matrix (or lm_head block) not read in place;
+        // a product on the AMX tiles also packs up to 256 token rows of its input as three
+        // bf16 parts.
         let gathered = |m: &Matrix, block: usize| -> u128 {
-            if self.in_place(&m.view).is_some() {
-                0
-            } else {
-                4 * m.inp as u128 * m.out.min(block) as u128
+            let kp = padded_inputs(m.inp) as u128;
+            let packed = 6 * kp * tokens.min(256).next_multiple_of(32) as u128;
+            match self.tile_form(m) {
+                Some(TileForm::InPlace) => packed,
+                Some(TileForm::Gathered) => 2 * kp * m.out.min(block) as u128 + packed,
+                None if self.in_place(&m.view).is_some() => 0,
+                None => 4 * m.inp as u128 * m.out.min(block) as u128,
             }
         };
         let scratch = w
@@ -373,6 +488,11 @@ impl<'c> Reader<'c> {
             logits: head + other + scratch,
         }
     }
+}
+
+/// `inp` rounded up to a multiple of 32 (the tiles' input width).
+fn padded_inputs(inp: usize) -> usize {
+    inp.div_ceil(32) * 32
 }
 
 /// A 2-D view whose rows are contiguous runs of one source, `row_stride` elements apart.
