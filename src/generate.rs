@@ -122,6 +122,17 @@ pub fn config_eos_ids(dir: &Path) -> Result<Vec<u32>, GenerateError> {
     Ok(out)
 }
 
+/// Fails when a `prompt`-token prompt and `new` tokens cannot fit the model's learned
+/// positions (GPT-2), so that a generation is refused before it starts, not cut off midway.
+pub fn check_room(model: &Model<'_>, prompt: usize, new: usize) -> Result<(), ModelError> {
+    match model.max_positions() {
+        Some(max) if prompt.saturating_add(new) > max => {
+            Err(ModelError::GenerationTooLong { prompt, new, max })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Generates greedily after `prompt`: the prompt's forward through a fresh [`KvCache`], then
 /// one forward per new token. `on_token` sees each token as soon as it is chosen (to print it);
 /// an error from it stops generation.
@@ -138,6 +149,7 @@ pub fn greedy<E: std::fmt::Display>(
             .ok_or(ModelError::PromptTooLong {
                 tokens: prompt.len(),
             })?;
+    check_room(model, prompt.len(), opts.max_new_tokens)?;
     let mut cache: KvCache = model.new_cache(capacity)?;
     let last = ForwardOptions {
         record: false,

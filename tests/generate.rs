@@ -541,3 +541,33 @@ fn verify_generate_applies_vllms_rule_and_reports_the_new_metrics() {
         .assert()
         .code(2);
 }
+
+/// GPT-2's learned positions bound prompt + new tokens: a generation that would run off the
+/// table is refused before anything is printed, and one that fills it exactly runs.
+#[test]
+fn a_generation_longer_than_the_learned_positions_is_refused_up_front() {
+    let ids: Vec<String> = (0..250).map(|i| (i % 400 + 1).to_string()).collect();
+    let ids = ids.join(",");
+    orient()
+        .args(["generate", "--ignore-eos", "--max-new-tokens", "7", "--tokens", &ids])
+        .arg(fixture("gpt2"))
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicates::str::contains(
+            "a 250-token prompt and 7 new tokens exceed the model's 256 learned positions: at most 6 new tokens fit",
+        ));
+    orient()
+        .args([
+            "generate",
+            "--ignore-eos",
+            "--max-new-tokens",
+            "6",
+            "--tokens",
+            &ids,
+        ])
+        .arg(fixture("gpt2"))
+        .assert()
+        .code(0)
+        .stderr(predicates::str::contains("6 tokens generated"));
+}

@@ -72,6 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         top_k: 5,
     };
+    generate::check_room(&model, prompt.len(), opts.max_new_tokens)
+        .with_context(|| format!("generating with {}", model_path.display()))?;
     if let Some(other) = &args.against {
         let other_path = other.resolve(&args.hub)?;
         return against(

@@ -126,6 +126,21 @@ pub enum ModelError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// A generation (prompt and new tokens) longer than the learned position table: refused
+    /// before the first forward, not at the token that would fall off the table.
+    #[error(
+        "a {prompt}-token prompt and {new} new tokens exceed the model's {max} learned positions: \
+         at most {} new tokens fit",
+        max.saturating_sub(*prompt)
+    )]
+    GenerationTooLong {
+        /// Prompt length.
+        prompt: usize,
+        /// Tokens asked for.
+        new: usize,
+        /// Rows of `wpe`.
+        max: usize,
+    },
     /// A GPT-2 prompt longer than its learned position table.
     #[error("{tokens} tokens exceed the model's {max} learned positions")]
     TooManyPositions {
@@ -639,6 +654,15 @@ impl<'c> Model<'c> {
     /// weight for a single row. For tests and for checking the cache itself.
     pub fn exact_decode(&mut self, exact: bool) {
         self.exact_decode = exact;
+    }
+
+    /// The most positions the model can take: the rows of a learned position table (GPT-2's
+    /// `wpe`), or `None` for rotary positions (no fixed limit).
+    pub fn max_positions(&self) -> Option<usize> {
+        match &self.weights {
+            weights::Weights::Decoder(w) => w.position.as_ref().map(|t| t.rows),
+            weights::Weights::Encoder(_) => None,
+        }
     }
 
     /// An empty KV cache for this model with room for `capacity` positions (prompt and
