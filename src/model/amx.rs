@@ -168,8 +168,9 @@ pub(crate) fn split_for_tests(x: f32) -> [u16; 3] {
 }
 
 impl Packed {
-    /// Packs rows `rows` of `x` (`[M, k]`, row-major) with `kp ≥ k` inputs (a multiple of 32).
-    fn new(x: &[f32], k: usize, kp: usize, rows: std::ops::Range<usize>) -> Packed {
+    /// Packs rows `rows` of `x` (`[M, k]`, row-major) with `kp ≥ k` inputs (a multiple of 32),
+    /// on up to `threads` threads (one token block per task).
+    fn new(x: &[f32], k: usize, kp: usize, rows: std::ops::Range<usize>, threads: usize) -> Packed {
         let m = rows.len();
         let blocks = m.div_ceil(32) * 2;
         let part = blocks * 16 * kp; // u16 per part
@@ -178,29 +179,41 @@ impl Packed {
         let (p0, rest) = data.split_at_mut(part);
         let (p1, p2) = rest.split_at_mut(part);
         let block = 16 * kp;
-        p0.par_chunks_mut(block)
-            .zip(p1.par_chunks_mut(block))
-            .zip(p2.par_chunks_mut(block))
-            .enumerate()
-            .for_each(|(b, ((d0, d1), d2))| {
-                for t in 0..16 {
-                    let row = rows.start + b * 16 + t;
-                    if row >= rows.end {
-                        break;
-                    }
-                    let xr = &x[row * k..(row + 1) * k];
-                    for (i, &v) in xr.iter().enumerate() {
-                        let at = (i / 2) * 32 + t * 2 + i % 2;
-                        let [h, md, l] = split(v);
-                        d0[at] = h;
-                        d1[at] = md;
-                        d2[at] = l;
-                    }
+        let pack = |(b, ((d0, d1), d2)): (usize, BlockParts<'_>)| {
+            for t in 0..16 {
+                let row = rows.start + b * 16 + t;
+                if row >= rows.end {
+                    break;
                 }
-            });
+                let xr = &x[row * k..(row + 1) * k];
+                for (i, &v) in xr.iter().enumerate() {
+                    let at = (i / 2) * 32 + t * 2 + i % 2;
+                    let [h, md, l] = split(v);
+                    d0[at] = h;
+                    d1[at] = md;
+                    d2[at] = l;
+                }
+            }
+        };
+        if threads <= 1 {
+            p0.chunks_mut(block)
+                .zip(p1.chunks_mut(block))
+                .zip(p2.chunks_mut(block))
+                .enumerate()
+                .for_each(pack);
+        } else {
+            p0.par_chunks_mut(block)
+                .zip(p1.par_chunks_mut(block))
+                .zip(p2.par_chunks_mut(block))
+                .enumerate()
+                .for_each(pack);
+        }
         Packed { data, blocks, kp }
     }
 }
+
+/// One token block's slices of the three parts of a [`Packed`].
+type BlockParts<'a> = ((&'a mut [u16], &'a mut [u16]), &'a mut [u16]);
 
 /// The destination of a product, written by several tasks at disjoint columns.
 #[derive(Clone, Copy)]
@@ -263,7 +276,7 @@ pub(crate) fn matmul(
     let mut start = 0;
     while start < m {
         let rows = start..(start + M_CHUNK).min(m);
-        let packed = Packed::new(x, k, w.cols, rows.clone());
+        let packed = Packed::new(x, k, w.cols, rows.clone(), threads);
         let run = |task: usize| {
             let first = task * PAIRS_PER_TASK;
             let pairs = first..(first + PAIRS_PER_TASK).min(pairs);

@@ -942,6 +942,7 @@ mod tests {
         n: usize,
         k: usize,
         t: usize,
+        threads: usize,
     }
 
     fn tile_case(n: usize, k: usize, t: usize) -> TileCase {
@@ -998,6 +999,7 @@ mod tests {
             n,
             k,
             t,
+            threads: 2,
         }
     }
 
@@ -1037,7 +1039,7 @@ mod tests {
             let t = rows.len();
             let x = &self.x[rows.start * self.k..rows.end * self.k];
             let mut out = vec![0.0f32; t * self.n]; // [t, N]
-            linear_with(p, &mut r, &self.linear(flax), x, t, &mut out, 2).unwrap();
+            linear_with(p, &mut r, &self.linear(flax), x, t, &mut out, self.threads).unwrap();
             out
         }
 
@@ -1078,6 +1080,12 @@ mod tests {
             let hf = case.product(amx::Kernels::Auto, false, 0..t, Product::General);
             let flax = case.product(amx::Kernels::Auto, true, 0..t, Product::General);
             assert_eq!(hf, flax, "[{n}, {k}] × {t}: HF and Flax layouts");
+            let one_thread = TileCase {
+                threads: 1,
+                ..tile_case(n, k, t)
+            };
+            let alone = one_thread.product(amx::Kernels::Auto, false, 0..t, Product::General);
+            assert_eq!(alone, hf, "[{n}, {k}] × {t}: one thread and two");
             for row in [0, t / 2, t - 1] {
                 let alone = case.product(amx::Kernels::Auto, false, row..row + 1, Product::General);
                 assert_eq!(
