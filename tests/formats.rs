@@ -47,35 +47,65 @@ fn load(path: &Path) -> Tensors {
         .collect()
 }
 
+/// Converts `src` (with `args`) into `dst`, which must not exist yet.
+fn convert(src: &Path, args: &[&str], dst: &Path) {
+    orient()
+        .arg("convert")
+        .arg(src)
+        .arg(dst)
+        .args(args)
+        .arg("--quiet")
+        .assert()
+        .success();
+    assert!(dst.join("config.json").is_file());
+}
+
+/// Checks that `got` and `want` hold exactly the same tensors (names, dtypes, shapes, bytes).
+fn same_tensors(got: &Path, want: &Path) {
+    let got_t = load(got);
+    let want_t = load(want);
+    assert_eq!(
+        got_t.keys().collect::<Vec<_>>(),
+        want_t.keys().collect::<Vec<_>>(),
+        "{} vs {}",
+        got.display(),
+        want.display()
+    );
+    for (name, t) in &want_t {
+        assert!(
+            got_t[name] == *t,
+            "{name} differs: {} vs {}",
+            got.display(),
+            want.display()
+        );
+    }
+}
+
 /// Converts `src` into a fresh folder and checks that the result holds exactly the tensors of
 /// the fixture `want` (names, dtypes, shapes, bytes).
 fn converts_to(src: &Path, args: &[&str], want: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("out");
-    orient()
-        .arg("convert")
-        .arg(src)
-        .arg(&dst)
-        .args(args)
-        .arg("--quiet")
-        .assert()
-        .success();
-    let got = load(&dst.join("model.safetensors"));
-    let want_t = load(&fixture(want).join("model.safetensors"));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want_t.keys().collect::<Vec<_>>(),
-        "{} → {want}",
-        src.display()
+    convert(src, args, &dst);
+    same_tensors(
+        &dst.join("model.safetensors"),
+        &fixture(want).join("model.safetensors"),
     );
-    for (name, t) in &want_t {
-        assert!(
-            got[name] == *t,
-            "{name} differs: {} vs {want}",
-            src.display()
-        );
-    }
-    assert!(dst.join("config.json").is_file());
+}
+
+/// The `logits` row of a `verify --json` report: (max |Δ|, top-1 agreements, positions).
+fn logits_row(report: &[u8]) -> (f64, u64, u64) {
+    let v: serde_json::Value = serde_json::from_slice(report).unwrap();
+    let rows = v["comparison"]["rows"].as_array().unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r["stage"]["kind"] == "lm_head")
+        .unwrap();
+    (
+        r["diff"]["max_abs"].as_f64().unwrap(),
+        r["agreement"]["top1_agree"].as_u64().unwrap(),
+        r["agreement"]["positions"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -260,6 +290,140 @@ fn gguf_diff_against_hf_names_the_rope_permutation() {
         .args(["--expect-conversion", "gguf-to-hf"])
         .assert()
         .success();
+}
+
+// ---- transformers as the oracle: what it makes of the same files (generate_models.py oracle)
+
+#[test]
+fn gguf_files_convert_to_exactly_what_transformers_reads_from_them() {
+    // transformers' GGUF loader is an independent reading (gguf-py's reader, its own tensor
+    // processors: LlamaTensorProcessor un-permutes q/k, Gemma2TensorProcessor subtracts 1 from
+    // the norms); gguf-transformers.json holds the CRC-32 of every tensor it produced.
+    let text = std::fs::read_to_string(model("gguf-transformers.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let files = manifest["files"].as_object().unwrap();
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        ["gemma-f32.gguf", "mistral-f32.gguf", "qwen2-f32.gguf"]
+    );
+    for (file, entry) in files {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        convert(&model(file), &[], &dst);
+        let got = load(&dst.join("model.safetensors"));
+        let want = entry["tensors"].as_object().unwrap();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{file}"
+        );
+        for (name, (dtype, shape, bytes)) in &got {
+            let w = &want[name];
+            assert_eq!(dtype, w["dtype"].as_str().unwrap(), "{file}: {name}");
+            let wshape: Vec<usize> = serde_json::from_value(w["shape"].clone()).unwrap();
+            assert_eq!(shape, &wshape, "{file}: {name}");
+            assert_eq!(
+                u64::from(orient_inspect::formats::zip::crc32(bytes)),
+                w["crc32"].as_u64().unwrap(),
+                "{file}: {name} differs from transformers' reading"
+            );
+        }
+    }
+}
+
+#[test]
+fn gemma_gguf_converts_bit_for_bit_to_transformers_reading_not_to_the_original() {
+    // The converter stored w + 1 in f32; transformers reads (w + 1) - 1, also in f32, which
+    // is not w for most small w. orient must give what transformers gives.
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("out");
+    convert(&model("gemma-f32.gguf"), &[], &dst);
+    same_tensors(
+        &dst.join("model.safetensors"),
+        &model("gemma-gguf-transformers/model.safetensors"),
+    );
+    let got = load(&dst.join("model.safetensors"));
+    let original = load(&fixture("gemma/model.safetensors"));
+    let norm = "model.layers.0.input_layernorm.weight";
+    assert_ne!(got[norm].2, original[norm].2, "(w + 1) - 1 rounds in f32");
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    for (a, b) in f32s(&got[norm].2).iter().zip(f32s(&original[norm].2)) {
+        assert!(
+            (a - b).abs() <= 6e-8,
+            "{a} vs {b}: more than the rounding of 1 + w"
+        );
+    }
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(got[q], original[q], "gemma q rows are not permuted");
+    assert!(
+        !got.contains_key("lm_head.weight"),
+        "tied: no output.weight"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dst.join("config.json")).unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model("gemma-gguf-transformers/config.json")).unwrap(),
+    )
+    .unwrap();
+    for field in [
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+    ] {
+        assert_eq!(cfg[field], want[field], "config.json {field}");
+    }
+    // transformers widens the f32 metadata value (9.99999997e-7); orient prints the f32 as
+    // written (1e-6): the same f32.
+    assert_eq!(
+        cfg["rms_norm_eps"].as_f64().unwrap() as f32,
+        want["rms_norm_eps"].as_f64().unwrap() as f32
+    );
+}
+
+#[test]
+fn gemma_gguf_verifies_tightly_against_transformers_logits_on_its_reading() {
+    let out = orient()
+        .arg("verify")
+        .arg(model("gemma-f32.gguf"))
+        .arg("--reference")
+        .arg(model("gemma-gguf-transformers/reference.safetensors"))
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let (max_abs, top1, positions) = logits_row(&out);
+    // Measured 1.67e-6 over 208 tokens.
+    assert!(max_abs < 1e-5, "logits max |Δ| = {max_abs}");
+    assert_eq!((top1, positions), (208, 208));
+}
+
+#[test]
+fn gemma_gguf_inspect_shows_the_gguf_convention_and_its_norm_rule() {
+    orient()
+        .arg("inspect")
+        .arg(model("gemma-f32.gguf"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("convention:    gguf"))
+        .stdout(predicate::str::contains("architecture:  gemma"))
+        .stdout(predicate::str::contains("gemma norm stored 1+w").count(5))
+        .stdout(predicate::str::contains(
+            "`output.weight` is absent: tied to model.embed_tokens.weight",
+        ))
+        .stdout(predicate::str::contains("no `gemma.rope.freq_base` key"));
 }
 
 #[test]
