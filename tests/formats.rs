@@ -426,6 +426,119 @@ fn gemma_gguf_inspect_shows_the_gguf_convention_and_its_norm_rule() {
         .stdout(predicate::str::contains("no `gemma.rope.freq_base` key"));
 }
 
+/// Meta originals and what transformers' `convert_llama_weights_to_hf.write_model` made of them
+/// (bf16 in, bf16 out): (Meta folder, converter output folder).
+fn meta_oracles() -> [(PathBuf, PathBuf); 2] {
+    [
+        (fixture("formats/meta"), model("meta-transformers")),
+        (model("meta-llama3"), model("meta-llama3-transformers")),
+    ]
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn meta_converts_bit_for_bit_to_what_transformers_converter_writes() {
+    for (src, oracle) in meta_oracles() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        convert(&src, &[], &dst);
+        same_tensors(
+            &dst.join("model.safetensors"),
+            &oracle.join("model.safetensors"),
+        );
+        let got = read_json(&dst.join("config.json"));
+        let want = read_json(&oracle.join("config.json"));
+        for field in [
+            "model_type",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "rms_norm_eps",
+            "vocab_size",
+            "tie_word_embeddings",
+        ] {
+            assert_eq!(got[field], want[field], "{}: {field}", src.display());
+        }
+        // transformers 5 writes RoPE as rope_parameters {rope_theta, rope_type, scaling…};
+        // orient as rope_theta + rope_scaling (absent for the default type).
+        let mut rope = want["rope_parameters"].as_object().unwrap().clone();
+        assert_eq!(
+            got["rope_theta"],
+            rope.remove("rope_theta").unwrap(),
+            "{}",
+            src.display()
+        );
+        if rope["rope_type"] == "default" {
+            assert!(got.get("rope_scaling").is_none(), "{}", src.display());
+        } else {
+            assert_eq!(
+                got["rope_scaling"],
+                serde_json::Value::Object(rope),
+                "{}",
+                src.display()
+            );
+        }
+        // The converter takes the context length from the Llama version it is told; params.json
+        // does not name one, so orient leaves it out and says so.
+        assert!(got.get("max_position_embeddings").is_none());
+    }
+    // The two roundings the fixtures pin: int(8·32/3) = 85 up to multiple_of 16 (96), and
+    // int(1.3 · 85) = 110 up to multiple_of 32 (128; 96 without the multiplier).
+    let sizes: Vec<_> = meta_oracles()
+        .iter()
+        .map(|(_, o)| read_json(&o.join("config.json"))["intermediate_size"].clone())
+        .collect();
+    assert_eq!(sizes, [96, 128]);
+}
+
+#[test]
+fn meta_conversions_verify_against_the_logits_of_transformers_conversion() {
+    // Measured max |Δlogit|: 1.10e-4 on meta/ (std-1 weights: logits up to 20), 9.5e-7 on the
+    // Llama 3.1 one (top-1 160/160 both).
+    for ((src, oracle), bound) in meta_oracles().into_iter().zip([2e-4, 1e-5]) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        convert(&src, &[], &dst);
+        let out = orient()
+            .arg("verify")
+            .arg(&dst)
+            .arg("--reference")
+            .arg(oracle.join("reference.safetensors"))
+            .arg("--json")
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let (max_abs, top1, positions) = logits_row(&out);
+        assert!(max_abs < bound, "{}: max |Δ| = {max_abs}", src.display());
+        assert_eq!((top1, positions), (160, 160), "{}", src.display());
+        if src.ends_with("meta-llama3") {
+            // The llama3 RoPE scaling read from use_scaled_rope matters on these 160 tokens:
+            // without it the logits move by 0.08.
+            let mut cfg = read_json(&dst.join("config.json"));
+            cfg.as_object_mut().unwrap().remove("rope_scaling");
+            let unscaled = tmp.path().join("unscaled.json");
+            std::fs::write(&unscaled, cfg.to_string()).unwrap();
+            orient()
+                .arg("verify")
+                .arg(&dst)
+                .arg("--config")
+                .arg(&unscaled)
+                .arg("--reference")
+                .arg(oracle.join("reference.safetensors"))
+                .assert()
+                .code(1);
+        }
+    }
+}
+
 #[test]
 fn pytorch_bin_single_and_sharded_inspect_and_convert_bit_identically() {
     for src in ["llama-bin", "llama-bin-sharded"] {
