@@ -273,6 +273,86 @@ fn gguf_types_orient_cannot_decode_are_listed_and_refused_by_name() {
         .stderr(predicate::str::contains("stored as Q4_K"));
 }
 
+fn inspect_json(path: &Path) -> serde_json::Value {
+    let out = orient()
+        .arg("inspect")
+        .arg(path)
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn inspect_json_carries_the_format_notes_as_data() {
+    use serde_json::json;
+    let v = inspect_json(&model("q4_k.gguf"));
+    let f = &v["summary"]["format"];
+    let mut keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["config_reconstructed", "dequantized", "kind", "undecodable"]
+    );
+    assert_eq!(f["kind"], "gguf");
+    assert_eq!(
+        f["undecodable"],
+        json!([{"name": "blk.0.attn_q.weight", "type": "Q4_K"}])
+    );
+    assert_eq!(f["dequantized"], 0);
+    let rec = &f["config_reconstructed"];
+    assert!(
+        rec["from"].as_str().unwrap().ends_with("q4_k.gguf"),
+        "{rec}"
+    );
+    let unknown: Vec<&str> = rec["unknown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(
+        unknown.contains(&"hidden_size (no `llama.embedding_length` key)"),
+        "{unknown:?}"
+    );
+    // The table says the same in words, with the count's own grammar.
+    orient()
+        .arg("inspect")
+        .arg(model("q4_k.gguf"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            ": 1 tensor is stored in a ggml type orient cannot decode",
+        ))
+        .stdout(predicate::str::contains("1 tensors").not());
+
+    let f = &inspect_json(&model("mistral-q8_0.gguf"))["summary"]["format"];
+    assert_eq!(
+        (f["dequantized"].clone(), f["undecodable"].clone()),
+        (json!(14), json!([]))
+    );
+
+    let f = &inspect_json(&model("llama-meta"))["summary"]["format"];
+    assert_eq!(f["kind"], "meta");
+    assert!(f["config_reconstructed"]["from"]
+        .as_str()
+        .unwrap()
+        .ends_with("params.json"));
+    assert!(f["config_reconstructed"]["unknown"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("max_position_embeddings"));
+
+    let f = &inspect_json(&fixture("qwen2"))["summary"]["format"];
+    assert_eq!(
+        *f,
+        json!({"kind": "safetensors", "undecodable": [], "dequantized": 0, "config_reconstructed": null})
+    );
+}
+
 #[test]
 fn gguf_diff_against_hf_names_the_rope_permutation() {
     orient()
