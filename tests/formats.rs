@@ -47,35 +47,65 @@ fn load(path: &Path) -> Tensors {
         .collect()
 }
 
+/// Converts `src` (with `args`) into `dst`, which must not exist yet.
+fn convert(src: &Path, args: &[&str], dst: &Path) {
+    orient()
+        .arg("convert")
+        .arg(src)
+        .arg(dst)
+        .args(args)
+        .arg("--quiet")
+        .assert()
+        .success();
+    assert!(dst.join("config.json").is_file());
+}
+
+/// Checks that `got` and `want` hold exactly the same tensors (names, dtypes, shapes, bytes).
+fn same_tensors(got: &Path, want: &Path) {
+    let got_t = load(got);
+    let want_t = load(want);
+    assert_eq!(
+        got_t.keys().collect::<Vec<_>>(),
+        want_t.keys().collect::<Vec<_>>(),
+        "{} vs {}",
+        got.display(),
+        want.display()
+    );
+    for (name, t) in &want_t {
+        assert!(
+            got_t[name] == *t,
+            "{name} differs: {} vs {}",
+            got.display(),
+            want.display()
+        );
+    }
+}
+
 /// Converts `src` into a fresh folder and checks that the result holds exactly the tensors of
 /// the fixture `want` (names, dtypes, shapes, bytes).
 fn converts_to(src: &Path, args: &[&str], want: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("out");
-    orient()
-        .arg("convert")
-        .arg(src)
-        .arg(&dst)
-        .args(args)
-        .arg("--quiet")
-        .assert()
-        .success();
-    let got = load(&dst.join("model.safetensors"));
-    let want_t = load(&fixture(want).join("model.safetensors"));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want_t.keys().collect::<Vec<_>>(),
-        "{} → {want}",
-        src.display()
+    convert(src, args, &dst);
+    same_tensors(
+        &dst.join("model.safetensors"),
+        &fixture(want).join("model.safetensors"),
     );
-    for (name, t) in &want_t {
-        assert!(
-            got[name] == *t,
-            "{name} differs: {} vs {want}",
-            src.display()
-        );
-    }
-    assert!(dst.join("config.json").is_file());
+}
+
+/// The `logits` row of a `verify --json` report: (max |Δ|, top-1 agreements, positions).
+fn logits_row(report: &[u8]) -> (f64, u64, u64) {
+    let v: serde_json::Value = serde_json::from_slice(report).unwrap();
+    let rows = v["comparison"]["rows"].as_array().unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r["stage"]["kind"] == "lm_head")
+        .unwrap();
+    (
+        r["diff"]["max_abs"].as_f64().unwrap(),
+        r["agreement"]["top1_agree"].as_u64().unwrap(),
+        r["agreement"]["positions"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -243,6 +273,86 @@ fn gguf_types_orient_cannot_decode_are_listed_and_refused_by_name() {
         .stderr(predicate::str::contains("stored as Q4_K"));
 }
 
+fn inspect_json(path: &Path) -> serde_json::Value {
+    let out = orient()
+        .arg("inspect")
+        .arg(path)
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn inspect_json_carries_the_format_notes_as_data() {
+    use serde_json::json;
+    let v = inspect_json(&model("q4_k.gguf"));
+    let f = &v["summary"]["format"];
+    let mut keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["config_reconstructed", "dequantized", "kind", "undecodable"]
+    );
+    assert_eq!(f["kind"], "gguf");
+    assert_eq!(
+        f["undecodable"],
+        json!([{"name": "blk.0.attn_q.weight", "type": "Q4_K"}])
+    );
+    assert_eq!(f["dequantized"], 0);
+    let rec = &f["config_reconstructed"];
+    assert!(
+        rec["from"].as_str().unwrap().ends_with("q4_k.gguf"),
+        "{rec}"
+    );
+    let unknown: Vec<&str> = rec["unknown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(
+        unknown.contains(&"hidden_size (no `llama.embedding_length` key)"),
+        "{unknown:?}"
+    );
+    // The table says the same in words, with the count's own grammar.
+    orient()
+        .arg("inspect")
+        .arg(model("q4_k.gguf"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            ": 1 tensor is stored in a ggml type orient cannot decode",
+        ))
+        .stdout(predicate::str::contains("1 tensors").not());
+
+    let f = &inspect_json(&model("mistral-q8_0.gguf"))["summary"]["format"];
+    assert_eq!(
+        (f["dequantized"].clone(), f["undecodable"].clone()),
+        (json!(14), json!([]))
+    );
+
+    let f = &inspect_json(&model("llama-meta"))["summary"]["format"];
+    assert_eq!(f["kind"], "meta");
+    assert!(f["config_reconstructed"]["from"]
+        .as_str()
+        .unwrap()
+        .ends_with("params.json"));
+    assert!(f["config_reconstructed"]["unknown"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("max_position_embeddings"));
+
+    let f = &inspect_json(&fixture("qwen2"))["summary"]["format"];
+    assert_eq!(
+        *f,
+        json!({"kind": "safetensors", "undecodable": [], "dequantized": 0, "config_reconstructed": null})
+    );
+}
+
 #[test]
 fn gguf_diff_against_hf_names_the_rope_permutation() {
     orient()
@@ -260,6 +370,253 @@ fn gguf_diff_against_hf_names_the_rope_permutation() {
         .args(["--expect-conversion", "gguf-to-hf"])
         .assert()
         .success();
+}
+
+// ---- transformers as the oracle: what it makes of the same files (generate_models.py oracle)
+
+#[test]
+fn gguf_files_convert_to_exactly_what_transformers_reads_from_them() {
+    // transformers' GGUF loader is an independent reading (gguf-py's reader, its own tensor
+    // processors: LlamaTensorProcessor un-permutes q/k, Gemma2TensorProcessor subtracts 1 from
+    // the norms); gguf-transformers.json holds the CRC-32 of every tensor it produced.
+    let text = std::fs::read_to_string(model("gguf-transformers.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let files = manifest["files"].as_object().unwrap();
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        ["gemma-f32.gguf", "mistral-f32.gguf", "qwen2-f32.gguf"]
+    );
+    for (file, entry) in files {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        convert(&model(file), &[], &dst);
+        let got = load(&dst.join("model.safetensors"));
+        let want = entry["tensors"].as_object().unwrap();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{file}"
+        );
+        for (name, (dtype, shape, bytes)) in &got {
+            let w = &want[name];
+            assert_eq!(dtype, w["dtype"].as_str().unwrap(), "{file}: {name}");
+            let wshape: Vec<usize> = serde_json::from_value(w["shape"].clone()).unwrap();
+            assert_eq!(shape, &wshape, "{file}: {name}");
+            assert_eq!(
+                u64::from(orient_inspect::formats::zip::crc32(bytes)),
+                w["crc32"].as_u64().unwrap(),
+                "{file}: {name} differs from transformers' reading"
+            );
+        }
+    }
+}
+
+#[test]
+fn gemma_gguf_converts_bit_for_bit_to_transformers_reading_not_to_the_original() {
+    // The converter stored w + 1 in f32; transformers reads (w + 1) - 1, also in f32, which
+    // is not w for most small w. orient must give what transformers gives.
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("out");
+    convert(&model("gemma-f32.gguf"), &[], &dst);
+    same_tensors(
+        &dst.join("model.safetensors"),
+        &model("gemma-gguf-transformers/model.safetensors"),
+    );
+    let got = load(&dst.join("model.safetensors"));
+    let original = load(&fixture("gemma/model.safetensors"));
+    let norm = "model.layers.0.input_layernorm.weight";
+    assert_ne!(got[norm].2, original[norm].2, "(w + 1) - 1 rounds in f32");
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    for (a, b) in f32s(&got[norm].2).iter().zip(f32s(&original[norm].2)) {
+        assert!(
+            (a - b).abs() <= 6e-8,
+            "{a} vs {b}: more than the rounding of 1 + w"
+        );
+    }
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(got[q], original[q], "gemma q rows are not permuted");
+    assert!(
+        !got.contains_key("lm_head.weight"),
+        "tied: no output.weight"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dst.join("config.json")).unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model("gemma-gguf-transformers/config.json")).unwrap(),
+    )
+    .unwrap();
+    for field in [
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+    ] {
+        assert_eq!(cfg[field], want[field], "config.json {field}");
+    }
+    // transformers widens the f32 metadata value (9.99999997e-7); orient prints the f32 as
+    // written (1e-6): the same f32.
+    assert_eq!(
+        cfg["rms_norm_eps"].as_f64().unwrap() as f32,
+        want["rms_norm_eps"].as_f64().unwrap() as f32
+    );
+}
+
+#[test]
+fn gemma_gguf_verifies_tightly_against_transformers_logits_on_its_reading() {
+    let out = orient()
+        .arg("verify")
+        .arg(model("gemma-f32.gguf"))
+        .arg("--reference")
+        .arg(model("gemma-gguf-transformers/reference.safetensors"))
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let (max_abs, top1, positions) = logits_row(&out);
+    // Measured 1.67e-6 over 208 tokens.
+    assert!(max_abs < 1e-5, "logits max |Δ| = {max_abs}");
+    assert_eq!((top1, positions), (208, 208));
+}
+
+#[test]
+fn gemma_gguf_inspect_shows_the_gguf_convention_and_its_norm_rule() {
+    orient()
+        .arg("inspect")
+        .arg(model("gemma-f32.gguf"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("convention:    gguf"))
+        .stdout(predicate::str::contains("architecture:  gemma"))
+        .stdout(predicate::str::contains("gemma norm stored 1+w").count(5))
+        .stdout(predicate::str::contains(
+            "`output.weight` is absent: tied to model.embed_tokens.weight",
+        ))
+        .stdout(predicate::str::contains("no `gemma.rope.freq_base` key"));
+}
+
+/// Meta originals and what transformers' `convert_llama_weights_to_hf.write_model` made of them
+/// (bf16 in, bf16 out): (Meta folder, converter output folder).
+fn meta_oracles() -> [(PathBuf, PathBuf); 2] {
+    [
+        (fixture("formats/meta"), model("meta-transformers")),
+        (model("meta-llama3"), model("meta-llama3-transformers")),
+    ]
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn meta_converts_bit_for_bit_to_what_transformers_converter_writes() {
+    for (src, oracle) in meta_oracles() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        convert(&src, &[], &dst);
+        same_tensors(
+            &dst.join("model.safetensors"),
+            &oracle.join("model.safetensors"),
+        );
+        let got = read_json(&dst.join("config.json"));
+        let want = read_json(&oracle.join("config.json"));
+        for field in [
+            "model_type",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "rms_norm_eps",
+            "vocab_size",
+            "tie_word_embeddings",
+        ] {
+            assert_eq!(got[field], want[field], "{}: {field}", src.display());
+        }
+        // transformers 5 writes RoPE as rope_parameters {rope_theta, rope_type, scaling…};
+        // orient as rope_theta + rope_scaling (absent for the default type).
+        let mut rope = want["rope_parameters"].as_object().unwrap().clone();
+        assert_eq!(
+            got["rope_theta"],
+            rope.remove("rope_theta").unwrap(),
+            "{}",
+            src.display()
+        );
+        if rope["rope_type"] == "default" {
+            assert!(got.get("rope_scaling").is_none(), "{}", src.display());
+        } else {
+            assert_eq!(
+                got["rope_scaling"],
+                serde_json::Value::Object(rope),
+                "{}",
+                src.display()
+            );
+        }
+        // The converter takes the context length from the Llama version it is told; params.json
+        // does not name one, so orient leaves it out and says so.
+        assert!(got.get("max_position_embeddings").is_none());
+    }
+    // The two roundings the fixtures pin: int(8·32/3) = 85 up to multiple_of 16 (96), and
+    // int(1.3 · 85) = 110 up to multiple_of 32 (128; 96 without the multiplier).
+    let sizes: Vec<_> = meta_oracles()
+        .iter()
+        .map(|(_, o)| read_json(&o.join("config.json"))["intermediate_size"].clone())
+        .collect();
+    assert_eq!(sizes, [96, 128]);
+}
+
+#[test]
+fn meta_conversions_verify_against_the_logits_of_transformers_conversion() {
+    // Measured max |Δlogit|: 1.10e-4 on meta/ (std-1 weights: logits up to 20), 9.5e-7 on the
+    // Llama 3.1 one (top-1 160/160 both).
+    for ((src, oracle), bound) in meta_oracles().into_iter().zip([2e-4, 1e-5]) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("out");
+        convert(&src, &[], &dst);
+        let out = orient()
+            .arg("verify")
+            .arg(&dst)
+            .arg("--reference")
+            .arg(oracle.join("reference.safetensors"))
+            .arg("--json")
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let (max_abs, top1, positions) = logits_row(&out);
+        assert!(max_abs < bound, "{}: max |Δ| = {max_abs}", src.display());
+        assert_eq!((top1, positions), (160, 160), "{}", src.display());
+        if src.ends_with("meta-llama3") {
+            // The llama3 RoPE scaling read from use_scaled_rope matters on these 160 tokens:
+            // without it the logits move by 0.08.
+            let mut cfg = read_json(&dst.join("config.json"));
+            cfg.as_object_mut().unwrap().remove("rope_scaling");
+            let unscaled = tmp.path().join("unscaled.json");
+            std::fs::write(&unscaled, cfg.to_string()).unwrap();
+            orient()
+                .arg("verify")
+                .arg(&dst)
+                .arg("--config")
+                .arg(&unscaled)
+                .arg("--reference")
+                .arg(oracle.join("reference.safetensors"))
+                .assert()
+                .code(1);
+        }
+    }
 }
 
 #[test]

@@ -169,6 +169,31 @@ fn json_schema_is_stable() {
     assert_eq!(q["expected_shape"], serde_json::json!([128, 64]));
     assert_eq!(q["shape_formula"], "[nH·D, H]");
     let s = &v["summary"];
+    let mut summary_keys: Vec<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
+    summary_keys.sort_unstable();
+    assert_eq!(
+        summary_keys,
+        [
+            "architecture",
+            "bytes_by_dtype",
+            "config",
+            "convention",
+            "format",
+            "layout",
+            "metadata",
+            "notes",
+            "path",
+            "shards",
+            "square_ambiguous",
+            "status_counts",
+            "tensors",
+            "total_params"
+        ]
+    );
+    assert_eq!(
+        s["format"],
+        serde_json::json!({"kind": "safetensors", "undecodable": [], "dequantized": 0, "config_reconstructed": null})
+    );
     assert_eq!(s["architecture"], "qwen3");
     assert_eq!(s["tensors"], 24);
     assert_eq!(s["total_params"], 149_952);

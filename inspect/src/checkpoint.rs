@@ -204,16 +204,21 @@ impl fmt::Display for OpenNote {
             }
             OpenNote::Dequantized { path, count } => write!(
                 f,
-                "{}: {count} block-quantized tensors (Q8_0/Q4_0) are read dequantized to F32, as ggml computes them",
-                path.display()
+                "{}: {count} block-quantized {} (Q8_0/Q4_0) {} read dequantized to F32, as ggml computes them",
+                path.display(),
+                if *count == 1 { "tensor" } else { "tensors" },
+                if *count == 1 { "is" } else { "are" },
             ),
             OpenNote::Undecodable { path, tensors } => {
                 let list: Vec<String> = tensors.iter().map(|(n, t)| format!("{n} ({t})")).collect();
+                let one = tensors.len() == 1;
                 write!(
                     f,
-                    "{}: {} tensors are stored in ggml types orient cannot decode (it decodes F32, F16, BF16, Q8_0, Q4_0); listed, not read: {}",
+                    "{}: {} {} stored in {} orient cannot decode (it decodes F32, F16, BF16, Q8_0, Q4_0); listed, not read: {}",
                     path.display(),
                     tensors.len(),
+                    if one { "tensor is" } else { "tensors are" },
+                    if one { "a ggml type" } else { "ggml types" },
                     list.join(", ")
                 )
             }

@@ -15,7 +15,7 @@ use globset::{Glob, GlobMatcher};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, ConfigStatus, Source, TensorInfo};
+use crate::checkpoint::{Checkpoint, ConfigStatus, OpenNote, Source, TensorInfo};
 use crate::dtype::Dtype;
 use crate::layout::arch::Role;
 use crate::layout::catalogue::{Catalogue, ConvId, Hit};
@@ -145,6 +145,8 @@ pub struct Summary {
     pub layout: &'static str,
     /// Number of shard files.
     pub shards: usize,
+    /// The file format and what reading it noticed (the format notes of `notes`, as data).
+    pub format: FormatInfo,
     /// Architecture from `config.json` (`null` when unknown).
     pub architecture: Option<String>,
     /// `known`, `missing` or `unknown-architecture`, with the model_type when known.
@@ -170,6 +172,73 @@ pub struct Summary {
     pub metadata: BTreeMap<String, String>,
     /// Observations a user must see (tied lm_head present/absent, unknown roles, …).
     pub notes: Vec<String>,
+}
+
+/// The file format of a checkpoint and what reading it noticed: the structured form of the
+/// format notes that [`Summary::notes`] states in words.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FormatInfo {
+    /// `safetensors`, `gguf`, `pytorch`, `flax-msgpack` or `meta`.
+    pub kind: &'static str,
+    /// Tensors stored in a type orient cannot decode (GGUF): listed, refused by commands
+    /// that read values.
+    pub undecodable: Vec<UndecodableTensor>,
+    /// How many block-quantized tensors (GGUF Q8_0/Q4_0) are read dequantized to F32.
+    pub dequantized: usize,
+    /// With no `config.json`: the file the config was reconstructed from and what it could
+    /// not state (`null` when the checkpoint has its own `config.json`).
+    pub config_reconstructed: Option<ConfigReconstructed>,
+}
+
+/// One tensor orient cannot decode (see [`FormatInfo::undecodable`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UndecodableTensor {
+    /// Tensor name as stored.
+    pub name: String,
+    /// Its ggml type, e.g. `Q4_K`.
+    #[serde(rename = "type")]
+    pub ggml_type: &'static str,
+}
+
+/// A `config.json` reconstructed from the file (see [`FormatInfo::config_reconstructed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigReconstructed {
+    /// The file it came from (GGUF file, `params.json`).
+    pub from: String,
+    /// Each setting the file does not state, in words.
+    pub unknown: Vec<String>,
+}
+
+impl FormatInfo {
+    /// Collects the format notes of an opened checkpoint.
+    pub fn of(ck: &Checkpoint) -> FormatInfo {
+        let mut info = FormatInfo {
+            kind: ck.format().name(),
+            undecodable: Vec::new(),
+            dequantized: 0,
+            config_reconstructed: None,
+        };
+        for note in ck.notes() {
+            match note {
+                OpenNote::Undecodable { tensors, .. } => {
+                    info.undecodable
+                        .extend(tensors.iter().map(|(name, t)| UndecodableTensor {
+                            name: name.clone(),
+                            ggml_type: t,
+                        }));
+                }
+                OpenNote::Dequantized { count, .. } => info.dequantized += count,
+                OpenNote::ConfigReconstructed { from, unknown } => {
+                    info.config_reconstructed = Some(ConfigReconstructed {
+                        from: from.display().to_string(),
+                        unknown: unknown.clone(),
+                    });
+                }
+                OpenNote::IndexIgnored { .. } | OpenNote::ModelFileIgnored { .. } => {}
+            }
+        }
+        info
+    }
 }
 
 /// What a filter kept (see [`Summary::filtered`]).
@@ -310,7 +379,9 @@ pub fn inspect(
     let square = rows.iter().filter(|r| r.square_ambiguous).count();
     if square > 0 {
         notes.push(format!(
-            "{square} square projection(s) match their expected shape either way round: a shape cannot prove their orientation; check the values (`orient verify`, `orient diff`)"
+            "{square} square {} their expected shape either way round: a shape cannot prove {} orientation; check the values (`orient verify`, `orient diff`)",
+            if square == 1 { "projection matches" } else { "projections match" },
+            if square == 1 { "its" } else { "their" },
         ));
     }
 
@@ -384,6 +455,7 @@ pub fn inspect(
             path: ck.root().display().to_string(),
             layout,
             shards,
+            format: FormatInfo::of(ck),
             architecture,
             config,
             convention,
@@ -585,9 +657,19 @@ fn describe_detection(cat: &Catalogue, d: &Detection, ck: &Checkpoint) -> Detect
             cat.conventions()[*c].name.clone(),
             Vec::new(),
             format!(
-                "{} names are {}-only spellings, none {}",
+                "{} {} {}-only {}, none {}",
                 only(*c),
+                if only(*c) == 1 {
+                    "name is an"
+                } else {
+                    "names are"
+                },
                 display(*c),
+                if only(*c) == 1 {
+                    "spelling"
+                } else {
+                    "spellings"
+                },
                 others(*c)
             ),
         ),
@@ -609,8 +691,10 @@ fn describe_detection(cat: &Catalogue, d: &Detection, ck: &Checkpoint) -> Detect
             cat.conventions()[*c].name.clone(),
             Vec::new(),
             format!(
-                "{n} names are {}-only spellings, none {}",
+                "{n} {} {}-only {}, none {}",
+                if *n == 1 { "name is an" } else { "names are" },
                 display(*c),
+                if *n == 1 { "spelling" } else { "spellings" },
                 others(*c)
             ),
         ),
@@ -635,16 +719,28 @@ fn describe_detection(cat: &Catalogue, d: &Detection, ck: &Checkpoint) -> Detect
                 "mixed".to_owned(),
                 minor.clone(),
                 format!(
-                    "{n} names of the majority convention, {} {kinds} names",
-                    minor.len()
+                    "{n} {} of the majority convention, {} {kinds} {}",
+                    if *n == 1 { "name" } else { "names" },
+                    minor.len(),
+                    if minor.len() == 1 { "name" } else { "names" }
                 ),
             )
         }
     };
     if !transposed.is_empty() {
         let reason = format!(
-            "{reason}, but {} tensor(s) are stored transposed relative to what their names say",
-            transposed.len()
+            "{reason}, but {} {} stored transposed relative to what {} names say",
+            transposed.len(),
+            if transposed.len() == 1 {
+                "tensor is"
+            } else {
+                "tensors are"
+            },
+            if transposed.len() == 1 {
+                "its"
+            } else {
+                "their"
+            },
         );
         offending.extend(transposed);
         return DetectedConvention {

@@ -186,9 +186,10 @@ fn summary(report: &Report, w: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(
         w,
-        "tensors:       {} ({} parameters)",
+        "tensors:       {} ({} parameter{})",
         s.tensors,
-        thousands(s.total_params)
+        thousands(s.total_params),
+        if s.total_params == 1 { "" } else { "s" }
     )?;
     let bytes: Vec<String> = s
         .bytes_by_dtype
