@@ -15,16 +15,19 @@
 //! instead of being widened to f32 first. Measured on a Qwen2-7B-shaped bf16 model: see the
 //! README ("Performance").
 //!
-//! **Layout independence.** Every weight reaches the tiles as `[out, in]` rows of bf16 (in
-//! place when the checkpoint stores it so, else gathered byte for byte), and each output's
-//! sum order depends only on `in`: an HF and a Flax checkpoint of the same model, a
-//! prefill and a decode step, and any row of a product computed alone or among others give
-//! the same bits.
+//! **Layout independence.** An HF weight (`[out, in]` rows) is read in place as the tiles' A
+//! operand (`Cᵀ = W · xᵀ`); a Flax or GPT-2 kernel (`[in, out]`) is interleaved into panels
+//! (pairs of inputs per output, a streaming copy) and taken as the B operand (`C = x · W`);
+//! any other view is gathered into rows. A tile product sums, for each output, the same
+//! products in the same order whichever operand the weight is, and each output's order
+//! depends only on `in`: an HF and a Flax checkpoint of the same model, a prefill and a
+//! decode step, and any row of a product computed alone or among others give the same bits
+//! (tested).
 //!
-//! Tile shapes: A (weights) 16 rows × 32 bf16 of `in`; B (activations) 16 pairs of `in` × 16
-//! tokens × 2, the "VNNI" order ([`Packed`]); C 16 outputs × 16 tokens of f32. The kernel keeps
-//! four C tiles (2 output blocks × 2 token blocks), two A and two B tiles in the eight tile
-//! registers.
+//! Tile shapes (weights in rows): A (weights) 16 rows × 32 bf16 of `in`; B (activations) 16
+//! pairs of `in` × 16 tokens × 2, the "VNNI" order ([`Packed`]); C 16 outputs × 16 tokens of
+//! f32 (in panels, the other way round). The kernel keeps four C tiles (2 output blocks × 2
+//! token blocks), two weight and two activation tiles in the eight tile registers.
 
 // Off x86-64 Linux only the portable kernels exist: the tile code is compiled but never run.
 #![cfg_attr(
@@ -77,20 +80,34 @@ const K_CHUNK: usize = 1024;
 /// Output pairs (32 outputs each) per parallel task.
 const PAIRS_PER_TASK: usize = 4;
 
+/// Bytes of one panel of a weight in panels (32 outputs × `cols` inputs of bf16).
+pub(crate) fn panel_bytes(cols: usize) -> usize {
+    cols / 2 * 128
+}
+
 /// Whether the CPU has AMX-BF16 tiles and the OS lets this process use them (asked once).
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(imp::request)
 }
 
-/// A bf16 `[rows, cols]` weight (`[out, in]`): row `r` is the `cols` little-endian bf16
-/// values at element `r · row_stride` of `bytes`. `cols` is a multiple of 32.
+/// A bf16 `[rows, cols]` weight (`[out, in]`, `cols` a multiple of 32) in one of two orders:
+///
+/// - rows (an HF `[out, in]` tensor read in place): row `r` is the `cols` little-endian bf16
+///   values at element `r · row_stride` of `bytes`; the tiles take it as their A operand
+///   (`Cᵀ = W · xᵀ`);
+/// - panels (made from an `[in, out]` kernel, [`Weight::paired`]): for each block of 32
+///   outputs (`rows` rounded up to 32, the rest zero), `cols / 2` pairs of inputs, each the 32
+///   outputs' values of inputs `2j` and `2j + 1` (128 bytes); the tiles take it as their B
+///   operand (`C = x · W`), one contiguous 2 KiB per step. Each output is then the same sum
+///   in the same order as from rows, so both give the same bits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Weight<'a> {
     bytes: &'a [u8],
     rows: usize,
     cols: usize,
     row_stride: usize,
+    paired: bool,
 }
 
 impl<'a> Weight<'a> {
@@ -131,14 +148,46 @@ impl<'a> Weight<'a> {
             rows,
             cols,
             row_stride,
+            paired: false,
+        })
+    }
+
+    /// A weight in panels (see [`Weight`]): `rows` outputs rounded up to 32, `cols` inputs.
+    pub fn paired(bytes: &'a [u8], rows: usize, cols: usize) -> Result<Weight<'a>, ModelError> {
+        if !cols.is_multiple_of(32) || cols == 0 {
+            return Err(ModelError::Internal(format!(
+                "bf16 weight [{rows}, {cols}] in panels: inputs are not a multiple of 32"
+            )));
+        }
+        let need = rows
+            .div_ceil(32)
+            .checked_mul(panel_bytes(cols))
+            .filter(|&b| b <= bytes.len());
+        if need.is_none() {
+            return Err(ModelError::Internal(format!(
+                "bf16 weight [{rows}, {cols}] in panels does not fit in {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Weight {
+            bytes,
+            rows,
+            cols,
+            row_stride: 0,
+            paired: true,
         })
     }
 }
 
-/// The activations `x [M, K]` as three bf16 parts in tile order: part `p`, token block `b`
-/// (16 tokens), pair `j` of inputs, token `t`: the two bf16 of inputs `2j`, `2j + 1` at
-/// element `(((p · blocks + b) · kp / 2 + j) · 16 + t) · 2`. Inputs past `K` and tokens past
-/// `M` are zero; `blocks` is even (the kernel takes token blocks in pairs).
+/// The activations `x [M, K]` as three bf16 parts, part `p` and token block `b` (16 tokens)
+/// at element `(p · blocks + b) · 16 · kp`, in the order the weight's order needs:
+///
+/// - for a weight in rows (x is the B operand), pair `j` of inputs, token `t`: the two bf16
+///   of inputs `2j`, `2j + 1` at `(j · 16 + t) · 2` within the block;
+/// - for a weight in pairs (x is the A operand), token `t`, input `i` at `t · kp + i`.
+///
+/// Inputs past `K` and tokens past `M` are zero; `blocks` is even (the kernel takes token
+/// blocks in pairs).
 struct Packed {
     data: Vec<u16>,
     blocks: usize,
@@ -175,8 +224,16 @@ pub(crate) fn split_for_tests(x: f32) -> [u16; 3] {
 
 impl Packed {
     /// Packs rows `rows` of `x` (`[M, k]`, row-major) with `kp ≥ k` inputs (a multiple of 32),
-    /// on up to `threads` threads (one token block per task).
-    fn new(x: &[f32], k: usize, kp: usize, rows: std::ops::Range<usize>, threads: usize) -> Packed {
+    /// for a weight in pairs order when `paired`, on up to `threads` threads (one token block
+    /// per task).
+    fn new(
+        x: &[f32],
+        k: usize,
+        kp: usize,
+        rows: std::ops::Range<usize>,
+        paired: bool,
+        threads: usize,
+    ) -> Packed {
         let m = rows.len();
         let blocks = m.div_ceil(32) * 2;
         let part = blocks * 16 * kp; // u16 per part
@@ -193,7 +250,11 @@ impl Packed {
                 }
                 let xr = &x[row * k..(row + 1) * k];
                 for (i, &v) in xr.iter().enumerate() {
-                    let at = (i / 2) * 32 + t * 2 + i % 2;
+                    let at = if paired {
+                        t * kp + i
+                    } else {
+                        (i / 2) * 32 + t * 2 + i % 2
+                    };
                     let [h, md, l] = split(v);
                     d0[at] = h;
                     d1[at] = md;
@@ -282,7 +343,7 @@ pub(crate) fn matmul(
     let mut start = 0;
     while start < m {
         let rows = start..(start + M_CHUNK).min(m);
-        let packed = Packed::new(x, k, w.cols, rows.clone(), threads);
+        let packed = Packed::new(x, k, w.cols, rows.clone(), w.paired, threads);
         let run = |task: usize| {
             let first = task * PAIRS_PER_TASK;
             let pairs = first..(first + PAIRS_PER_TASK).min(pairs);
@@ -396,12 +457,18 @@ mod imp {
         let kp = p.kp; // = w.cols (`super::matmul` packs to the weight's width)
         let m = rows.len();
         let token_pairs = p.blocks / 2;
-        let mut c = vec![0f32; token_pairs * 1024]; // [token pair][4 tiles][16 out][16 tok]
+        let mut c = vec![0f32; token_pairs * 1024]; // [token pair][4 tiles][16 × 16]
         let mut padded: Vec<u8> = Vec::new(); // [32, kp] bf16: a last, partial pair
         for pair in pairs {
             let n0 = pair * 32;
             let n_here = (w.rows - n0).min(32);
-            let (base, stride) = if n_here == 32 {
+            let (base, stride) = if w.paired {
+                // SAFETY: panel `pair` lies within `w` (`Weight::paired`, n0 < w.rows).
+                (
+                    unsafe { w.bytes.as_ptr().add(pair * super::panel_bytes(kp)) },
+                    128,
+                )
+            } else if n_here == 32 {
                 // SAFETY: row n0 lies within `w` (n0 < w.rows).
                 (
                     unsafe { w.bytes.as_ptr().add(n0 * w.row_stride * 2) },
@@ -420,9 +487,15 @@ mod imp {
             while k0 < kp {
                 let k1 = (k0 + K_CHUNK).min(kp);
                 for tp in 0..token_pairs {
-                    // SAFETY: rows base..base+32·stride hold `kp` bf16 each; the packed parts
-                    // hold token blocks 2tp, 2tp+1 for inputs k0..k1; `c` holds 4 tiles for
-                    // this token pair.
+                    let block = if w.paired {
+                        block::<true>
+                    } else {
+                        block::<false>
+                    };
+                    // SAFETY: `base` is 32 weight rows of `kp` bf16 `stride` bytes apart, or a
+                    // panel of `kp / 2` pairs (`w.paired`, as `p` was packed for); the packed
+                    // parts hold token blocks 2tp, 2tp+1 for inputs k0..k1; `c` holds 4 tiles
+                    // for this token pair.
                     unsafe {
                         block(
                             base,
@@ -455,7 +528,12 @@ mod imp {
                             if col >= n0 + n_here {
                                 break;
                             }
-                            let v = ct[o * 16 + tok];
+                            // C is [out, token] from rows, [token, out] from pairs
+                            let v = if w.paired {
+                                ct[tok * 16 + o]
+                            } else {
+                                ct[o * 16 + tok]
+                            };
                             // SAFETY: (rows.start + row, col) is inside `out` (checked by the
                             // caller) and only this task writes column `col`.
                             unsafe {
@@ -469,15 +547,21 @@ mod imp {
         }
     }
 
-    /// C tiles (2 output blocks × 2 token blocks) `+=` A · B over inputs `k0..k1` for the
+    /// C tiles (2 output blocks × 2 token blocks) `+=` W · x over inputs `k0..k1` for the
     /// three activation parts, loading C from `c` (or zero when `first`) and storing it back;
     /// with `prefetch`, each step asks for the next step's weight rows (5% faster on the
     /// 7B-shaped model: the first token pair reads them from memory, the others from cache).
     ///
-    /// Safety: tiles configured; `a` points at 32 rows of `kp` bf16, `stride` bytes apart;
-    /// `p` holds token blocks `2tp`, `2tp + 1` of `kp` inputs; `c` points at 1024 f32.
+    /// `PAIRED = false`: `a` is 32 weight rows (`stride` bytes apart) read as A tiles, the
+    /// parts are B tiles, C tile `(i, j)` is `[out, token]`. `PAIRED = true`: `a` is a panel of
+    /// 32 outputs (input pairs `stride` = 128 bytes apart, the second 16 outputs 64 bytes on)
+    /// read as B tiles, the parts are A tiles, C is `[token, out]`. Each C element sums the same products
+    /// in the same order either way.
+    ///
+    /// Safety: tiles configured; `a` as above for inputs up to `kp`; `p` holds token blocks
+    /// `2tp`, `2tp + 1` of `kp` inputs in the order `PAIRED` needs; `c` points at 1024 f32.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block(
+    unsafe fn block<const PAIRED: bool>(
         a: *const u8,
         stride: usize,
         p: &Packed,
@@ -491,9 +575,11 @@ mod imp {
     ) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let s64 = 64usize;
+        // part tiles: 64-byte rows of pairs (rows order) or of 32 inputs (pairs order)
+        let sx = if PAIRED { kp * 2 } else { 64 };
         // SAFETY: (for the whole body) every pointer below stays within the buffers the
-        // caller vouches for: C is 4 × 256 f32; A rows 0..32 bytes k·2..k·2+64 with k < kp;
-        // B part q, block b, inputs k..k+32 = 512 u16 at (q·blocks + b)·16·kp + k·16.
+        // caller vouches for: C is 4 × 256 f32; weight tiles for inputs k..k+32 with k < kp;
+        // part q, block b, inputs k..k+32 at (q·blocks + b)·16·kp + (k·16 or k).
         unsafe {
             if first {
                 asm!(
@@ -513,12 +599,17 @@ mod imp {
                     c3 = in(reg) c.add(768), s = in(reg) s64, options(nostack)
                 );
             }
-            let a1 = a.add(16 * stride);
             let part = p.blocks * 16 * kp;
-            let b_base = p.data.as_ptr().add(2 * tp * 16 * kp);
+            let x_base = p.data.as_ptr().add(2 * tp * 16 * kp);
             let mut k = k0;
             while k < k1 {
-                if prefetch && k + 32 < k1 {
+                let (a0, a1) = if PAIRED {
+                    let a0 = a.add((k / 2) * stride);
+                    (a0, a0.add(64))
+                } else {
+                    (a.add(k * 2), a.add(16 * stride + k * 2))
+                };
+                if prefetch && !PAIRED && k + 32 < k1 {
                     // the next step's weight rows, from memory, while this one multiplies
                     for r in 0..16 {
                         let next = a.add((k + 32) * 2 + r * stride);
@@ -529,21 +620,36 @@ mod imp {
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}*1]",
                     "tileloadd tmm5, [{a1} + {sa}*1]",
-                    a0 = in(reg) a.add(k * 2), a1 = in(reg) a1.add(k * 2), sa = in(reg) stride,
+                    a0 = in(reg) a0, a1 = in(reg) a1, sa = in(reg) stride,
                     options(nostack)
                 );
                 for q in 0..3 {
-                    let b0 = b_base.add(q * part + k * 16);
+                    let b0 = x_base.add(q * part + if PAIRED { k } else { k * 16 });
                     let b1 = b0.add(16 * kp);
                     asm!(
                         "tileloadd tmm6, [{b0} + {s}*1]",
                         "tileloadd tmm7, [{b1} + {s}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        b0 = in(reg) b0, b1 = in(reg) b1, s = in(reg) s64, options(nostack)
+                        b0 = in(reg) b0, b1 = in(reg) b1, s = in(reg) sx, options(nostack)
                     );
+                    if PAIRED {
+                        // C[token, out] += x · W
+                        asm!(
+                            "tdpbf16ps tmm0, tmm6, tmm4",
+                            "tdpbf16ps tmm1, tmm7, tmm4",
+                            "tdpbf16ps tmm2, tmm6, tmm5",
+                            "tdpbf16ps tmm3, tmm7, tmm5",
+                            options(nostack)
+                        );
+                    } else {
+                        // C[out, token] += W · xᵀ
+                        asm!(
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            options(nostack)
+                        );
+                    }
                 }
                 k += 32;
             }

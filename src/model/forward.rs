@@ -1066,16 +1066,21 @@ mod tests {
 
     /// The AMX tiles multiply a bf16 weight as accurately as gemm's f32 kernels do (the
     /// activations split into three bf16 parts lose nothing), and their bits depend neither on
-    /// the checkpoint's layout (HF rows read in place, a Flax kernel gathered) nor on which
-    /// rows are computed together: outputs not a multiple of 32, inputs not a multiple of 32
-    /// (padded), more rows than one packed chunk (256), a bias accumulated.
+    /// the checkpoint's layout (HF rows read in place, a Flax kernel made into panels) nor on
+    /// which rows are computed together: outputs not a multiple of 32, inputs not a multiple
+    /// of 32 (padded) and odd, more rows than one packed chunk (256), a bias accumulated.
     #[test]
     fn amx_tiles_match_f32_accuracy_and_give_the_same_bits_whatever_the_layout_or_rows() {
         if !amx::available() {
             // a CPU without AMX: the portable kernels are what runs, and other tests cover them
             return;
         }
-        for (n, k, t) in [(100usize, 96usize, 300usize), (33, 80, 5), (64, 32, 1)] {
+        for (n, k, t) in [
+            (100usize, 96usize, 300usize),
+            (33, 80, 5),
+            (64, 32, 1),
+            (40, 47, 3),
+        ] {
             let case = tile_case(n, k, t);
             let hf = case.product(amx::Kernels::Auto, false, 0..t, Product::General);
             let flax = case.product(amx::Kernels::Auto, true, 0..t, Product::General);
