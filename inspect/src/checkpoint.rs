@@ -31,7 +31,7 @@ use crate::mmap::GuardedMap;
 use crate::view::TensorView;
 
 mod foreign;
-pub use foreign::{Format, Undecodable};
+pub use foreign::{Format, Quantized, Undecodable};
 
 /// File name of a sharded set's index.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";

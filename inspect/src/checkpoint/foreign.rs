@@ -672,6 +672,14 @@ impl Assembled {
         }
     }
 
+    /// The recipe of a tensor dequantized from ggml blocks: type, shard and byte range.
+    fn dequant(&self, name: &str) -> Option<(GgmlType, usize, &Range<usize>)> {
+        match &self.jobs.get(name)?.recipe {
+            Recipe::Dequant { ty, shard, range } => Some((*ty, *shard, range)),
+            Recipe::Concat { .. } => None,
+        }
+    }
+
     /// The first assembly that failed, as an error naming the tensor.
     pub fn check(&self, shards: &[Shard]) -> Result<(), Error> {
         for (name, job) in &self.jobs {
@@ -793,7 +801,80 @@ fn show_array(a: &MetaArray) -> String {
     }
 }
 
+/// A GGUF tensor stored block-quantized (Q8_0, Q4_0), seen as its blocks: what
+/// [`Checkpoint::quantized`] gives a reader that decodes values itself.
+///
+/// Why: such a tensor reads as F32 through the temporary file of assembled tensors, which
+/// dequantizes it whole on first read. A reader that streams each value once (`convert`)
+/// would then write every byte twice, once into that file and once into its output, and
+/// the write is what costs: decoding the blocks straight into the output instead halves it.
+#[derive(Debug, Clone, Copy)]
+pub struct Quantized<'a> {
+    ckpt: &'a Checkpoint,
+    tensor: &'a TensorInfo,
+    ty: GgmlType,
+    shard: usize,
+    blocks: &'a [u8],
+}
+
+impl Quantized<'_> {
+    /// The ggml type of the blocks.
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Decodes values `first..first + out.len()` of the tensor (row-major order, as the F32
+    /// tensor reads) into `out`, bit for bit as the temporary file holds them. An error
+    /// names the file and the tensor.
+    pub fn decode(&self, first: usize, out: &mut [f32]) -> Result<(), Error> {
+        quant::dequantize_range(self.ty, self.blocks, first, out).map_err(|e| Error::Assemble {
+            path: self.path().to_owned(),
+            tensor: self.tensor.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Tells the kernel this process is done with the mapped blocks holding values
+    /// `values` (advice, as [`Checkpoint::release_part`]): streaming a large tensor keeps
+    /// resident memory bounded.
+    pub fn release(&self, values: Range<usize>) {
+        let Some(bytes) = quant::block_bytes(self.ty, values) else {
+            return;
+        };
+        if let Some(part) = self.blocks.get(bytes) {
+            let base = self.ckpt.shards[self.shard].map.as_ptr() as usize;
+            let start = part.as_ptr() as usize - base;
+            self.ckpt
+                .advise_dont_need(self.shard, start..start + part.len());
+        }
+    }
+
+    /// The file the blocks are read from.
+    pub fn path(&self) -> &Path {
+        &self.ckpt.shards[self.shard].path
+    }
+}
+
 impl Checkpoint {
+    /// The blocks of `t` when it is a GGUF tensor stored block-quantized (Q8_0, Q4_0)
+    /// that reads as F32 through the temporary file of assembled tensors; `None` for every
+    /// other tensor. Reading the blocks through [`Quantized::decode`] never writes that file.
+    pub fn quantized<'a>(&'a self, t: &'a TensorInfo) -> Option<Quantized<'a>> {
+        let a = self.assembled.as_ref()?;
+        if t.shard != a.shard {
+            return None;
+        }
+        let (ty, shard, range) = a.dequant(&t.name)?;
+        let blocks = self.shards.get(shard)?.map.get(range.clone())?;
+        Some(Quantized {
+            ckpt: self,
+            tensor: t,
+            ty,
+            shard,
+            blocks,
+        })
+    }
+
     /// The format the checkpoint was stored in.
     pub fn format(&self) -> Format {
         self.format
