@@ -717,10 +717,14 @@ fn run(job: &Job, shards: &[Shard], out: &File) -> Result<(), String> {
             let blocks_per_piece = (PIECE / 4 / block).max(1);
             let mut vals = vec![0f32; blocks_per_piece * block];
             let mut at = job.out.start;
+            let mut from = range.start;
             for chunk in bytes.chunks(blocks_per_piece * block_bytes) {
                 let n = chunk.len() / block_bytes * block;
                 quant::dequantize(*ty, chunk, &mut vals[..n]).map_err(|e| e.to_string())?;
                 write(bytemuck::cast_slice(&vals[..n]), at)?;
+                // The blocks are read once: keep their mapped pages out of the RSS.
+                shards[*shard].advise_dont_need(from..from + chunk.len());
+                from += chunk.len();
                 at += n * 4;
             }
             Ok(())
