@@ -452,7 +452,7 @@ fn produce_tensor(
         }
         Path::Transpose { rows, cols } => {
             let info = infos[0];
-            let decoded = decode_whole(ckpt, info, tiling)?;
+            let decoded = decode_whole(ckpt, info, &mut { tiling.resident_bytes })?;
             let src = match &decoded {
                 Some(values) => bytemuck::cast_slice(values),
                 None => ckpt.view(info).bytes,
@@ -469,9 +469,11 @@ fn produce_tensor(
             s?
         }
         Path::Gather => {
+            // The sources decoded into memory share one window between them.
+            let mut budget = tiling.resident_bytes;
             let decoded = infos
                 .iter()
-                .map(|i| decode_whole(ckpt, i, tiling))
+                .map(|i| decode_whole(ckpt, i, &mut budget))
                 .collect::<Result<Vec<_>>>()?;
             let data: Vec<Data<'_>> = infos
                 .iter()
@@ -562,17 +564,22 @@ fn decode_stream(
 }
 
 /// A block-quantized source of a transpose or a gather, decoded whole into memory when it
-/// fits the window of source bytes those paths may keep resident
-/// ([`Tiling::resident_bytes`]: every projection of a 7B model does), so that it is not
-/// written into the temporary file first. `None` for any other tensor, and for larger
-/// ones, which are read through [`Checkpoint::view`].
-fn decode_whole(ckpt: &Checkpoint, info: &TensorInfo, tiling: &Tiling) -> Result<Option<Vec<f32>>> {
+/// fits what is left of `budget` (the window of source bytes those paths may keep resident,
+/// [`Tiling::resident_bytes`]: every projection of a 7B model fits), so that it is not
+/// written into the temporary file first; its size is taken from the budget. `None` for any
+/// other tensor, and for larger ones, which are read through [`Checkpoint::view`].
+fn decode_whole(
+    ckpt: &Checkpoint,
+    info: &TensorInfo,
+    budget: &mut usize,
+) -> Result<Option<Vec<f32>>> {
     let Some(q) = ckpt.quantized(info) else {
         return Ok(None);
     };
-    if info.nbytes() > tiling.resident_bytes {
+    if info.nbytes() > *budget {
         return Ok(None);
     }
+    *budget -= info.nbytes();
     let mut values = vec![0f32; info.numel()]; // the tensor, row-major f32
     par_decode(&q, 0, &mut values)?;
     q.release(0..info.numel());
