@@ -10,8 +10,8 @@
 #       counted with `fincore` after it.
 #   (b) `orient convert` of a Qwen2-0.5B-shaped F16 GGUF file (≈1 GB of random data) to HF
 #       safetensors, durable (fsync), against `cp` + `sync` of the same file; target ≤ 1.5×.
-#   (c) `orient convert --dtype f32` of the same model quantized to Q8_0 (gguf.quants):
-#       dequantization throughput in GB/s of f32 output (target ≥ 1 GB/s).
+#   (c) `orient convert --dtype f32` of the same model quantized to Q8_0 and to Q4_0
+#       (gguf.quants): dequantization throughput in GB/s of f32 output (target ≥ 1 GB/s).
 #   Peak RSS of each conversion with /usr/bin/time -v.
 #
 # Usage: scripts/bench-formats.sh [--runs N] [--keep]
@@ -158,7 +158,7 @@ elif what == "bin7b":
         json.dump(config(*SEVEN_B, tied=False, dtype="bfloat16"), f, indent=2)
     print(f"{d}: {len(tensors)} tensors, {total} bytes of data in 4 shards")
 elif what == "small":
-    # Qwen2-0.5B-shaped (tied), random N(0, 0.02) data: F16 file and a Q8_0 file
+    # Qwen2-0.5B-shaped (tied), random N(0, 0.02) data: F16 file, a Q8_0 and a Q4_0 file
     # (2-D tensors quantized by gguf.quants, norms and biases F32, as llama.cpp does).
     import gguf
 
@@ -169,14 +169,19 @@ elif what == "small":
             data[n] = (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
         else:
             data[n] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
-    for kind in ("f16", "q8_0"):
+    quants = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
+    for kind in ("f16", "q8_0", "q4_0"):
         path = os.path.join(d, f"qwen2-0.5b-{kind}.gguf")
-        ft = gguf.LlamaFileType.MOSTLY_F16 if kind == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+        ft = {
+            "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+        }[kind]
         w, name = gguf_writer(path, *HALF_B, ft)
         for n, a in data.items():
-            if kind == "q8_0" and a.ndim == 2:
-                q = gguf.quants.quantize(a.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
-                w.add_tensor(name(n), q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            if kind in quants and a.ndim == 2:
+                q = gguf.quants.quantize(a.astype(np.float32), quants[kind])
+                w.add_tensor(name(n), q, raw_shape=q.shape, raw_dtype=quants[kind])
             else:
                 w.add_tensor(name(n), a)
         w.write_header_to_file()
@@ -190,11 +195,12 @@ G7=$BENCH_DIR/qwen2-7b-f16.gguf
 B7=$BENCH_DIR/qwen2-7b-bin
 F16=$BENCH_DIR/qwen2-0.5b-f16.gguf
 Q8=$BENCH_DIR/qwen2-0.5b-q8_0.gguf
+Q4=$BENCH_DIR/qwen2-0.5b-q4_0.gguf
 echo "== inputs"
 [[ -f $G7 ]] || "$PY" "$BENCH_DIR/gen.py" gguf7b "$G7"
 [[ -f $B7/config.json ]] || "$PY" "$BENCH_DIR/gen.py" bin7b "$B7"
-[[ -f $Q8 ]] || /usr/bin/time -f "0.5B F16 + Q8_0 files: %e s" "$PY" "$BENCH_DIR/gen.py" small "$BENCH_DIR"
-ls -ls "$G7" "$B7" "$F16" "$Q8"
+[[ -f $Q4 ]] || /usr/bin/time -f "0.5B F16, Q8_0, Q4_0 files: %e s" "$PY" "$BENCH_DIR/gen.py" small "$BENCH_DIR"
+ls -ls "$G7" "$B7" "$F16" "$Q8" "$Q4"
 
 # ---------------------------------------------------------------- (a) inspect
 echo "== (a) inspect, 7B-shaped (sparse), warm cache"
@@ -219,7 +225,7 @@ fincore "$G7" "$B7"/*.bin | tee "$RESULTS/fincore.txt"
 /usr/bin/time -v "$ORIENT" inspect "$B7" 2> "$RESULTS/time-inspect-bin.txt" > /dev/null
 
 # ---------------------------------------------------------------- (b), (c) convert
-echo "== (b) F16 GGUF → HF safetensors vs cp + sync; (c) Q8_0 → f32 (warm cache, $RUNS runs each)"
+echo "== (b) F16 GGUF → HF safetensors vs cp + sync; (c) Q8_0, Q4_0 → f32 (warm cache, $RUNS runs each)"
 hyperfine --warmup 1 --runs "$RUNS" --export-json "$RESULTS/convert.json" \
   --prepare "rm -rf $OUT/*" \
   -n "cp+sync" "cp $F16 $OUT/copy.gguf && sync $OUT/copy.gguf" \
@@ -227,7 +233,8 @@ hyperfine --warmup 1 --runs "$RUNS" --export-json "$RESULTS/convert.json" \
   -n "cp" "cp $F16 $OUT/copy.gguf" \
   -n "f16 --no-fsync" "$ORIENT convert $F16 $OUT/hf --quiet --no-fsync" \
   -n "q8_0→f32 --no-fsync" "$ORIENT convert $Q8 $OUT/f32 --dtype f32 --quiet --no-fsync" \
-  -n "q8_0→f32 (fsync)" "$ORIENT convert $Q8 $OUT/f32 --dtype f32 --quiet"
+  -n "q8_0→f32 (fsync)" "$ORIENT convert $Q8 $OUT/f32 --dtype f32 --quiet" \
+  -n "q4_0→f32 (fsync)" "$ORIENT convert $Q4 $OUT/f32 --dtype f32 --quiet"
 
 echo "== peak RSS (/usr/bin/time -v)"
 rss() { # name, command...
@@ -237,6 +244,7 @@ rss() { # name, command...
 }
 rss f16 "$ORIENT" convert "$F16" "$OUT/hf" --quiet
 rss q8_0 "$ORIENT" convert "$Q8" "$OUT/f32" --dtype f32 --quiet --no-fsync
+rss q8_0-fsync "$ORIENT" convert "$Q8" "$OUT/f32" --dtype f32 --quiet
 du -sb "$OUT/f32"/*.safetensors | awk '{s += $1} END {print s}' > "$RESULTS/f32-bytes.txt"
 rm -rf "${OUT:?}"/*
 
@@ -262,8 +270,8 @@ ratio = c["f16 (fsync)"]["median"] / c["cp+sync"]["median"]
 print(f"f16 convert (fsync) / (cp + sync)   {ratio:.2f}x  (target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'})")
 print(f"f16 convert --no-fsync / cp         {c['f16 --no-fsync']['median'] / c['cp']['median']:.2f}x")
 out = int(open(os.path.join(res, "f32-bytes.txt")).read())
-for k in ("q8_0→f32 --no-fsync", "q8_0→f32 (fsync)"):
+for k in ("q8_0→f32 --no-fsync", "q8_0→f32 (fsync)", "q4_0→f32 (fsync)"):
     gbs = out / c[k]["median"] / 1e9
     print(f"{k:20s} {gbs:.2f} GB/s of f32 output ({out / 1e9:.2f} GB; target >= 1: {'ok' if gbs >= 1 else 'MISSED'})")
-print(f"peak RSS convert f16 (fsync) {rss('f16'):.1f} MiB, q8_0→f32 {rss('q8_0'):.1f} MiB (input {os.path.getsize(f16) / 2**20:.0f} MiB)")
+print(f"peak RSS convert f16 (fsync) {rss('f16'):.1f} MiB, q8_0→f32 {rss('q8_0'):.1f} MiB --no-fsync, {rss('q8_0-fsync'):.1f} MiB fsync (input {os.path.getsize(f16) / 2**20:.0f} MiB)")
 EOF

@@ -1,5 +1,5 @@
-//! The formats that are not safetensors, end to end through the binary: GGUF (F32, Q8_0, an
-//! undecodable Q4_K), `pytorch_model.bin` (single, sharded, legacy, a forbidden pickle global),
+//! The formats that are not safetensors, end to end through the binary: GGUF (F32, Q8_0, Q4_0,
+//! an undecodable Q4_K), `pytorch_model.bin` (single, sharded, legacy, a forbidden pickle global),
 //! `flax_model.msgpack` and Meta's `consolidated.NN.pth`. Every fixture under
 //! `tests/fixtures/formats/models/` was made from an HF fixture by `generate_models.py` with the
 //! real tools (gguf-py, torch.save, flax.serialization), so what it reads back must be exactly
@@ -140,6 +140,38 @@ fn gguf_f32_converts_back_to_exactly_the_hf_checkpoint_it_was_made_from() {
         &model("mistral-f32.gguf"),
         &["--to", "flax"],
         "mistral-flax",
+    );
+}
+
+#[test]
+fn gguf_q8_0_and_q4_0_convert_to_exactly_what_gguf_py_dequantizes() {
+    // The `-dequantized` fixtures are gguf.quants.dequantize of each file's tensors, read back
+    // with GGUFReader, in HF layout (generate_models.py quant). The llama-arch Q8_0 file's q/k
+    // go through the gather path (un-permuted), everything else streams.
+    converts_to(
+        &model("mistral-q8_0.gguf"),
+        &[],
+        "formats/models/mistral-q8_0-dequantized",
+    );
+    converts_to(
+        &model("qwen2-q4_0.gguf"),
+        &[],
+        "formats/models/qwen2-q4_0-dequantized",
+    );
+    // Through Flax and back: every quantized kernel transposed on the way out.
+    let tmp = tempfile::tempdir().unwrap();
+    let flax = tmp.path().join("flax");
+    orient()
+        .arg("convert")
+        .arg(model("qwen2-q4_0.gguf"))
+        .arg(&flax)
+        .args(["--to", "flax", "--quiet"])
+        .assert()
+        .success();
+    converts_to(
+        &flax,
+        &["--to", "hf"],
+        "formats/models/qwen2-q4_0-dequantized",
     );
 }
 

@@ -35,7 +35,7 @@ use std::fs::File;
 use orient_inspect::layout::gather::{self, GatherError, Source as Data};
 use orient_inspect::layout::transform::Transform;
 use orient_inspect::layout::view::{row_major_strides, View};
-use orient_inspect::{Checkpoint, Dtype, TensorInfo};
+use orient_inspect::{Checkpoint, Dtype, Quantized, TensorInfo};
 use rayon::prelude::*;
 
 use crate::buffer::Buffer;
@@ -419,10 +419,19 @@ fn produce_tensor(
                     },
                 });
             }
-            match formats {
-                None => {
-                    // An assembled tensor (dequantized, or concatenated from shards) is
-                    // written to its file on first use.
+            match (ckpt.quantized(info), formats) {
+                (Some(q), _) => decode_stream(
+                    &q,
+                    info,
+                    offset..offset + numel,
+                    formats.map(|(_, to)| to),
+                    tiling,
+                    scratch,
+                    sink,
+                )?,
+                (None, None) => {
+                    // An assembled tensor (concatenated from shards) is written to its
+                    // file on first use.
                     ckpt.prepare(info);
                     sink.copy_from(
                         &files[info.shard],
@@ -432,7 +441,7 @@ fn produce_tensor(
                     )?;
                     CastStats::default()
                 }
-                Some((from, to)) => {
+                (None, Some((from, to))) => {
                     let src = &ckpt.view(info).bytes[start..start + len];
                     let release = |part: &[u8]| ckpt.release_part(info, part);
                     let s = cast_stream(src, info, &release, from, to, tiling, sink);
@@ -443,8 +452,16 @@ fn produce_tensor(
         }
         Path::Transpose { rows, cols } => {
             let info = infos[0];
-            let src = ckpt.view(info).bytes;
-            let release = |part: &[u8]| ckpt.release_part(info, part);
+            let decoded = decode_whole(ckpt, info, &mut { tiling.resident_bytes })?;
+            let src = match &decoded {
+                Some(values) => bytemuck::cast_slice(values),
+                None => ckpt.view(info).bytes,
+            };
+            let release = |part: &[u8]| {
+                if decoded.is_none() {
+                    ckpt.release_part(info, part)
+                }
+            };
             let s = transpose_banded(
                 src, info, &release, rows, cols, formats, tiling, scratch, sink,
             );
@@ -452,10 +469,20 @@ fn produce_tensor(
             s?
         }
         Path::Gather => {
+            // The sources decoded into memory share one window between them.
+            let mut budget = tiling.resident_bytes;
+            let decoded = infos
+                .iter()
+                .map(|i| decode_whole(ckpt, i, &mut budget))
+                .collect::<Result<Vec<_>>>()?;
             let data: Vec<Data<'_>> = infos
                 .iter()
-                .map(|i| Data {
-                    bytes: ckpt.view(i).bytes,
+                .zip(&decoded)
+                .map(|(i, d)| Data {
+                    bytes: match d {
+                        Some(values) => bytemuck::cast_slice(values),
+                        None => ckpt.view(i).bytes,
+                    },
                     dtype: i.dtype,
                 })
                 .collect();
@@ -475,6 +502,88 @@ fn produce_tensor(
         ckpt.check_tensor(info)?;
     }
     Ok(stats)
+}
+
+/// Values `first..first + out.len()` of a block-quantized tensor, decoded on all cores.
+fn par_decode(q: &Quantized<'_>, first: usize, out: &mut [f32]) -> Result<()> {
+    out.par_chunks_mut(CAST_TASK)
+        .enumerate()
+        .try_for_each(|(k, o)| q.decode(first + k * CAST_TASK, o))
+        .map_err(Error::from)
+}
+
+/// A block-quantized source decoded straight into the write buffers, chunk by chunk (then
+/// cast to `to`, if given, as the F32 values it reads as would be), instead of through the
+/// temporary file that [`Checkpoint::view`] dequantizes it into: that would write every
+/// output byte twice. The chunk's mapped blocks are released after use, so resident memory
+/// is the write buffers (plus one chunk of f32 before a cast).
+#[allow(clippy::too_many_arguments)]
+fn decode_stream(
+    q: &Quantized<'_>,
+    info: &TensorInfo,
+    values: std::ops::Range<usize>,
+    to: Option<FloatFormat>,
+    tiling: &Tiling,
+    scratch: &mut Scratch,
+    sink: &mut TensorSink<'_>,
+) -> Result<CastStats> {
+    let ts = to.map_or(4, FloatFormat::size);
+    let chunk = (tiling.chunk_bytes / 4)
+        .min(sink.buffer_bytes() / ts)
+        .max(1);
+    let mut stats = CastStats::default();
+    let mut at = values.start;
+    while at < values.end {
+        let n = chunk.min(values.end - at);
+        match to {
+            None => sink.fill_with(n * 4, |out| {
+                // out: [n] f32 bytes, decoded in place when the buffer is aligned for f32
+                match bytemuck::try_cast_slice_mut::<u8, f32>(out) {
+                    Ok(f) => par_decode(q, at, f),
+                    Err(_) => {
+                        let w = scratch.wide(n); // [n] f32
+                        par_decode(q, at, w)?;
+                        out.copy_from_slice(bytemuck::cast_slice(w));
+                        Ok(())
+                    }
+                }
+            })?,
+            Some(to) => {
+                let w = scratch.wide(n); // [n] f32
+                par_decode(q, at, w)?;
+                let f32s: &[u8] = bytemuck::cast_slice(w);
+                stats.merge(&sink.fill_with(n * ts, |d| {
+                    par_cast(&info.name, f32s, FloatFormat::F32, d, to)
+                })?);
+            }
+        }
+        q.release(at..at + n);
+        at += n;
+    }
+    Ok(stats)
+}
+
+/// A block-quantized source of a transpose or a gather, decoded whole into memory when it
+/// fits what is left of `budget` (the window of source bytes those paths may keep resident,
+/// [`Tiling::resident_bytes`]: every projection of a 7B model fits), so that it is not
+/// written into the temporary file first; its size is taken from the budget. `None` for any
+/// other tensor, and for larger ones, which are read through [`Checkpoint::view`].
+fn decode_whole(
+    ckpt: &Checkpoint,
+    info: &TensorInfo,
+    budget: &mut usize,
+) -> Result<Option<Vec<f32>>> {
+    let Some(q) = ckpt.quantized(info) else {
+        return Ok(None);
+    };
+    if info.nbytes() > *budget {
+        return Ok(None);
+    }
+    *budget -= info.nbytes();
+    let mut values = vec![0f32; info.numel()]; // the tensor, row-major f32
+    par_decode(&q, 0, &mut values)?;
+    q.release(0..info.numel());
+    Ok(Some(values))
 }
 
 /// Rows `rows` of `view` copied byte for byte into `out` ([rows, cols] elements), on all
@@ -1209,6 +1318,113 @@ mod tests {
             }
         }
         assert!(files.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    /// Q8_0 and Q4_0 tensors of a GGUF file, read through every path (a range from an
+    /// unaligned element, with and without a cast, into a write buffer that is not aligned
+    /// for f32; a transpose; a gather), under the default budgets and tiny ones: the output
+    /// holds exactly the values gguf-py's `gguf.quants.dequantize` computed (the fixture's
+    /// `.f32` files), and, within the budgets, nothing was dequantized into the temporary
+    /// file of assembled tensors first.
+    #[test]
+    fn quantized_sources_are_decoded_straight_into_the_output() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/formats/gguf");
+        let want = |name: &str| -> Vec<f32> {
+            std::fs::read(fixtures.join(format!("{name}.f32")))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        let shape = [4usize, 64];
+        let op_of =
+            |src: &str, dst: &str, view: View, from: Dtype, to: Dtype, n: &[usize]| TensorOp {
+                target: dst.to_string(),
+                sources: vec![SourceTensor {
+                    name: src.to_string(),
+                    shape: n.to_vec(),
+                    dtype: from,
+                }],
+                target_shape: view.shape(),
+                view,
+                target_dtype: to,
+                chain: Vec::new(),
+                tied: false,
+            };
+        let ops = vec![
+            // 7 F16 values (14 bytes) first: the tensors after it start 2 bytes off f32
+            // alignment in the output.
+            op_of(
+                "f16",
+                "a.f16",
+                View::with_strides(0, 1, &[7], &[1]),
+                Dtype::F16,
+                Dtype::F16,
+                &[8],
+            ),
+            op_of(
+                "q8_0",
+                "q8.range",
+                View::with_strides(0, 5, &[241], &[1]),
+                Dtype::F32,
+                Dtype::F32,
+                &shape,
+            ),
+            op("q8_0", "q8.t", true, Dtype::F32, Dtype::F32, &shape),
+            op("q4_0", "q4.bf16", false, Dtype::F32, Dtype::BF16, &shape),
+            op("q4_0", "q4.f32", false, Dtype::F32, Dtype::F32, &shape),
+            op_of(
+                "q4_0",
+                "q4.slice",
+                View::contiguous(0, &shape).slice(1, 3, 40).unwrap(),
+                Dtype::F32,
+                Dtype::F32,
+                &shape,
+            ),
+        ];
+        let tiny = Tiling {
+            band_bytes: 300,
+            chunk_bytes: 100,
+            resident_bytes: 200,
+            stripe_bytes: 700,
+        };
+        for (k, tiling) in [Tiling::default(), tiny].iter().enumerate() {
+            let tmp = tempfile::tempdir().unwrap();
+            let ckpt = Checkpoint::open(fixtures.join("tiny.gguf")).unwrap();
+            for n in ["q8_0", "q4_0"] {
+                assert!(ckpt.quantized(ckpt.tensor(n).unwrap()).is_some(), "{n}");
+            }
+            let dst = tmp.path().join("out");
+            run(&ckpt, &ops, tiling, &dst).unwrap();
+            let bytes = std::fs::read(dst.join("model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            for o in &ops[1..] {
+                let src = want(o.source());
+                let vals = orient_inspect::layout::view::collect(&o.view, &|_, i| src[i]);
+                let expected = match o.target_dtype {
+                    Dtype::F32 => le(&vals),
+                    _ => vals
+                        .iter()
+                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                        .collect(),
+                };
+                let got = st.tensor(&o.target).unwrap();
+                assert_eq!(got.shape(), &o.target_shape[..], "{}", o.target);
+                assert!(got.data() == &expected[..], "{} (budget {k})", o.target);
+            }
+            // The temporary file stays a hole unless a transpose or a gather of a tensor
+            // larger than the resident window (the tiny budget) needed it.
+            let assembled = ckpt.shards().iter().find(|s| s.is_assembled()).unwrap();
+            let blocks =
+                std::os::unix::fs::MetadataExt::blocks(&assembled.file().metadata().unwrap());
+            assert_eq!(
+                blocks == 0,
+                k == 0,
+                "allocated blocks: {blocks} (budget {k})"
+            );
+        }
     }
 
     #[test]

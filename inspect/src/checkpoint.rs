@@ -31,7 +31,7 @@ use crate::mmap::GuardedMap;
 use crate::view::TensorView;
 
 mod foreign;
-pub use foreign::{Format, Undecodable};
+pub use foreign::{Format, Quantized, Undecodable};
 
 /// File name of a sharded set's index.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -628,9 +628,17 @@ impl Checkpoint {
 
     /// MADV_DONTNEED on the whole pages inside `range` (byte offsets in the shard's map).
     fn advise_dont_need(&self, shard: usize, range: Range<usize>) {
-        let Some(shard) = self.shards.get(shard) else {
-            return;
-        };
+        if let Some(shard) = self.shards.get(shard) {
+            shard.advise_dont_need(range);
+        }
+    }
+}
+
+impl Shard {
+    /// MADV_DONTNEED on the whole pages inside `range` (byte offsets in the map): see
+    /// [`Checkpoint::release`].
+    fn advise_dont_need(&self, range: Range<usize>) {
+        let shard = self;
         let page = page_size();
         // Only whole pages inside the range, so neighbours in use are not dropped.
         let start = range.start.div_ceil(page) * page;

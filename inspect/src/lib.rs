@@ -34,7 +34,7 @@ pub mod view;
 pub mod write;
 
 pub use checkpoint::{
-    Checkpoint, ConfigStatus, Format, OpenNote, Shard, Source, TensorInfo, Undecodable,
+    Checkpoint, ConfigStatus, Format, OpenNote, Quantized, Shard, Source, TensorInfo, Undecodable,
 };
 pub use config::{parse_config, Arch, ConfigError, ConfigOutcome, ModelConfig, RopeScaling};
 pub use dtype::Dtype;

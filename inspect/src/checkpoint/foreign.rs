@@ -243,8 +243,23 @@ fn parse(shard: &Shard, format: formats::Format) -> Result<RawFile, Error> {
     })
 }
 
-fn torch_kind(shard: &Shard) -> formats::Format {
-    formats::sniff(&shard.map).unwrap_or(formats::Format::TorchZip)
+/// Parses a PyTorch file (of the kind its first bytes say), with the kernel's read-ahead
+/// off for the map meanwhile.
+///
+/// Why: what a torch zip's reader touches (the central directory at the end, one local
+/// header before each entry, the pickle at the start) is a few kilobytes scattered over
+/// gigabytes of tensor data. On a map with the default advice every page fault reads the
+/// surrounding read-around window (`read_ahead_kb`, often 8 MiB) too: about 1.3 GiB of a
+/// 7B model's four shards for an `inspect` that needs a few hundred pages. With
+/// `MADV_RANDOM` each fault reads its own page only. The advice is put back afterwards, so
+/// that reading tensor data streams with read-ahead as before. Advice only: a kernel that
+/// refuses it changes nothing but the pages read.
+fn parse_torch(shard: &Shard) -> Result<RawFile, Error> {
+    let _ = shard.map.mmap().advise(memmap2::Advice::Random);
+    let kind = formats::sniff(&shard.map).unwrap_or(formats::Format::TorchZip);
+    let parsed = parse(shard, kind);
+    let _ = shard.map.mmap().advise(memmap2::Advice::Normal);
+    parsed
 }
 
 /// PyTorch and msgpack files: every tensor is plain bytes in its file.
@@ -253,11 +268,10 @@ fn open_plain(paths: &[PathBuf], format: Format, source: Source) -> Result<Opene
     let mut tensors = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         let mut shard = map_file(path)?;
-        let kind = match format {
-            Format::FlaxMsgpack => formats::Format::FlaxMsgpack,
-            _ => torch_kind(&shard),
+        let raw = match format {
+            Format::FlaxMsgpack => parse(&shard, formats::Format::FlaxMsgpack)?,
+            _ => parse_torch(&shard)?,
         };
-        let raw = parse(&shard, kind)?;
         for t in &raw.tensors {
             tensors.push(plain_info(&shard.path, t, i, t.shape.clone())?);
         }
@@ -466,8 +480,7 @@ fn open_meta(params_path: &Path, paths: &[PathBuf]) -> Result<Opened, Error> {
     let mut raws = Vec::new();
     for path in paths {
         let shard = map_file(path)?;
-        let kind = torch_kind(&shard);
-        raws.push(parse(&shard, kind)?);
+        raws.push(parse_torch(&shard)?);
         shards.push(shard);
     }
     let plans = meta::plan_shards(&params, &raws).map_err(meta_err)?;
@@ -659,6 +672,14 @@ impl Assembled {
         }
     }
 
+    /// The recipe of a tensor dequantized from ggml blocks: type, shard and byte range.
+    fn dequant(&self, name: &str) -> Option<(GgmlType, usize, &Range<usize>)> {
+        match &self.jobs.get(name)?.recipe {
+            Recipe::Dequant { ty, shard, range } => Some((*ty, *shard, range)),
+            Recipe::Concat { .. } => None,
+        }
+    }
+
     /// The first assembly that failed, as an error naming the tensor.
     pub fn check(&self, shards: &[Shard]) -> Result<(), Error> {
         for (name, job) in &self.jobs {
@@ -696,10 +717,14 @@ fn run(job: &Job, shards: &[Shard], out: &File) -> Result<(), String> {
             let blocks_per_piece = (PIECE / 4 / block).max(1);
             let mut vals = vec![0f32; blocks_per_piece * block];
             let mut at = job.out.start;
+            let mut from = range.start;
             for chunk in bytes.chunks(blocks_per_piece * block_bytes) {
                 let n = chunk.len() / block_bytes * block;
                 quant::dequantize(*ty, chunk, &mut vals[..n]).map_err(|e| e.to_string())?;
                 write(bytemuck::cast_slice(&vals[..n]), at)?;
+                // The blocks are read once: keep their mapped pages out of the RSS.
+                shards[*shard].advise_dont_need(from..from + chunk.len());
+                from += chunk.len();
                 at += n * 4;
             }
             Ok(())
@@ -780,7 +805,80 @@ fn show_array(a: &MetaArray) -> String {
     }
 }
 
+/// A GGUF tensor stored block-quantized (Q8_0, Q4_0), seen as its blocks: what
+/// [`Checkpoint::quantized`] gives a reader that decodes values itself.
+///
+/// Why: such a tensor reads as F32 through the temporary file of assembled tensors, which
+/// dequantizes it whole on first read. A reader that streams each value once (`convert`)
+/// would then write every byte twice, once into that file and once into its output, and
+/// the write is what costs: decoding the blocks straight into the output instead halves it.
+#[derive(Debug, Clone, Copy)]
+pub struct Quantized<'a> {
+    ckpt: &'a Checkpoint,
+    tensor: &'a TensorInfo,
+    ty: GgmlType,
+    shard: usize,
+    blocks: &'a [u8],
+}
+
+impl Quantized<'_> {
+    /// The ggml type of the blocks.
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Decodes values `first..first + out.len()` of the tensor (row-major order, as the F32
+    /// tensor reads) into `out`, bit for bit as the temporary file holds them. An error
+    /// names the file and the tensor.
+    pub fn decode(&self, first: usize, out: &mut [f32]) -> Result<(), Error> {
+        quant::dequantize_range(self.ty, self.blocks, first, out).map_err(|e| Error::Assemble {
+            path: self.path().to_owned(),
+            tensor: self.tensor.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Tells the kernel this process is done with the mapped blocks holding values
+    /// `values` (advice, as [`Checkpoint::release_part`]): streaming a large tensor keeps
+    /// resident memory bounded.
+    pub fn release(&self, values: Range<usize>) {
+        let Some(bytes) = quant::block_bytes(self.ty, values) else {
+            return;
+        };
+        if let Some(part) = self.blocks.get(bytes) {
+            let base = self.ckpt.shards[self.shard].map.as_ptr() as usize;
+            let start = part.as_ptr() as usize - base;
+            self.ckpt
+                .advise_dont_need(self.shard, start..start + part.len());
+        }
+    }
+
+    /// The file the blocks are read from.
+    pub fn path(&self) -> &Path {
+        &self.ckpt.shards[self.shard].path
+    }
+}
+
 impl Checkpoint {
+    /// The blocks of `t` when it is a GGUF tensor stored block-quantized (Q8_0, Q4_0)
+    /// that reads as F32 through the temporary file of assembled tensors; `None` for every
+    /// other tensor. Reading the blocks through [`Quantized::decode`] never writes that file.
+    pub fn quantized<'a>(&'a self, t: &'a TensorInfo) -> Option<Quantized<'a>> {
+        let a = self.assembled.as_ref()?;
+        if t.shard != a.shard {
+            return None;
+        }
+        let (ty, shard, range) = a.dequant(&t.name)?;
+        let blocks = self.shards.get(shard)?.map.get(range.clone())?;
+        Some(Quantized {
+            ckpt: self,
+            tensor: t,
+            ty,
+            shard,
+            blocks,
+        })
+    }
+
     /// The format the checkpoint was stored in.
     pub fn format(&self) -> Format {
         self.format

@@ -45,6 +45,20 @@ pub enum QuantError {
         /// Input bytes needed for `dst_len` values, when that is whole blocks.
         needed: usize,
     },
+    /// A range of values outside the tensor, or blocks that are not whole.
+    #[error("{ty}: values {first}..{first}+{len} are not inside the {values} values of {src_len} bytes of whole blocks")]
+    OutOfRange {
+        /// The type.
+        ty: GgmlType,
+        /// First value asked for.
+        first: usize,
+        /// Number of values asked for.
+        len: usize,
+        /// Values the blocks hold.
+        values: usize,
+        /// Length of the blocks in bytes.
+        src_len: usize,
+    },
 }
 
 fn check_len(ty: GgmlType, src: &[u8], dst: &[f32]) -> Result<(), QuantError> {
@@ -109,6 +123,71 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
     }
 }
 
+/// Values per block of the largest block type decoded here.
+const MAX_BLOCK: usize = 32;
+
+/// Dequantizes values `first..first + dst.len()` of a tensor stored as `ty` in `blocks`
+/// (whole blocks, one after the other, in the tensor's row-major order) into `dst`. The
+/// range need not start or end on a block boundary: the blocks at its edges are decoded
+/// whole and cut. Bit for bit what [`dequantize`] of all the blocks gives for those values,
+/// so a streaming reader can decode a tensor in pieces of any size, on any number of
+/// threads.
+pub fn dequantize_range(
+    ty: GgmlType,
+    blocks: &[u8],
+    first: usize,
+    dst: &mut [f32],
+) -> Result<(), QuantError> {
+    let (block, bytes) = (ty.block_size(), ty.type_size());
+    if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0) || block > MAX_BLOCK {
+        return Err(QuantError::Unsupported { ty });
+    }
+    let values = blocks.len() / bytes * block;
+    let end = first.checked_add(dst.len());
+    if !blocks.len().is_multiple_of(bytes) || end.is_none_or(|e| e > values) {
+        return Err(QuantError::OutOfRange {
+            ty,
+            first,
+            len: dst.len(),
+            values,
+            src_len: blocks.len(),
+        });
+    }
+    // In bounds from here: every block index below is < values / block.
+    let blocks_of = |b: usize, n: usize| &blocks[b * bytes..(b + n) * bytes];
+    let mut out = dst;
+    let mut at = first;
+    let skip = at % block;
+    if skip != 0 && !out.is_empty() {
+        let mut one = [0f32; MAX_BLOCK];
+        dequantize(ty, blocks_of(at / block, 1), &mut one[..block])?;
+        let n = (block - skip).min(out.len());
+        out[..n].copy_from_slice(&one[skip..skip + n]);
+        out = &mut out[n..];
+        at += n;
+    }
+    let whole = out.len() / block;
+    let (mid, tail) = out.split_at_mut(whole * block);
+    dequantize(ty, blocks_of(at / block, whole), mid)?;
+    at += whole * block;
+    if !tail.is_empty() {
+        let mut one = [0f32; MAX_BLOCK];
+        dequantize(ty, blocks_of(at / block, 1), &mut one[..block])?;
+        let n = tail.len();
+        tail.copy_from_slice(&one[..n]);
+    }
+    Ok(())
+}
+
+/// The bytes of the blocks that hold values `values` of a tensor stored as `ty` (for
+/// releasing the mapped pages a streaming reader is done with). `None` on overflow.
+pub fn block_bytes(ty: GgmlType, values: std::ops::Range<usize>) -> Option<std::ops::Range<usize>> {
+    let (block, bytes) = (ty.block_size(), ty.type_size());
+    let start = (values.start / block).checked_mul(bytes)?;
+    let end = values.end.div_ceil(block).checked_mul(bytes)?;
+    Some(start..end)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -158,6 +237,77 @@ mod tests {
             let want = half::f16::from_f32(d).to_f32();
             assert_eq!(out[0].to_bits(), want.to_bits());
         }
+    }
+
+    /// Blocks of `ty` with varied scales and quants (deterministic).
+    fn blocks(ty: GgmlType, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut x = 0x2545_f491_u32;
+        for b in 0..n {
+            out.extend_from_slice(&f16(0.01
+                * (b as f32 + 1.0)
+                * if b % 3 == 0 { -1.0 } else { 1.0 }));
+            for _ in 2..ty.type_size() {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                out.push(x as u8);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_range_decodes_as_the_whole() {
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+            let src = blocks(ty, 5);
+            let mut whole = vec![0f32; 5 * 32];
+            dequantize(ty, &src, &mut whole).unwrap();
+            for first in 0..=whole.len() {
+                for len in [0, 1, 2, 17, 31, 32, 33, 63, 64, 65, 100, 160] {
+                    if first + len > whole.len() {
+                        continue;
+                    }
+                    let mut part = vec![f32::NAN; len];
+                    dequantize_range(ty, &src, first, &mut part).unwrap();
+                    let want: Vec<u32> = whole[first..first + len]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect();
+                    let got: Vec<u32> = part.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "{ty} {first}+{len}");
+                }
+            }
+            let r = block_bytes(ty, 40..70).unwrap();
+            assert_eq!(r, ty.type_size()..3 * ty.type_size());
+        }
+    }
+
+    #[test]
+    fn ranges_outside_the_blocks_are_refused() {
+        let src = blocks(GgmlType::Q8_0, 2);
+        let mut out = [0f32; 8];
+        assert!(matches!(
+            dequantize_range(GgmlType::Q8_0, &src, 60, &mut out),
+            Err(QuantError::OutOfRange {
+                values: 64,
+                first: 60,
+                len: 8,
+                ..
+            })
+        ));
+        assert!(matches!(
+            dequantize_range(GgmlType::Q8_0, &src, usize::MAX, &mut out),
+            Err(QuantError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dequantize_range(GgmlType::Q8_0, &src[..67], 0, &mut out),
+            Err(QuantError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            dequantize_range(GgmlType::Q4_K, &src, 0, &mut out),
+            Err(QuantError::Unsupported { ty: GgmlType::Q4_K })
+        );
     }
 
     #[test]
