@@ -25,7 +25,7 @@
 //! (tested).
 //!
 //! Tile shapes (weights in rows): A (weights) 16 rows × 32 bf16 of `in`; B (activations) 16
-//! pairs of `in` × 16 tokens × 2, the "VNNI" order ([`Packed`]); C 16 outputs × 16 tokens of
+//! pairs of `in` × 16 tokens × 2, the "VNNI" order (`Packed`); C 16 outputs × 16 tokens of
 //! f32 (in panels, the other way round). The kernel keeps four C tiles (2 output blocks × 2
 //! token blocks), two weight and two activation tiles in the eight tile registers.
 
