@@ -100,7 +100,7 @@ synth "$(qwen2_7b 2)" "$M7-2layers" bf16
 P200=$(prompt 200)
 echo "-- orient run, 200 tokens, whole process (/usr/bin/time: wall, CPU time, peak RSS)"
 /usr/bin/time -f "wall %e s, user %U s, sys %S s, peak RSS %M KiB" "$ORIENT" run "$M7" --tokens "$P200" --repeat 1
-echo "-- accuracy: 2-layer model of the same shapes, orient (bf16 widened per matrix) vs transformers f32 on the upcast weights"
+echo "-- accuracy: 2-layer model of the same shapes, orient (AMX tiles where the CPU has them, else bf16 widened; ORIENT_KERNELS=portable forces the latter) vs transformers f32 on the upcast weights"
 "$PY" - "$M7-2layers" "$P200" <<'PYEOF'
 import sys, torch
 from safetensors.torch import save_file
