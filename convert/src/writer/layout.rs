@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use orient_inspect::{write, Dtype};
+
 use crate::error::{Error, Result};
 
 /// transformers' default `max_shard_size` ("5GB", decimal).
@@ -149,43 +151,34 @@ impl Layout {
     }
 }
 
-/// The header bytes (length prefix + JSON padded to a multiple of 8) and data length.
+/// The header of the shard holding `group` (in data order): the one safetensors header
+/// writer (`orient_inspect::write::header`), which also refuses duplicate or reserved names
+/// and byte counts that do not match their shapes.
 fn serialize_header(
     tensors: &[OutTensor],
     group: &[usize],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(Vec<u8>, u64)> {
-    let mut map = serde_json::Map::new();
-    if !metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        map.insert("__metadata__".into(), meta.into());
-    }
-    let mut offset = 0u64;
-    for &i in group {
-        let t = &tensors[i];
-        let end = offset
-            .checked_add(t.nbytes)
-            .ok_or_else(|| Error::SizeOverflow(t.name.clone()))?;
-        map.insert(
-            t.name.clone(),
-            serde_json::json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end] }),
-        );
-        offset = end;
-    }
-    let mut json = serde_json::to_vec(&map).map_err(|e| Error::Validation {
+    let entries = group
+        .iter()
+        .map(|&i| {
+            let t = &tensors[i];
+            let dtype = Dtype::parse(&t.dtype).ok_or_else(|| Error::Validation {
+                path: PathBuf::from("<header>"),
+                problem: format!("tensor `{}`: unknown dtype {}", t.name, t.dtype),
+            })?;
+            Ok(write::Entry {
+                name: &t.name,
+                dtype,
+                shape: &t.shape,
+                nbytes: t.nbytes,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    write::header(&entries, metadata).map_err(|e| Error::Validation {
         path: PathBuf::from("<header>"),
         problem: e.to_string(),
-    })?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
-    let mut header = Vec::with_capacity(8 + json.len());
-    header.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    header.extend_from_slice(&json);
-    Ok((header, offset))
+    })
 }
 
 /// Parses a size such as `500MB` (10^6), `2GiB` (2^30), `1000000` or `1.5GB`.
