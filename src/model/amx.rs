@@ -309,7 +309,7 @@ pub(crate) fn matmul(
     threads: usize,
 ) -> Result<(), ModelError> {
     let n = w.rows;
-    if k > w.cols || x.len() < m * k {
+    if k > w.cols || m.checked_mul(k).is_none_or(|len| x.len() < len) {
         return Err(ModelError::Internal(format!(
             "AMX product: [{m}, {k}] · [{}, {n}]ᵀ with {} input values",
             w.cols,
