@@ -2,51 +2,28 @@
 //! casts, sharding, and every refusal (with nothing left behind).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+use common::{assert_only, assert_same_tensors, fixture, orient, tensors, Tensors};
 
-use assert_cmd::Command;
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use orient_inspect::Checkpoint;
 use predicates::prelude::*;
 
-const FIX: &str = "tests/fixtures";
 const HF: [&str; 6] = ["llama", "mistral", "qwen2", "qwen3", "gpt2", "llama-bf16"];
 const FLAX: [&str; 4] = ["llama-flax", "mistral-flax", "gpt2-flax", "qwen2-flax"];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(FIX).join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
-
 /// Every tensor as (dtype, shape, bytes), and the metadata without provenance.
-type Tensors = BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
-
 fn load(path: &Path) -> (Tensors, BTreeMap<String, String>) {
-    let ck = Checkpoint::open(path).unwrap();
-    let tensors = ck
-        .tensors()
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                (
-                    t.dtype.name().to_string(),
-                    t.shape.clone(),
-                    ck.view(t).bytes.to_vec(),
-                ),
-            )
-        })
-        .collect();
-    let meta = ck
+    let meta = Checkpoint::open(path)
+        .unwrap()
         .metadata()
         .iter()
         .filter(|(k, _)| !k.starts_with("orient."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    (tensors, meta)
+    (tensors(path), meta)
 }
 
 fn convert(src: &Path, dst: &Path, args: &[&str]) {
@@ -60,35 +37,17 @@ fn convert(src: &Path, dst: &Path, args: &[&str]) {
         .success();
 }
 
+/// The same tensors (names, dtypes, shapes, bytes) and the same metadata, provenance aside.
+#[track_caller]
 fn assert_same(a: &Path, b: &Path) {
-    let (ta, ma) = load(a);
-    let (tb, mb) = load(b);
+    assert_same_tensors(a, b);
     assert_eq!(
-        ta.keys().collect::<Vec<_>>(),
-        tb.keys().collect::<Vec<_>>(),
-        "{} vs {}",
+        load(a).1,
+        load(b).1,
+        "metadata of {} vs {}",
         a.display(),
         b.display()
     );
-    for (name, x) in &ta {
-        assert!(
-            tb[name] == *x,
-            "{name} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
-    assert_eq!(ma, mb, "metadata of {} vs {}", a.display(), b.display());
-}
-
-/// Nothing but `keep` in `dir`: no staging folders, no partial output.
-fn assert_only(dir: &Path, keep: &[&str]) {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, keep, "leftovers in {}", dir.display());
 }
 
 #[test]

@@ -5,47 +5,19 @@
 //! unexpected and duplicate tensors).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{assert_only, assert_same_tensors, fixture, orient, tensors, Tensors};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use orient_inspect::Checkpoint;
 use predicates::prelude::*;
 
 const PORT: &str = "qwen2-jax-port";
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn layout() -> PathBuf {
     fixture("qwen2-port/layout.toml")
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
-
-/// Every tensor as (dtype, shape, bytes), by name.
-type Tensors = BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
-
-fn tensors(path: &Path) -> Tensors {
-    let ck = Checkpoint::open(path).unwrap();
-    ck.tensors()
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                (
-                    t.dtype.name().to_string(),
-                    t.shape.clone(),
-                    ck.view(t).bytes.to_vec(),
-                ),
-            )
-        })
-        .collect()
 }
 
 fn metadata(path: &Path) -> BTreeMap<String, String> {
@@ -64,40 +36,6 @@ fn convert(src: &Path, dst: &Path, args: &[&str]) {
         .arg("--quiet")
         .assert()
         .success();
-}
-
-/// Same names, and for each name the same dtype, shape and bytes.
-#[track_caller]
-fn assert_same_tensors(got: &Path, want: &Path) {
-    let (g, w) = (tensors(got), tensors(want));
-    assert_eq!(
-        g.keys().collect::<Vec<_>>(),
-        w.keys().collect::<Vec<_>>(),
-        "{} vs {}",
-        got.display(),
-        want.display()
-    );
-    for (name, x) in &w {
-        assert_eq!(g[name].0, x.0, "{name}: dtype");
-        assert_eq!(g[name].1, x.1, "{name}: shape");
-        assert!(
-            g[name].2 == x.2,
-            "{name}: bytes differ between {} and {}",
-            got.display(),
-            want.display()
-        );
-    }
-}
-
-/// Nothing but `keep` in `dir`: no staging folders, no partial output.
-#[track_caller]
-fn assert_only(dir: &Path, keep: &[&str]) {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, keep, "leftovers in {}", dir.display());
 }
 
 #[test]

@@ -3,24 +3,16 @@
 //! duplicated, stale or corrupt part, naming it, with nothing at the destination.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{fixture, orient};
+
+use std::path::Path;
 use std::process::Command as Process;
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 
 /// qwen2 → flax in shards of at most 200 KB: 4 shards.
 const OPTS: [&str; 4] = ["--to", "flax", "--max-shard-size", "200KB"];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 fn convert(src: &Path, dst: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
     orient()

@@ -2,10 +2,12 @@
 //! twins. Modified checkpoints are written in each test with a small safetensors writer.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::orient;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use orient_inspect::Checkpoint;
 use serde_json::Value;
 
@@ -13,10 +15,6 @@ const FIXTURES: &str = "tests/fixtures";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(FIXTURES).join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
 }
 
 /// Runs `orient diff --json` and returns (exit code, report).

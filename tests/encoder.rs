@@ -4,21 +4,11 @@
 //! f32 and bf16 weights and for the Flax twin.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture, orient};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 /// `verify --json MODEL --reference REF` must pass, every compared stage within 1e-4 of
 /// transformers; returns the (stage label, max |Δ|) rows.

@@ -6,45 +6,16 @@
 //! that fixture.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+mod common;
+use common::{assert_same_tensors, fixture, orient, tensors};
+
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use orient_inspect::{Checkpoint, Format};
 use predicates::prelude::*;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn model(name: &str) -> PathBuf {
     fixture("formats/models").join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
-
-/// Every tensor as (dtype, shape, bytes).
-type Tensors = BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
-
-fn load(path: &Path) -> Tensors {
-    let ck = Checkpoint::open(path).unwrap();
-    ck.tensors()
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                (
-                    t.dtype.name().to_string(),
-                    t.shape.clone(),
-                    ck.view(t).bytes.to_vec(),
-                ),
-            )
-        })
-        .collect()
 }
 
 /// Converts `src` (with `args`) into `dst`, which must not exist yet.
@@ -60,34 +31,13 @@ fn convert(src: &Path, args: &[&str], dst: &Path) {
     assert!(dst.join("config.json").is_file());
 }
 
-/// Checks that `got` and `want` hold exactly the same tensors (names, dtypes, shapes, bytes).
-fn same_tensors(got: &Path, want: &Path) {
-    let got_t = load(got);
-    let want_t = load(want);
-    assert_eq!(
-        got_t.keys().collect::<Vec<_>>(),
-        want_t.keys().collect::<Vec<_>>(),
-        "{} vs {}",
-        got.display(),
-        want.display()
-    );
-    for (name, t) in &want_t {
-        assert!(
-            got_t[name] == *t,
-            "{name} differs: {} vs {}",
-            got.display(),
-            want.display()
-        );
-    }
-}
-
 /// Converts `src` into a fresh folder and checks that the result holds exactly the tensors of
 /// the fixture `want` (names, dtypes, shapes, bytes).
 fn converts_to(src: &Path, args: &[&str], want: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("out");
     convert(src, args, &dst);
-    same_tensors(
+    assert_same_tensors(
         &dst.join("model.safetensors"),
         &fixture(want).join("model.safetensors"),
     );
@@ -422,7 +372,7 @@ fn gguf_files_convert_to_exactly_what_transformers_reads_from_them() {
         let tmp = tempfile::tempdir().unwrap();
         let dst = tmp.path().join("out");
         convert(&model(file), &[], &dst);
-        let got = load(&dst.join("model.safetensors"));
+        let got = tensors(&dst.join("model.safetensors"));
         let want = entry["tensors"].as_object().unwrap();
         assert_eq!(
             got.keys().collect::<Vec<_>>(),
@@ -450,12 +400,12 @@ fn gemma_gguf_converts_bit_for_bit_to_transformers_reading_not_to_the_original()
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("out");
     convert(&model("gemma-f32.gguf"), &[], &dst);
-    same_tensors(
+    assert_same_tensors(
         &dst.join("model.safetensors"),
         &model("gemma-gguf-transformers/model.safetensors"),
     );
-    let got = load(&dst.join("model.safetensors"));
-    let original = load(&fixture("gemma/model.safetensors"));
+    let got = tensors(&dst.join("model.safetensors"));
+    let original = tensors(&fixture("gemma/model.safetensors"));
     let norm = "model.layers.0.input_layernorm.weight";
     assert_ne!(got[norm].2, original[norm].2, "(w + 1) - 1 rounds in f32");
     let f32s = |b: &[u8]| -> Vec<f32> {
@@ -557,7 +507,7 @@ fn meta_converts_bit_for_bit_to_what_transformers_converter_writes() {
         let tmp = tempfile::tempdir().unwrap();
         let dst = tmp.path().join("out");
         convert(&src, &[], &dst);
-        same_tensors(
+        assert_same_tensors(
             &dst.join("model.safetensors"),
             &oracle.join("model.safetensors"),
         );

@@ -2,18 +2,13 @@
 //! HF vs Flax storage of the same weights.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::path::PathBuf;
+mod common;
+use common::fixture;
 
 use orient::model::compare::{self, Stage, Tolerance};
 use orient::model::save::Reference;
 use orient::model::{ForwardOutput, LoadNote, Model};
 use orient_inspect::Checkpoint;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn run(name: &str, tokens: &[u32]) -> ForwardOutput {
     let ckpt = Checkpoint::open(fixture(name)).unwrap();

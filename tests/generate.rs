@@ -2,16 +2,11 @@
 //! `generate` (recorded by tests/fixtures/generate.py), and `orient generate` on the command line.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture, orient};
 
 use orient::model::{compare, default_prompt, ForwardOptions, LogitPositions, Model};
 use orient_inspect::Checkpoint;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn last() -> ForwardOptions {
     ForwardOptions {
@@ -129,10 +124,6 @@ fn a_full_cache_is_refused_and_keeps_its_positions() {
     let step = model.forward_cached(&[4], &mut cache, &last()).unwrap();
     let full = model.forward_with(&[1, 2, 3, 4], &last()).unwrap();
     assert_eq!(bits(&step.logits), bits(&full.logits));
-}
-
-fn orient() -> assert_cmd::Command {
-    assert_cmd::Command::cargo_bin("orient").unwrap()
 }
 
 fn json_of(out: &[u8]) -> serde_json::Value {

@@ -3,20 +3,12 @@
 //! a panic, an abort or a check that passes on nothing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{fixture, orient};
+
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 /// A copy of fixture `name` (weights and config only) inside `dir`, its `config.json` passed
 /// through `edit`.

@@ -3,19 +3,16 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::fixture;
+
+use std::path::Path;
 
 use assert_cmd::Command;
 use serde_json::Value;
 
 const MAIN: &str = "1111111111aaaaaaaaaabbbbbbbbbbcccccccccc";
 const V1: &str = "2222222222ddddddddddeeeeeeeeeeffffffffff";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// A cache at `cache` holding `models--Org--Tiny-Model` with two snapshots: `main` → llama
 /// fixture, tag `v1` → qwen2 fixture. Each file is a blob, linked from the snapshot by a relative

@@ -2,18 +2,16 @@
 //! the JSON schema, exit codes, hostile files and a closed pipe.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::orient;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 const FIXTURES: &str = "tests/fixtures";
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 fn inspect(args: &[&str]) -> (i32, String, String) {
     let out = orient().arg("inspect").args(args).output().unwrap();

@@ -4,7 +4,9 @@
 //! (`synth` of every zoo config: tests/zoo_round_trips.rs.)
 #![allow(clippy::unwrap_used)]
 
-use assert_cmd::Command;
+mod common;
+use common::orient;
+
 use serde_json::Value;
 
 const FIXTURES: &str = "tests/fixtures";
@@ -36,10 +38,6 @@ const ZOO: &[(&str, &str)] = &[
     ("qwen2-sw", "hf"),
     ("qwen3-sw", "hf"),
 ];
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 fn inspect(args: &[&str]) -> (i32, String, String) {
     let out = orient().arg("inspect").args(args).output().unwrap();

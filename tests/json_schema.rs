@@ -2,15 +2,10 @@
 //! with the documented types (the numbers themselves are checked elsewhere).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+use common::fixture;
 
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn json(args: &[&str], code: i32) -> Value {
     let out = assert_cmd::Command::cargo_bin("orient")

@@ -2,23 +2,15 @@
 //! fails it, naming the tensors (and the config field, where there is one).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
+use common::{fixture, orient};
 
-use assert_cmd::Command;
+use std::collections::HashMap;
+use std::path::Path;
+
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 /// `orient lint ARGS --json`: exit code and the report.
 fn lint_json(model: &Path, extra: &[&str]) -> (i32, Value) {

@@ -4,22 +4,12 @@
 //! bf16 weights; and the two layouts bit-identical.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture, orient};
 
-use assert_cmd::Command;
 use orient::model::Model;
 use orient_inspect::Checkpoint;
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 /// `orient verify --json MODEL --reference REF` (exit 0 expected), as JSON.
 fn verify_reference(model: &str, reference: &str) -> Value {

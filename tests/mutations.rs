@@ -7,15 +7,12 @@
 //! of the debug binary); the broader fuzzing the issue reports lives in the parsers' proptests.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+use common::fixture;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 fn orient(args: &[&Path]) -> Output {
     Command::new(assert_cmd::cargo::cargo_bin("orient"))

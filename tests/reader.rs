@@ -4,6 +4,9 @@
 //! and a checkpoint truncated by another process while orient reads it.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::fixture;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,12 +15,6 @@ use orient_convert::convert::{self, WriteOptions};
 use orient_convert::plan;
 use orient_inspect::report;
 use orient_inspect::{Checkpoint, Dtype, Error};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn orient_bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("orient")

@@ -3,19 +3,17 @@
 //! and stays intact (and valid) in JSON.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::orient;
+
 use std::path::Path;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 /// Sets the window title to "pwned", then rings the bell.
 const OSC: &str = "evil\x1b]0;pwned\x07name";
 /// Shows as `rtlexe.weight` with the tail reversed.
 const RLO: &str = "rtl\u{202e}gnp.weight";
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

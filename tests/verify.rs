@@ -1,20 +1,10 @@
 //! `orient run` and `orient verify` from the command line: exit codes and what they print.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture, orient};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 #[test]
 fn verify_buggy_qwen2_fails_at_layer_0_attention() {

@@ -8,24 +8,14 @@
 //! with a full reference, every hidden state within 1e-4 as well.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture, orient};
 
-use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
 /// Prompt length of every zoo reference.
 const T: u64 = 208;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 /// `orient verify MODEL --reference REF --json --atol 1e-4 --rtol 0` must pass (exit 0); returns
 /// the report.

@@ -5,22 +5,14 @@
 //! of every zoo config is a checkpoint `inspect --check` accepts and `run` computes.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod common;
+use common::{fixture, orient};
 
-use assert_cmd::Command;
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use safetensors::SafeTensors;
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn orient() -> Command {
-    Command::cargo_bin("orient").unwrap()
-}
 
 /// Every tensor of a checkpoint folder (all its `.safetensors` files), read with the
 /// `safetensors` crate, not with orient: name → (dtype, shape, bytes).
