@@ -12,8 +12,8 @@
 
 use rayon::prelude::*;
 
-use super::forward::Dims;
-use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
+use super::forward::{Dims, Product};
+use super::matmul::{MatMut, MatRef};
 use super::ops;
 use super::traits::Attention;
 use super::ModelError;
@@ -96,7 +96,11 @@ pub(super) fn attention(
     let first_key = |i: usize| window.map_or(0, |wnd| (i + 1).saturating_sub(wnd));
     // A tile of one row keeps the many-row arithmetic (see `matmul_rows`); a one-token
     // prompt is the single-row product it always was.
-    let product = if available > 1 { matmul_rows } else { matmul };
+    let product = if available > 1 {
+        Product::General
+    } else {
+        Product::Fast
+    };
     out[..t * width]
         .par_chunks_mut(block.max(1) * width)
         .enumerate()
@@ -116,7 +120,7 @@ pub(super) fn attention(
                 let qh = MatRef::new(&q.data[r0 * q.stride + j * d..], rows, d, q.stride, 1)?;
                 let kh = MatRef::new(&k.data[lo * k.stride + kv * d..], keys, d, k.stride, 1)?;
                 let vh = MatRef::new(&v.data[lo * v.stride + kv * d..], keys, d, v.stride, 1)?;
-                product(
+                product.run(
                     MatMut::row_major(&mut scores, rows, keys)?,
                     qh,
                     kh.t(),
@@ -140,7 +144,7 @@ pub(super) fn attention(
                     row[to + 1..].fill(0.0);
                 }
                 // head j's columns of these rows: [rows, D], row stride nH·D
-                product(
+                product.run(
                     MatMut::new(&mut out_rows[j * d..], rows, d, width)?,
                     MatRef::row_major(&scores, rows, keys)?,
                     vh,

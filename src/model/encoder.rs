@@ -15,8 +15,8 @@
 
 use rayon::prelude::*;
 
-use super::forward::{act, linear};
-use super::matmul::{matmul, matmul_rows, MatMut, MatRef};
+use super::forward::{act, linear, Product};
+use super::matmul::{MatMut, MatRef};
 use super::memory::{self, Footprint};
 use super::ops;
 use super::read::Reader;
@@ -454,7 +454,11 @@ fn bidirectional_attention(
     };
     let (kk, vk) = (gather(k), gather(v)); // [n, nH·D] each
     let scale = (d as f64).powf(-0.5) as f32;
-    let product = if t > 1 { matmul_rows } else { matmul };
+    let product = if t > 1 {
+        Product::General
+    } else {
+        Product::Fast
+    };
     out[..t * width]
         .par_chunks_mut(QUERY_BLOCK * width)
         .enumerate()
@@ -466,7 +470,7 @@ fn bidirectional_attention(
                 let qh = MatRef::new(&q[r0 * width + j * d..], rows, d, width, 1)?;
                 let kh = MatRef::new(&kk[j * d..], n, d, width, 1)?;
                 let vh = MatRef::new(&vk[j * d..], n, d, width, 1)?;
-                product(
+                product.run(
                     MatMut::row_major(&mut scores, rows, n)?,
                     qh,
                     kh.t(),
@@ -477,7 +481,7 @@ fn bidirectional_attention(
                     row.iter_mut().for_each(|x| *x *= scale);
                     ops::softmax_in_place(row);
                 }
-                product(
+                product.run(
                     MatMut::new(&mut out_rows[j * d..], rows, d, width)?,
                     MatRef::row_major(&scores, rows, n)?,
                     vh,

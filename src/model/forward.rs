@@ -171,7 +171,8 @@ pub(super) enum Product {
 }
 
 impl Product {
-    fn run(
+    /// `dst (+)= lhs · rhs` on this path (see [`matmul`]).
+    pub(super) fn run(
         self,
         dst: MatMut<'_>,
         lhs: MatRef<'_>,
