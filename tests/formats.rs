@@ -9,6 +9,7 @@
 mod common;
 use common::{assert_same_tensors, fixture, orient, tensors};
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use orient_inspect::{Checkpoint, Format};
@@ -16,6 +17,16 @@ use predicates::prelude::*;
 
 fn model(name: &str) -> PathBuf {
     fixture("formats/models").join(name)
+}
+
+/// `orient verify MODEL --reference REFERENCE`, to which a test adds its own flags.
+fn verify(model: impl AsRef<OsStr>, reference: impl AsRef<OsStr>) -> assert_cmd::Command {
+    let mut cmd = orient();
+    cmd.arg("verify")
+        .arg(model)
+        .arg("--reference")
+        .arg(reference);
+    cmd
 }
 
 /// Converts `src` (with `args`) into `dst`, which must not exist yet.
@@ -130,13 +141,12 @@ fn gguf_qwen2_is_not_rope_permuted_and_keeps_its_biases() {
     // convert_hf_to_gguf permutes q/k for the llama architecture only: a qwen2 file read with
     // the llama permutation would differ here.
     converts_to(&model("qwen2-f32.gguf"), &[], "qwen2");
-    orient()
-        .arg("verify")
-        .arg(model("qwen2-f32.gguf"))
-        .arg("--reference")
-        .arg(fixture("qwen2/reference.safetensors"))
-        .assert()
-        .success();
+    verify(
+        model("qwen2-f32.gguf"),
+        fixture("qwen2/reference.safetensors"),
+    )
+    .assert()
+    .success();
 }
 
 #[test]
@@ -181,31 +191,29 @@ fn gguf_inspect_lists_metadata_keys_and_reads_the_gguf_convention() {
 
 #[test]
 fn gguf_f32_verifies_against_the_transformers_reference() {
-    orient()
-        .arg("verify")
-        .arg(model("mistral-f32.gguf"))
-        .arg("--reference")
-        .arg(fixture("mistral/reference.safetensors"))
-        .assert()
-        .success();
+    verify(
+        model("mistral-f32.gguf"),
+        fixture("mistral/reference.safetensors"),
+    )
+    .assert()
+    .success();
 }
 
 #[test]
 fn gguf_q8_0_runs_and_its_logit_error_against_f32_is_reported_and_bounded() {
-    let out = orient()
-        .arg("verify")
-        .arg(model("mistral-q8_0.gguf"))
-        .arg("--reference")
-        .arg(fixture("mistral/reference.safetensors"))
-        .arg("--json")
-        .assert()
-        .code(1) // over the f32 tolerance, as quantization must be
-        .stderr(predicate::str::contains(
-            "14 block-quantized tensors (Q8_0/Q4_0) are read dequantized to F32",
-        ))
-        .get_output()
-        .stdout
-        .clone();
+    let out = verify(
+        model("mistral-q8_0.gguf"),
+        fixture("mistral/reference.safetensors"),
+    )
+    .arg("--json")
+    .assert()
+    .code(1) // over the f32 tolerance, as quantization must be
+    .stderr(predicate::str::contains(
+        "14 block-quantized tensors (Q8_0/Q4_0) are read dequantized to F32",
+    ))
+    .get_output()
+    .stdout
+    .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let rows = v["comparison"]["rows"].as_array().unwrap();
     let logits = rows
@@ -455,17 +463,16 @@ fn gemma_gguf_converts_bit_for_bit_to_transformers_reading_not_to_the_original()
 
 #[test]
 fn gemma_gguf_verifies_tightly_against_transformers_logits_on_its_reading() {
-    let out = orient()
-        .arg("verify")
-        .arg(model("gemma-f32.gguf"))
-        .arg("--reference")
-        .arg(model("gemma-gguf-transformers/reference.safetensors"))
-        .arg("--json")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = verify(
+        model("gemma-f32.gguf"),
+        model("gemma-gguf-transformers/reference.safetensors"),
+    )
+    .arg("--json")
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
     let (max_abs, top1, positions) = logits_row(&out);
     // Measured 1.67e-6 over 208 tokens.
     assert!(max_abs < 1e-5, "logits max |Δ| = {max_abs}");
@@ -567,11 +574,7 @@ fn meta_conversions_verify_against_the_logits_of_transformers_conversion() {
         let tmp = tempfile::tempdir().unwrap();
         let dst = tmp.path().join("out");
         convert(&src, &[], &dst);
-        let out = orient()
-            .arg("verify")
-            .arg(&dst)
-            .arg("--reference")
-            .arg(oracle.join("reference.safetensors"))
+        let out = verify(&dst, oracle.join("reference.safetensors"))
             .arg("--json")
             .assert()
             .success()
@@ -588,13 +591,9 @@ fn meta_conversions_verify_against_the_logits_of_transformers_conversion() {
             cfg.as_object_mut().unwrap().remove("rope_scaling");
             let unscaled = tmp.path().join("unscaled.json");
             std::fs::write(&unscaled, cfg.to_string()).unwrap();
-            orient()
-                .arg("verify")
-                .arg(&dst)
+            verify(&dst, oracle.join("reference.safetensors"))
                 .arg("--config")
                 .arg(&unscaled)
-                .arg("--reference")
-                .arg(oracle.join("reference.safetensors"))
                 .assert()
                 .code(1);
         }
@@ -613,13 +612,12 @@ fn pytorch_bin_single_and_sharded_inspect_and_convert_bit_identically() {
         converts_to(&model(src), &[], "llama");
     }
     converts_to(&model("llama-bin"), &["--to", "flax"], "llama-flax");
-    orient()
-        .arg("verify")
-        .arg(model("llama-bin-sharded"))
-        .arg("--reference")
-        .arg(fixture("llama/reference.safetensors"))
-        .assert()
-        .success();
+    verify(
+        model("llama-bin-sharded"),
+        fixture("llama/reference.safetensors"),
+    )
+    .assert()
+    .success();
 }
 
 #[test]
@@ -679,13 +677,9 @@ fn config_flag_supplies_what_params_json_cannot() {
     // The llama fixture has llama3 RoPE scaling, which params.json (no Llama version) cannot state.
     let ck = Checkpoint::open(model("llama-meta")).unwrap();
     assert!(ck.config().unwrap().rope_scaling.is_none());
-    orient()
-        .arg("verify")
-        .arg(model("llama-meta"))
+    verify(model("llama-meta"), fixture("llama/reference.safetensors"))
         .arg("--config")
         .arg(fixture("llama/config.json"))
-        .arg("--reference")
-        .arg(fixture("llama/reference.safetensors"))
         .assert()
         .success();
     orient()
